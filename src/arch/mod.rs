@@ -1,0 +1,15 @@
+//! Everything ISA-specific lives below here; nothing above `arch` touches an
+//! intrinsic.
+//!
+//! - `scalar`: portable code, and the oracle every other ISA is tested
+//!   against (bit-level conversions, checks, reference GEMM).
+//! - `x86_64`, `aarch64`: one folder per ISA, each implementing only what
+//!   differs, plus the tokens that prove an ISA is present.
+
+pub(crate) mod scalar;
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86_64;
+
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod aarch64;

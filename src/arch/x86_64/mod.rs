@@ -1,0 +1,64 @@
+//! x86-64 kernels, one folder per [`Isa`](crate::Isa), and the tokens that
+//! prove each ISA.
+//!
+//! A token is a zero-sized value that can only be made after run-time
+//! detection succeeded (`try_new`), so a kernel that takes one by value may
+//! enter `#[target_feature]` code without further checks. Building the
+//! tokens with `pulp::simd_type!` gives us pulp's cached detection and its
+//! `vectorize` for free, and covers the features pulp's own `V3`/`V4` lack
+//! (F16C, AVX512_BF16).
+
+pub(crate) mod amx;
+
+pulp::simd_type! {
+    /// AVX2 + FMA + F16C: every x86-64 CPU since Haswell / Zen 1.
+    pub struct Avx2 {
+        pub avx: "avx",
+        pub avx2: "avx2",
+        pub fma: "fma",
+        pub f16c: "f16c",
+    }
+
+    /// [`Avx2`] plus AVX-512 F/BW/VL/DQ (Skylake-SP, Ice Lake, Zen 4+).
+    pub struct Avx512 {
+        pub avx: "avx",
+        pub avx2: "avx2",
+        pub fma: "fma",
+        pub f16c: "f16c",
+        pub avx512f: "avx512f",
+        pub avx512bw: "avx512bw",
+        pub avx512vl: "avx512vl",
+        pub avx512dq: "avx512dq",
+    }
+
+    /// [`Avx512`] plus AVX512_BF16 (Cooper Lake, Sapphire Rapids+, Zen 4+).
+    pub struct Avx512Bf16 {
+        pub avx: "avx",
+        pub avx2: "avx2",
+        pub fma: "fma",
+        pub f16c: "f16c",
+        pub avx512f: "avx512f",
+        pub avx512bw: "avx512bw",
+        pub avx512vl: "avx512vl",
+        pub avx512dq: "avx512dq",
+        pub avx512bf16: "avx512bf16",
+    }
+}
+
+impl Avx512 {
+    /// Every AVX-512 CPU we target also proves AVX2 + FMA + F16C.
+    #[inline(always)]
+    pub(crate) fn avx2(self) -> Avx2 {
+        // SAFETY: `Avx512`'s feature set is a superset of `Avx2`'s.
+        unsafe { Avx2::new_unchecked() }
+    }
+}
+
+impl Avx512Bf16 {
+    /// The AVX-512 base this token also proves.
+    #[inline(always)]
+    pub(crate) fn avx512(self) -> Avx512 {
+        // SAFETY: `Avx512Bf16`'s feature set is a superset of `Avx512`'s.
+        unsafe { Avx512::new_unchecked() }
+    }
+}

@@ -1,0 +1,176 @@
+//! Slice conversions between `f32`, [`bf16`] and [`f16`], rounded to
+//! nearest-even or stochastically.
+//!
+//! The public functions validate lengths, then hand the slices to the
+//! backend's kernel. Large slices are split over rayon (chunk boundaries
+//! do not change any result: every element is converted on its own, and
+//! stochastic rounding draws its bits from the element's global index).
+//! Tiny slices skip the SIMD kernels: below [`TINY`] elements the scalar
+//! loop is faster than a kernel's set-up.
+
+use crate::element::{Element, Slice, SliceMut};
+use crate::error::Error;
+use crate::isa::{Backend, Token};
+
+/// Below this many elements the top-level functions run the scalar loop.
+const TINY: usize = 8;
+
+/// Above this many elements a conversion is split over rayon's threads.
+/// Measured (benches/convert.rs): one core converts ~64K elements in a few
+/// microseconds, about what a rayon fork-join costs; at 1M the split pays.
+const PARALLEL_MIN: usize = 1 << 20;
+
+/// Each rayon task converts at least this many elements.
+const PARALLEL_CHUNK: usize = 1 << 18;
+
+/// Converts `src` into `dst`, element by element, on the process-wide
+/// backend (see [`Backend::global`]).
+///
+/// Narrowing conversions round to nearest, ties to even, exactly as
+/// `half::bf16::from_f32` / `half::f16::from_f32` do: overflow becomes inf,
+/// subnormal results are kept, NaN stays a quiet NaN with its sign. Widening
+/// is exact. `bf16 <-> f16` rounds once. Same-type "conversions" copy.
+///
+/// # Errors
+///
+/// [`Error::LengthMismatch`] when the lengths differ (`dst` is untouched),
+/// or the process-wide ISA error (see [`Backend::global`]).
+///
+/// # Examples
+///
+/// ```
+/// use halfkern::{bf16, f16};
+///
+/// let src = [1.0f32, 1.0 + 1.0 / 256.0, 65520.0];
+/// let mut b = [bf16::ZERO; 3];
+/// halfkern::convert(&src, &mut b)?;
+/// assert_eq!(b[1], bf16::from_f32(1.0)); // a tie, rounded to even
+///
+/// let mut h = [f16::ZERO; 3];
+/// halfkern::convert(&src, &mut h)?;
+/// assert!(h[2].is_infinite()); // beyond f16's rounding range
+/// # Ok::<(), halfkern::Error>(())
+/// ```
+pub fn convert<S: Element, D: Element>(src: &[S], dst: &mut [D]) -> Result<(), Error> {
+    let backend = Backend::global()?;
+    if src.len() < TINY && src.len() == dst.len() {
+        crate::arch::scalar::convert(S::slice(src), D::slice_mut(dst));
+        return Ok(());
+    }
+    backend.convert(src, dst)
+}
+
+/// Rounds `src` to `bf16` or `f16` stochastically: each element rounds away
+/// from zero with probability equal to the fraction its nearest-lower
+/// representation discards (to 2^-32), so the rounding is unbiased in
+/// expectation, which is what pure-bf16 training needs to keep small
+/// updates from vanishing.
+///
+/// Deterministic: element `i` depends only on `(seed, i, src[i])`, never on
+/// the ISA, on chunking or on the number of threads. NaN is quieted as in
+/// [`convert`]; inf stays inf; values just below the largest finite value
+/// may round to inf. With `D = f32` this copies.
+///
+/// # Errors
+///
+/// [`Error::LengthMismatch`] when the lengths differ (`dst` is untouched),
+/// or the process-wide ISA error.
+///
+/// # Examples
+///
+/// ```
+/// use halfkern::bf16;
+///
+/// let src = vec![1.0f32 + 1.0 / 512.0; 10_000]; // a quarter of a bf16 ulp above 1
+/// let mut dst = vec![bf16::ZERO; src.len()];
+/// halfkern::convert_stochastic(&src, &mut dst, 7)?;
+/// let mean = dst.iter().map(|x| x.to_f64()).sum::<f64>() / dst.len() as f64;
+/// assert!((mean - (1.0 + 1.0 / 512.0)).abs() < 2e-4);
+/// # Ok::<(), halfkern::Error>(())
+/// ```
+pub fn convert_stochastic<D: Element>(src: &[f32], dst: &mut [D], seed: u64) -> Result<(), Error> {
+    Backend::global()?.convert_stochastic(src, dst, seed)
+}
+
+impl Backend {
+    /// [`convert`] on this backend's ISA.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LengthMismatch`] when the lengths differ (`dst` is untouched).
+    pub fn convert<S: Element, D: Element>(&self, src: &[S], dst: &mut [D]) -> Result<(), Error> {
+        check_lengths("convert", src.len(), dst.len())?;
+        if src.len() >= PARALLEL_MIN && rayon::current_num_threads() > 1 {
+            let token = self.token;
+            rayon::scope(|scope| {
+                for (s, d) in src
+                    .chunks(PARALLEL_CHUNK)
+                    .zip(dst.chunks_mut(PARALLEL_CHUNK))
+                {
+                    scope.spawn(move |_| run_convert(token, S::slice(s), D::slice_mut(d)));
+                }
+            });
+        } else {
+            run_convert(self.token, S::slice(src), D::slice_mut(dst));
+        }
+        Ok(())
+    }
+
+    /// [`convert_stochastic`] on this backend's ISA.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LengthMismatch`] when the lengths differ (`dst` is untouched).
+    pub fn convert_stochastic<D: Element>(
+        &self,
+        src: &[f32],
+        dst: &mut [D],
+        seed: u64,
+    ) -> Result<(), Error> {
+        check_lengths("convert_stochastic", src.len(), dst.len())?;
+        if src.len() >= PARALLEL_MIN && rayon::current_num_threads() > 1 {
+            let token = self.token;
+            rayon::scope(|scope| {
+                for (i, (s, d)) in src
+                    .chunks(PARALLEL_CHUNK)
+                    .zip(dst.chunks_mut(PARALLEL_CHUNK))
+                    .enumerate()
+                {
+                    let first = (i * PARALLEL_CHUNK) as u64;
+                    scope.spawn(move |_| run_stochastic(token, s, D::slice_mut(d), seed, first));
+                }
+            });
+        } else {
+            run_stochastic(self.token, src, D::slice_mut(dst), seed, 0);
+        }
+        Ok(())
+    }
+}
+
+fn check_lengths(op: &'static str, src: usize, dst: usize) -> Result<(), Error> {
+    if src == dst {
+        Ok(())
+    } else {
+        Err(Error::LengthMismatch { op, src, dst })
+    }
+}
+
+/// One conversion on one thread, on the ISA `token` proves.
+fn run_convert(token: Token, src: Slice<'_>, dst: SliceMut<'_>) {
+    match token {
+        Token::Scalar => crate::arch::scalar::convert(src, dst),
+        #[allow(unreachable_patterns, reason = "filled in as SIMD kernels land")]
+        _ => crate::arch::scalar::convert(src, dst),
+    }
+}
+
+/// One stochastic conversion on one thread; `first` is `src[0]`'s global index.
+fn run_stochastic(token: Token, src: &[f32], dst: SliceMut<'_>, seed: u64, first: u64) {
+    use crate::arch::scalar::convert::slices::{f32_to_bf16_sr_slice, f32_to_f16_sr_slice};
+    let _ = token;
+    match dst {
+        SliceMut::F32(d) => d.copy_from_slice(src),
+        SliceMut::Bf16(d) => f32_to_bf16_sr_slice(src, d, seed, first),
+        SliceMut::F16(d) => f32_to_f16_sr_slice(src, d, seed, first),
+    }
+}
