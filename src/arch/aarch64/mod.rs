@@ -1,6 +1,9 @@
 //! aarch64 kernels, one folder per [`Isa`](crate::Isa), and the tokens that
 //! prove each ISA (see `arch::x86_64` for why tokens).
 
+pub(crate) mod neon;
+pub(crate) mod neonbf16;
+
 pulp::simd_type! {
     /// Advanced SIMD (NEON): every aarch64 CPU.
     pub struct Neon {

@@ -9,6 +9,9 @@
 //! (F16C, AVX512_BF16).
 
 pub(crate) mod amx;
+pub(crate) mod avx2;
+pub(crate) mod avx512;
+pub(crate) mod avx512bf16;
 
 pulp::simd_type! {
     /// AVX2 + FMA + F16C: every x86-64 CPU since Haswell / Zen 1.

@@ -1,0 +1,1 @@
+//! FEAT_BF16 kernels: only what differs from `neon` (BFCVT, BFDOT, BFMMLA).

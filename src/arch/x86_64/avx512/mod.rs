@@ -1,0 +1,1 @@
+//! AVX-512 F/BW/VL/DQ kernels (16 f32 lanes, mask registers for tails).
