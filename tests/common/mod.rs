@@ -151,3 +151,20 @@ pub fn special_f32() -> Vec<f32> {
 pub fn poison<T: Copy>(dst: &mut [T], value: T) {
     dst.fill(value);
 }
+
+/// A command that re-runs this test binary, for tests that need a fresh
+/// process (e.g. a different `HALFKERN_ISA`). Under emulation the binary
+/// cannot be exec'd directly: CI names the runner in `HALFKERN_TEST_RUNNER`
+/// (e.g. `qemu-aarch64 -L /usr/aarch64-linux-gnu -cpu max`).
+pub fn self_command() -> std::process::Command {
+    let exe = std::env::current_exe().expect("test binary path");
+    match std::env::var("HALFKERN_TEST_RUNNER") {
+        Ok(runner) if !runner.trim().is_empty() => {
+            let mut words = runner.split_whitespace();
+            let mut cmd = std::process::Command::new(words.next().unwrap());
+            cmd.args(words).arg(exe);
+            cmd
+        }
+        _ => std::process::Command::new(exe),
+    }
+}
