@@ -157,6 +157,8 @@ fn check_lengths(op: &'static str, src: usize, dst: usize) -> Result<(), Error> 
 
 /// One conversion on one thread, on the ISA `token` proves.
 fn run_convert(token: Token, src: Slice<'_>, dst: SliceMut<'_>) {
+    #[cfg(target_arch = "aarch64")]
+    use crate::arch::aarch64 as arm;
     #[cfg(target_arch = "x86_64")]
     use crate::arch::x86_64 as x86;
     match token {
@@ -170,12 +172,16 @@ fn run_convert(token: Token, src: Slice<'_>, dst: SliceMut<'_>) {
         #[cfg(target_arch = "x86_64")]
         Token::Amx(t) => x86::avx512::convert(t.avx512bf16().avx512(), src, dst),
         #[cfg(target_arch = "aarch64")]
-        Token::Neon(_) | Token::NeonBf16(_) => crate::arch::scalar::convert(src, dst),
+        Token::Neon(t) => arm::neon::convert(t, src, dst),
+        #[cfg(target_arch = "aarch64")]
+        Token::NeonBf16(t) => arm::neon::convert(t.neon(), src, dst),
     }
 }
 
 /// One stochastic conversion on one thread; `first` is `src[0]`'s global index.
 fn run_stochastic(token: Token, src: &[f32], dst: SliceMut<'_>, seed: u64, first: u64) {
+    #[cfg(target_arch = "aarch64")]
+    use crate::arch::aarch64 as arm;
     #[cfg(target_arch = "x86_64")]
     use crate::arch::x86_64 as x86;
     match token {
@@ -189,7 +195,11 @@ fn run_stochastic(token: Token, src: &[f32], dst: SliceMut<'_>, seed: u64, first
         Token::Amx(t) => {
             x86::avx512::convert_stochastic(t.avx512bf16().avx512(), src, dst, seed, first)
         }
-        _ => scalar_stochastic(src, dst, seed, first),
+        #[cfg(target_arch = "aarch64")]
+        Token::Neon(t) => arm::neon::convert_stochastic(t, src, dst, seed, first),
+        #[cfg(target_arch = "aarch64")]
+        Token::NeonBf16(t) => arm::neon::convert_stochastic(t.neon(), src, dst, seed, first),
+        Token::Scalar => scalar_stochastic(src, dst, seed, first),
     }
 }
 

@@ -19,7 +19,6 @@ pulp::simd_type! {
 
 impl NeonBf16 {
     /// The NEON base this token also proves.
-    #[allow(dead_code, reason = "used once the NEON kernels land")]
     #[inline(always)]
     pub(crate) fn neon(self) -> Neon {
         // SAFETY: every NeonBf16 CPU has NEON.
