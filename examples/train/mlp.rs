@@ -1,0 +1,931 @@
+//! The training code of the `train` example: the digits data, a
+//! 64 -> 256 -> 256 -> 10 MLP, and one training run per precision.
+//!
+//! This file is shared, not copied: `examples/train/main.rs` adds the
+//! command line, progress bar, table and plot around it, and
+//! `tests/train_example.rs` includes it with `#[path]` and trains every
+//! precision on a small budget. It lives beside the example rather than in
+//! the crate because it is a user of halfkern, not part of it: everything it
+//! does goes through halfkern's public API, which is the point of the
+//! example.
+//!
+//! What runs in the precision under test: the weights and biases the model
+//! computes with, the activations, and the activation gradients. What is
+//! always f32: the products' accumulation (inside `halfkern::gemm`), the
+//! logits and the loss, the weight gradients (the weight-gradient GEMMs
+//! write f32 and unscale on the way out), and, where the precision has them,
+//! the master weights and AdamW moments.
+
+use std::time::Instant;
+
+use halfkern::{Element, Error, bf16, f16};
+
+/// Pixels per image (8x8).
+pub const FEATURES: usize = 64;
+/// Width of both hidden layers.
+pub const HIDDEN: usize = 256;
+/// Digits 0..=9.
+pub const CLASSES: usize = 10;
+
+/// The vendored dataset (see `examples/data/README.md`).
+const DIGITS_CSV: &str = include_str!("../data/digits.csv");
+
+/// The train/test split does not depend on `--seed`: every run, whatever
+/// its seed, is measured on the same 20% of held-out images.
+const SPLIT_SEED: u64 = 0x0D16_175E_ED00_2026;
+
+/// Fraction of the images held out for testing.
+const TEST_FRACTION: f64 = 0.2;
+
+// ---------------------------------------------------------------------------
+// Data
+// ---------------------------------------------------------------------------
+
+/// The digits, split into a training and a held-out test set. Pixels are
+/// scaled from `0..=16` to `0..=1` (exact in bf16 and f16: k/16 needs at most
+/// 5 significant bits).
+#[derive(Clone, Debug)]
+pub struct Dataset {
+    /// Training images, row-major, `FEATURES` values each.
+    pub train_x: Vec<f32>,
+    /// Training labels.
+    pub train_y: Vec<u8>,
+    /// Test images, row-major.
+    pub test_x: Vec<f32>,
+    /// Test labels.
+    pub test_y: Vec<u8>,
+}
+
+impl Dataset {
+    /// Number of training images.
+    pub fn train_len(&self) -> usize {
+        self.train_y.len()
+    }
+
+    /// Number of test images.
+    pub fn test_len(&self) -> usize {
+        self.test_y.len()
+    }
+}
+
+/// Parses the vendored CSV and splits it 80/20 with a fixed seed.
+///
+/// # Errors
+///
+/// A message naming the line and field when the CSV is malformed.
+pub fn load_digits() -> Result<Dataset, String> {
+    let (x, y) = parse_digits(DIGITS_CSV)?;
+    Ok(split(&x, &y))
+}
+
+/// Parses lines of 64 pixels in `0..=16` and a label in `0..=9`.
+fn parse_digits(csv: &str) -> Result<(Vec<f32>, Vec<u8>), String> {
+    let mut x = Vec::new();
+    let mut y = Vec::new();
+    for (line_no, line) in csv.lines().enumerate() {
+        let line_no = line_no + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let mut fields = 0;
+        for (i, field) in line.split(',').enumerate() {
+            let v: u8 = field
+                .trim()
+                .parse()
+                .map_err(|e| format!("digits.csv line {line_no}, field {}: {e}", i + 1))?;
+            match i {
+                0..FEATURES if v <= 16 => x.push(f32::from(v) / 16.0),
+                FEATURES if (v as usize) < CLASSES => y.push(v),
+                0..=FEATURES => {
+                    return Err(format!(
+                        "digits.csv line {line_no}, field {}: {v} out of range",
+                        i + 1
+                    ));
+                }
+                _ => {}
+            }
+            fields += 1;
+        }
+        if fields != FEATURES + 1 {
+            return Err(format!(
+                "digits.csv line {line_no}: {fields} fields, expected {}",
+                FEATURES + 1
+            ));
+        }
+    }
+    if y.is_empty() {
+        return Err("digits.csv holds no images".into());
+    }
+    Ok((x, y))
+}
+
+/// A seeded Fisher-Yates shuffle of the image indices, then the first 20%
+/// are the test set.
+fn split(x: &[f32], y: &[u8]) -> Dataset {
+    let n = y.len();
+    let mut order: Vec<usize> = (0..n).collect();
+    Rng::new(SPLIT_SEED).shuffle(&mut order);
+    let n_test = (n as f64 * TEST_FRACTION).round() as usize;
+    let gather = |idx: &[usize]| {
+        let xs = idx
+            .iter()
+            .flat_map(|&i| x[i * FEATURES..(i + 1) * FEATURES].iter().copied())
+            .collect();
+        let ys = idx.iter().map(|&i| y[i]).collect();
+        (xs, ys)
+    };
+    let (test_x, test_y) = gather(&order[..n_test]);
+    let (train_x, train_y) = gather(&order[n_test..]);
+    Dataset {
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+    }
+}
+
+/// SplitMix64: seeds, shuffles and the initial weights. Small, and good
+/// enough for all three.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator seeded with `seed`.
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, 1)`.
+    fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    /// Uniform in `0..n` (n > 0), by rejection so it is unbiased.
+    fn below(&mut self, n: usize) -> usize {
+        let n = n as u64;
+        let zone = u64::MAX - u64::MAX % n;
+        loop {
+            let r = self.next_u64();
+            if r < zone {
+                return (r % n) as usize;
+            }
+        }
+    }
+
+    /// Fisher-Yates.
+    fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            v.swap(i, self.below(i + 1));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Precisions and configuration
+// ---------------------------------------------------------------------------
+
+/// What the model is stored and computed in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Precision {
+    /// Everything in f32: the reference.
+    F32,
+    /// bf16 weights, activations and activation gradients; f32 master
+    /// weights; no loss scaling (bf16 has f32's range).
+    Bf16,
+    /// f16 weights, activations and activation gradients; f32 master
+    /// weights; dynamic loss scaling.
+    F16,
+    /// bf16 only: no master copy, every update rounded stochastically.
+    Bf16Pure,
+}
+
+impl Precision {
+    /// Every precision, in the order the table shows them.
+    pub const ALL: [Precision; 4] = [
+        Precision::F32,
+        Precision::Bf16,
+        Precision::F16,
+        Precision::Bf16Pure,
+    ];
+
+    /// The name used on the command line and in the table.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::F16 => "f16",
+            Precision::Bf16Pure => "bf16-pure",
+        }
+    }
+
+    /// One line on what the precision stores.
+    pub const fn describe(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32 everywhere",
+            Precision::Bf16 => "bf16 model, f32 master weights",
+            Precision::F16 => "f16 model, f32 master weights, dynamic loss scaling",
+            Precision::Bf16Pure => "bf16 only, stochastic rounding, no master copy",
+        }
+    }
+
+    /// Parses a name as [`Precision::name`] writes it.
+    pub fn parse(s: &str) -> Option<Precision> {
+        Precision::ALL
+            .into_iter()
+            .find(|p| p.name().eq_ignore_ascii_case(s.trim()))
+    }
+}
+
+/// Hyper-parameters shared by every precision of one run.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Passes over the training set.
+    pub epochs: usize,
+    /// Images per step (the last step of an epoch may have fewer).
+    pub batch_size: usize,
+    /// AdamW learning rate.
+    pub lr: f32,
+    /// Seeds the initial weights, the data order and stochastic rounding.
+    pub seed: u64,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            epochs: 20,
+            batch_size: 32,
+            lr: 2e-3,
+            seed: 42,
+        }
+    }
+}
+
+/// AdamW's decoupled weight decay (on the weights, not the biases).
+const WEIGHT_DECAY: f32 = 1e-4;
+
+/// Where a run is, for a progress bar.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress {
+    /// Current epoch, 1-based.
+    pub epoch: usize,
+    /// Steps done so far in this run.
+    pub step: usize,
+    /// Steps the run will take.
+    pub total_steps: usize,
+    /// Mean training loss of the current epoch so far.
+    pub loss: f32,
+}
+
+/// What one precision's run measured.
+#[derive(Clone, Debug)]
+pub struct RunResult {
+    /// The precision.
+    pub precision: Precision,
+    /// Fraction of test images classified correctly at the end.
+    pub test_accuracy: f64,
+    /// Mean training loss of the last epoch.
+    pub final_train_loss: f32,
+    /// Mean training loss of each epoch.
+    pub epoch_loss: Vec<f32>,
+    /// Test accuracy after each epoch.
+    pub epoch_accuracy: Vec<f64>,
+    /// Optimizer steps taken (applied or skipped).
+    pub steps: usize,
+    /// Steps skipped because a gradient was inf or NaN.
+    pub skipped: usize,
+    /// Loss scale at the end (1 where the precision does not scale).
+    pub final_scale: f32,
+    /// Mean wall time of one step (forward, backward, update), seconds.
+    pub secs_per_step: f64,
+}
+
+// ---------------------------------------------------------------------------
+// Training
+// ---------------------------------------------------------------------------
+
+/// Trains one precision from the seeded initial weights and returns what it
+/// measured. `progress` is called after every step.
+///
+/// # Errors
+///
+/// Whatever halfkern returns (a shape mismatch here would be a bug in this
+/// file), or [`Error::InvalidArgument`] for a zero batch size or epoch count.
+pub fn train(
+    data: &Dataset,
+    precision: Precision,
+    cfg: &Config,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<RunResult, Error> {
+    if cfg.batch_size == 0 {
+        return Err(Error::InvalidArgument {
+            arg: "batch_size",
+            reason: "must be at least 1".into(),
+        });
+    }
+    if cfg.epochs == 0 {
+        return Err(Error::InvalidArgument {
+            arg: "epochs",
+            reason: "must be at least 1".into(),
+        });
+    }
+    match precision {
+        Precision::F32 => Run::<f32>::new(data, precision, cfg)?.train(progress),
+        Precision::Bf16 | Precision::Bf16Pure => {
+            Run::<bf16>::new(data, precision, cfg)?.train(progress)
+        }
+        Precision::F16 => Run::<f16>::new(data, precision, cfg)?.train(progress),
+    }
+}
+
+/// One layer's parameters as the model computes with them: `w` is
+/// `fan_in x fan_out` row-major (so the forward product is `x * w`), `b`
+/// one bias per output.
+struct Layer<T> {
+    w: Vec<T>,
+    b: Vec<T>,
+    fan_in: usize,
+    fan_out: usize,
+}
+
+/// Activations and gradients of one step, sized for the largest batch.
+struct Buffers<T> {
+    x: Vec<T>,
+    h1: Vec<T>,
+    h2: Vec<T>,
+    logits: Vec<f32>,
+    dlogits: Vec<f32>,
+    dz3: Vec<T>,
+    dz2: Vec<T>,
+    dz1: Vec<T>,
+    ones: Vec<T>,
+    /// Biases widened to f32 for the GEMM epilogue, one per layer.
+    bias: [Vec<f32>; 3],
+    /// Weight and bias gradients, f32, in parameter order (w1 b1 w2 b2 w3 b3).
+    grads: [Vec<f32>; 6],
+}
+
+/// A run of one precision with element type `T`.
+struct Run<'d, T> {
+    data: &'d Dataset,
+    precision: Precision,
+    cfg: Config,
+    layers: [Layer<T>; 3],
+    /// The training images in `T`, converted once.
+    train_x: Vec<T>,
+    test_x: Vec<T>,
+    buf: Buffers<T>,
+    opt: Optimizer,
+    scaler: LossScaler,
+}
+
+impl<'d, T: Element> Run<'d, T> {
+    fn new(data: &'d Dataset, precision: Precision, cfg: &Config) -> Result<Run<'d, T>, Error> {
+        // The same f32 initial weights for every precision (He-uniform from
+        // the seed), rounded to nearest into T.
+        let mut rng = Rng::new(cfg.seed ^ 0x1417_1A1F_0000_0001);
+        let dims = [(FEATURES, HIDDEN), (HIDDEN, HIDDEN), (HIDDEN, CLASSES)];
+        let mut masters = Vec::new();
+        let mut layers = Vec::new();
+        for (fan_in, fan_out) in dims {
+            let bound = (6.0 / fan_in as f64).sqrt();
+            let w32: Vec<f32> = (0..fan_in * fan_out)
+                .map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32)
+                .collect();
+            let b32 = vec![0f32; fan_out];
+            let mut w = vec![T::default(); w32.len()];
+            let mut b = vec![T::default(); b32.len()];
+            halfkern::convert(&w32, &mut w)?;
+            halfkern::convert(&b32, &mut b)?;
+            masters.push(w32);
+            masters.push(b32);
+            layers.push(Layer {
+                w,
+                b,
+                fan_in,
+                fan_out,
+            });
+        }
+        let layers: [Layer<T>; 3] = layers.try_into().ok().expect("three layers");
+
+        let mut train_x = vec![T::default(); data.train_x.len()];
+        let mut test_x = vec![T::default(); data.test_x.len()];
+        halfkern::convert(&data.train_x, &mut train_x)?;
+        halfkern::convert(&data.test_x, &mut test_x)?;
+
+        let m = cfg.batch_size.max(data.test_len());
+        let buf = Buffers {
+            x: vec![T::default(); m * FEATURES],
+            h1: vec![T::default(); m * HIDDEN],
+            h2: vec![T::default(); m * HIDDEN],
+            logits: vec![0.0; m * CLASSES],
+            dlogits: vec![0.0; m * CLASSES],
+            dz3: vec![T::default(); m * CLASSES],
+            dz2: vec![T::default(); m * HIDDEN],
+            dz1: vec![T::default(); m * HIDDEN],
+            ones: vec![T::from_f32(1.0); m],
+            bias: [vec![0.0; HIDDEN], vec![0.0; HIDDEN], vec![0.0; CLASSES]],
+            grads: [
+                vec![0.0; FEATURES * HIDDEN],
+                vec![0.0; HIDDEN],
+                vec![0.0; HIDDEN * HIDDEN],
+                vec![0.0; HIDDEN],
+                vec![0.0; HIDDEN * CLASSES],
+                vec![0.0; CLASSES],
+            ],
+        };
+        let (master, scaler) = match precision {
+            Precision::F32 => (Master::IsModel, LossScaler::disabled()),
+            Precision::Bf16 => (Master::F32(masters), LossScaler::disabled()),
+            Precision::F16 => (Master::F32(masters), LossScaler::dynamic()),
+            Precision::Bf16Pure => (Master::None, LossScaler::disabled()),
+        };
+        let opt = Optimizer::new(master, cfg.lr, cfg.seed);
+        Ok(Run {
+            data,
+            precision,
+            cfg: cfg.clone(),
+            layers,
+            train_x,
+            test_x,
+            buf,
+            opt,
+            scaler,
+        })
+    }
+
+    fn train(mut self, progress: &mut dyn FnMut(&Progress)) -> Result<RunResult, Error> {
+        let n = self.data.train_len();
+        let bs = self.cfg.batch_size;
+        let steps_per_epoch = n.div_ceil(bs);
+        let total_steps = steps_per_epoch * self.cfg.epochs;
+        // The data order depends on the seed only: every precision sees the
+        // same batches in the same order.
+        let mut order_rng = Rng::new(self.cfg.seed ^ 0x0DE7_0000_0000_0002);
+        let mut order: Vec<usize> = (0..n).collect();
+        let mut epoch_loss = Vec::new();
+        let mut epoch_accuracy = Vec::new();
+        let mut step_time = 0.0f64;
+        let mut step = 0;
+        let mut skipped = 0;
+        for epoch in 1..=self.cfg.epochs {
+            order_rng.shuffle(&mut order);
+            let (mut loss_sum, mut seen) = (0.0f64, 0usize);
+            for batch in order.chunks(bs) {
+                let start = Instant::now();
+                let loss = self.step(batch)?;
+                step_time += start.elapsed().as_secs_f64();
+                step += 1;
+                if !loss.applied {
+                    skipped += 1;
+                }
+                loss_sum += f64::from(loss.loss) * batch.len() as f64;
+                seen += batch.len();
+                progress(&Progress {
+                    epoch,
+                    step,
+                    total_steps,
+                    loss: (loss_sum / seen as f64) as f32,
+                });
+            }
+            epoch_loss.push((loss_sum / seen as f64) as f32);
+            epoch_accuracy.push(self.test_accuracy()?);
+        }
+        Ok(RunResult {
+            precision: self.precision,
+            test_accuracy: *epoch_accuracy.last().expect("epochs >= 1"),
+            final_train_loss: *epoch_loss.last().expect("epochs >= 1"),
+            epoch_loss,
+            epoch_accuracy,
+            steps: step,
+            skipped,
+            final_scale: self.scaler.scale(),
+            secs_per_step: step_time / step as f64,
+        })
+    }
+
+    /// Widens the model's biases to f32 for the GEMM epilogue.
+    fn widen_biases(&mut self) -> Result<(), Error> {
+        for (layer, b32) in self.layers.iter().zip(&mut self.buf.bias) {
+            halfkern::convert(&layer.b, b32)?;
+        }
+        Ok(())
+    }
+
+    /// Forward pass of `m` images already in `buf.x`: hidden activations in
+    /// T (bias and ReLU fused into the products), logits in f32.
+    fn forward(&mut self, x: &[T], m: usize) -> Result<(), Error> {
+        let [l1, l2, l3] = &self.layers;
+        let b = &mut self.buf;
+        let relu = Epilogue {
+            relu: true,
+            ..Epilogue::default()
+        };
+        gemm(
+            View::row_major(x, m, FEATURES),
+            View::row_major(&l1.w, l1.fan_in, l1.fan_out),
+            &mut b.h1[..m * HIDDEN],
+            Epilogue {
+                bias: Some(&b.bias[0]),
+                ..relu
+            },
+        )?;
+        gemm(
+            View::row_major(&b.h1[..m * HIDDEN], m, HIDDEN),
+            View::row_major(&l2.w, l2.fan_in, l2.fan_out),
+            &mut b.h2[..m * HIDDEN],
+            Epilogue {
+                bias: Some(&b.bias[1]),
+                ..relu
+            },
+        )?;
+        gemm(
+            View::row_major(&b.h2[..m * HIDDEN], m, HIDDEN),
+            View::row_major(&l3.w, l3.fan_in, l3.fan_out),
+            &mut b.logits[..m * CLASSES],
+            Epilogue {
+                bias: Some(&b.bias[2]),
+                ..Epilogue::default()
+            },
+        )?;
+        Ok(())
+    }
+
+    /// One optimizer step on the images `batch` (indices into the training
+    /// set).
+    fn step(&mut self, batch: &[usize]) -> Result<StepOutcome, Error> {
+        let m = batch.len();
+        for (row, &i) in batch.iter().enumerate() {
+            self.buf.x[row * FEATURES..(row + 1) * FEATURES]
+                .copy_from_slice(&self.train_x[i * FEATURES..(i + 1) * FEATURES]);
+        }
+        self.widen_biases()?;
+        let x = std::mem::take(&mut self.buf.x);
+        self.forward(&x[..m * FEATURES], m)?;
+
+        // Softmax cross-entropy in f32; its gradient is multiplied by the
+        // loss scale before it is rounded to T, which is the whole point of
+        // loss scaling: small gradients stay above f16's underflow.
+        let scale = self.scaler.scale();
+        let b = &mut self.buf;
+        let mut loss = 0.0f64;
+        for (row, &i) in batch.iter().enumerate() {
+            let z = &b.logits[row * CLASSES..(row + 1) * CLASSES];
+            let g = &mut b.dlogits[row * CLASSES..(row + 1) * CLASSES];
+            let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0f32;
+            for (g, &z) in g.iter_mut().zip(z) {
+                *g = (z - max).exp();
+                sum += *g;
+            }
+            let label = usize::from(self.data.train_y[i]);
+            loss += f64::from(sum.ln() - (z[label] - max));
+            for (c, g) in g.iter_mut().enumerate() {
+                let p = *g / sum;
+                let y = if c == label { 1.0 } else { 0.0 };
+                *g = (p - y) * (scale / m as f32);
+            }
+        }
+        let loss = (loss / m as f64) as f32;
+        halfkern::convert(&b.dlogits[..m * CLASSES], &mut b.dz3[..m * CLASSES])?;
+
+        // Backward. Weight gradients: f32 outputs, unscaled by the GEMM's
+        // epilogue; bias gradients: the same with a row of ones (the column
+        // sums of dz as a 1 x m times m x n product). Activation gradients
+        // stay scaled and in T.
+        let inv = 1.0 / scale;
+        let [_, l2, l3] = &self.layers;
+        let [gw1, gb1, gw2, gb2, gw3, gb3] = &mut b.grads;
+        let unscale = Epilogue {
+            unscale: Some(inv),
+            ..Epilogue::default()
+        };
+        let ones = View::row_major(&b.ones[..m], 1, m);
+        let mut nonfinite = false;
+
+        let dz3 = View::row_major(&b.dz3[..m * CLASSES], m, CLASSES);
+        nonfinite |= gemm(
+            View::row_major(&b.h2[..m * HIDDEN], m, HIDDEN).t(),
+            dz3,
+            gw3,
+            unscale,
+        )?;
+        nonfinite |= gemm(ones, dz3, gb3, unscale)?;
+        gemm(
+            dz3,
+            View::row_major(&l3.w, l3.fan_in, l3.fan_out).t(),
+            &mut b.dz2[..m * HIDDEN],
+            Epilogue::default(),
+        )?;
+        relu_backward(&mut b.dz2[..m * HIDDEN], &b.h2[..m * HIDDEN]);
+
+        let dz2 = View::row_major(&b.dz2[..m * HIDDEN], m, HIDDEN);
+        nonfinite |= gemm(
+            View::row_major(&b.h1[..m * HIDDEN], m, HIDDEN).t(),
+            dz2,
+            gw2,
+            unscale,
+        )?;
+        nonfinite |= gemm(ones, dz2, gb2, unscale)?;
+        gemm(
+            dz2,
+            View::row_major(&l2.w, l2.fan_in, l2.fan_out).t(),
+            &mut b.dz1[..m * HIDDEN],
+            Epilogue::default(),
+        )?;
+        relu_backward(&mut b.dz1[..m * HIDDEN], &b.h1[..m * HIDDEN]);
+
+        let dz1 = View::row_major(&b.dz1[..m * HIDDEN], m, HIDDEN);
+        nonfinite |= gemm(
+            View::row_major(&x[..m * FEATURES], m, FEATURES).t(),
+            dz1,
+            gw1,
+            unscale,
+        )?;
+        nonfinite |= gemm(ones, dz1, gb1, unscale)?;
+        self.buf.x = x;
+
+        let applied = !nonfinite;
+        if applied {
+            let [l1, l2, l3] = &mut self.layers;
+            let mut params: [&mut [T]; 6] = [
+                &mut l1.w, &mut l1.b, &mut l2.w, &mut l2.b, &mut l3.w, &mut l3.b,
+            ];
+            let grads = self.buf.grads.each_ref().map(|g| g.as_slice());
+            self.opt.step(&mut params, &grads)?;
+        }
+        self.scaler.update(nonfinite);
+        Ok(StepOutcome { loss, applied })
+    }
+
+    /// Fraction of the test set classified correctly (one forward pass in
+    /// the precision under test).
+    fn test_accuracy(&mut self) -> Result<f64, Error> {
+        let m = self.data.test_len();
+        self.widen_biases()?;
+        let x = std::mem::take(&mut self.test_x);
+        let result = self.forward(&x, m);
+        self.test_x = x;
+        result?;
+        let correct = self
+            .buf
+            .logits
+            .chunks(CLASSES)
+            .zip(&self.data.test_y)
+            .filter(|(z, y)| argmax(z) == usize::from(**y))
+            .count();
+        Ok(correct as f64 / m as f64)
+    }
+}
+
+struct StepOutcome {
+    loss: f32,
+    applied: bool,
+}
+
+/// `dz <- dz * (h > 0)`: the gradient through ReLU, where `h` is ReLU's
+/// output (positive exactly where its input was).
+fn relu_backward<T: Element>(dz: &mut [T], h: &[T]) {
+    for (d, h) in dz.iter_mut().zip(h) {
+        if h.to_f32() <= 0.0 {
+            *d = T::default();
+        }
+    }
+}
+
+/// Index of the largest logit (the first one on ties; NaN never wins).
+fn argmax(z: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in z.iter().enumerate() {
+        if v > z[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+// ---------------------------------------------------------------------------
+// Stand-ins for halfkern::gemm and halfkern::train while they are built.
+// Same shapes as the real API, so the swap changes only this section.
+// ---------------------------------------------------------------------------
+
+/// A read-only matrix view: `data[i * rs + j * cs]` is element (i, j).
+#[derive(Clone, Copy)]
+struct View<'a, T> {
+    data: &'a [T],
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a, T> View<'a, T> {
+    fn row_major(data: &'a [T], rows: usize, cols: usize) -> View<'a, T> {
+        View {
+            data,
+            rows,
+            cols,
+            rs: cols,
+            cs: 1,
+        }
+    }
+
+    fn t(self) -> View<'a, T> {
+        View {
+            data: self.data,
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Default)]
+struct Epilogue<'a> {
+    bias: Option<&'a [f32]>,
+    relu: bool,
+    unscale: Option<f32>,
+}
+
+/// `c (a.rows x b.cols, row-major) <- a * b`, products summed in f32, then
+/// bias, ReLU, unscale, rounding to `U`. Returns whether any output is inf
+/// or NaN.
+fn gemm<T: Element, U: Element>(
+    a: View<'_, T>,
+    b: View<'_, T>,
+    c: &mut [U],
+    epi: Epilogue<'_>,
+) -> Result<bool, Error> {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    if b.rows != k || c.len() != m * n {
+        return Err(Error::ShapeMismatch {
+            op: "gemm",
+            what: "shapes",
+            left: b.rows,
+            right: k,
+        });
+    }
+    let mut bw = vec![0f32; k * n];
+    for p in 0..k {
+        for j in 0..n {
+            bw[p * n + j] = b.data[p * b.rs + j * b.cs].to_f32();
+        }
+    }
+    let mut acc = vec![0f32; n];
+    let mut nonfinite = false;
+    for i in 0..m {
+        acc.fill(0.0);
+        for p in 0..k {
+            let av = a.data[i * a.rs + p * a.cs].to_f32();
+            for (acc, &bv) in acc.iter_mut().zip(&bw[p * n..(p + 1) * n]) {
+                *acc = av.mul_add(bv, *acc);
+            }
+        }
+        for (j, (out, &v)) in c[i * n..(i + 1) * n].iter_mut().zip(&acc).enumerate() {
+            let mut v = v + epi.bias.map_or(0.0, |b| b[j]);
+            if epi.relu {
+                v = v.max(0.0);
+            }
+            if let Some(s) = epi.unscale {
+                v *= s;
+            }
+            nonfinite |= !v.is_finite();
+            *out = U::from_f32(v);
+        }
+    }
+    Ok(nonfinite)
+}
+
+/// Where the optimizer keeps its f32 copy of the weights.
+enum Master {
+    /// The model is f32 itself.
+    IsModel,
+    /// f32 masters, one per parameter tensor; the model is rounded from them.
+    F32(Vec<Vec<f32>>),
+    /// None: updates are computed in f32 from the model and rounded back
+    /// stochastically.
+    None,
+}
+
+struct Optimizer {
+    master: Master,
+    m: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    t: u32,
+    lr: f32,
+    seed: u64,
+}
+
+impl Optimizer {
+    fn new(master: Master, lr: f32, seed: u64) -> Optimizer {
+        Optimizer {
+            master,
+            m: Vec::new(),
+            v: Vec::new(),
+            t: 0,
+            lr,
+            seed,
+        }
+    }
+
+    /// AdamW (beta1 0.9, beta2 0.999, eps 1e-8, decay on even tensors:
+    /// the weights).
+    fn step<T: Element>(&mut self, params: &mut [&mut [T]], grads: &[&[f32]]) -> Result<(), Error> {
+        if self.m.is_empty() {
+            self.m = grads.iter().map(|g| vec![0.0; g.len()]).collect();
+            self.v = self.m.clone();
+        }
+        self.t += 1;
+        let (b1, b2, eps) = (0.9f32, 0.999f32, 1e-8f32);
+        let bc1 = 1.0 - b1.powi(self.t as i32);
+        let bc2 = 1.0 - b2.powi(self.t as i32);
+        let stochastic = matches!(self.master, Master::None);
+        for (idx, (p, g)) in params.iter_mut().zip(grads).enumerate() {
+            let mut scratch;
+            let w: &mut [f32] = match &mut self.master {
+                Master::F32(ws) => &mut ws[idx],
+                Master::IsModel | Master::None => {
+                    scratch = vec![0f32; p.len()];
+                    halfkern::convert(p, &mut scratch)?;
+                    &mut scratch
+                }
+            };
+            let decay = if idx % 2 == 0 { WEIGHT_DECAY } else { 0.0 };
+            for (((w, &g), m), v) in w
+                .iter_mut()
+                .zip(*g)
+                .zip(&mut self.m[idx])
+                .zip(&mut self.v[idx])
+            {
+                *m = b1 * *m + (1.0 - b1) * g;
+                *v = b2 * *v + (1.0 - b2) * g * g;
+                *w -= self.lr * (decay * *w + (*m / bc1) / ((*v / bc2).sqrt() + eps));
+            }
+            if stochastic {
+                let seed = self.seed ^ (u64::from(self.t) << 8) ^ idx as u64;
+                halfkern::convert_stochastic(w, p, seed)?;
+            } else {
+                halfkern::convert(w, p)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// PyTorch GradScaler's dynamic loss scaling (start 2^16, halve on
+/// overflow, double after 2000 clean steps), or a constant 1.
+struct LossScaler {
+    scale: f32,
+    dynamic: bool,
+    growth_tracker: u32,
+}
+
+impl LossScaler {
+    fn dynamic() -> LossScaler {
+        LossScaler {
+            scale: 65536.0,
+            dynamic: true,
+            growth_tracker: 0,
+        }
+    }
+
+    fn disabled() -> LossScaler {
+        LossScaler {
+            scale: 1.0,
+            dynamic: false,
+            growth_tracker: 0,
+        }
+    }
+
+    fn scale(&self) -> f32 {
+        self.scale
+    }
+
+    fn update(&mut self, found_nonfinite: bool) {
+        if !self.dynamic {
+            return;
+        }
+        if found_nonfinite {
+            self.scale *= 0.5;
+            self.growth_tracker = 0;
+        } else {
+            self.growth_tracker += 1;
+            if self.growth_tracker == 2000 {
+                let grown = self.scale * 2.0;
+                if grown.is_finite() {
+                    self.scale = grown;
+                }
+                self.growth_tracker = 0;
+            }
+        }
+    }
+}
