@@ -482,6 +482,7 @@ fn plot_svg(results: &[RunResult], cfg: &Config) -> String {
                 x_label: "epoch",
                 y_label: "cross-entropy (log scale)",
                 log_y: true,
+                legend_bottom: false,
                 series: loss,
             },
             plot::Panel {
@@ -489,6 +490,7 @@ fn plot_svg(results: &[RunResult], cfg: &Config) -> String {
                 x_label: "epoch",
                 y_label: "accuracy (%)",
                 log_y: false,
+                legend_bottom: true,
                 series: accuracy,
             },
         ],

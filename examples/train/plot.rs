@@ -26,6 +26,9 @@ pub struct Panel<'a> {
     pub y_label: &'a str,
     /// Logarithmic y axis.
     pub log_y: bool,
+    /// Legend in the bottom right corner (else top right): put it where
+    /// the lines are not.
+    pub legend_bottom: bool,
     /// The lines.
     pub series: Vec<Series<'a>>,
 }
@@ -171,10 +174,15 @@ fn draw_panel(s: &mut String, p: &Panel<'_>, ox: f64, oy: f64) {
             series.color
         );
     }
-    // Legend, top right inside the plot area.
+    // Legend, inside the plot area.
     let lw = 150.0;
     let lh = 8.0 + 18.0 * p.series.len() as f64;
-    let (lx, ly) = (x1 - lw - 8.0, y0 + 8.0);
+    let ly = if p.legend_bottom {
+        y1 - lh - 8.0
+    } else {
+        y0 + 8.0
+    };
+    let lx = x1 - lw - 8.0;
     let _ = writeln!(
         s,
         r##"<rect x="{lx}" y="{ly}" width="{lw}" height="{lh}" fill="white" fill-opacity="0.9" stroke="#999"/>"##
