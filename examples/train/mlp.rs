@@ -306,6 +306,38 @@ pub struct RunResult {
     pub final_scale: f32,
     /// Mean wall time of one step (forward, backward, update), seconds.
     pub secs_per_step: f64,
+    /// For f16 only: what loss scaling saved. Of the nonzero activation
+    /// gradients of the run, the fraction that would have been f16
+    /// subnormals (lost precision) and the fraction that would have
+    /// rounded to zero, had the loss not been scaled.
+    pub f16_without_scaling: Option<Underflow>,
+}
+
+/// Activation-gradient values measured against f16's range at scale 1.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Underflow {
+    /// Nonzero values looked at.
+    pub values: u64,
+    /// Of those, below f16's smallest normal (2^-14) once unscaled.
+    pub subnormal: u64,
+    /// Of those, at most half f16's smallest subnormal (2^-25) once
+    /// unscaled: they would round to zero.
+    pub zero: u64,
+}
+
+impl Underflow {
+    /// Counts `dz / scale` for the nonzero elements of `dz`.
+    fn count<T: Element>(&mut self, dz: &[T], scale: f32) {
+        for v in dz {
+            let v = v.to_f32().abs();
+            if v != 0.0 {
+                let u = f64::from(v) / f64::from(scale);
+                self.values += 1;
+                self.subnormal += u64::from(u < 2f64.powi(-14));
+                self.zero += u64::from(u <= 2f64.powi(-25));
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -385,6 +417,7 @@ struct Run<'d, T> {
     buf: Buffers<T>,
     opt: Optimizer,
     scaler: LossScaler,
+    underflow: Underflow,
 }
 
 impl<'d, T: Element> Run<'d, T> {
@@ -459,6 +492,7 @@ impl<'d, T: Element> Run<'d, T> {
             buf,
             opt,
             scaler,
+            underflow: Underflow::default(),
         })
     }
 
@@ -509,6 +543,7 @@ impl<'d, T: Element> Run<'d, T> {
             skipped,
             final_scale: self.scaler.scale(),
             secs_per_step: step_time / step as f64,
+            f16_without_scaling: (self.precision == Precision::F16).then_some(self.underflow),
         })
     }
 
@@ -651,6 +686,11 @@ impl<'d, T: Element> Run<'d, T> {
             unscale,
         )?;
         nonfinite |= gemm(ones, dz1, gb1, unscale)?;
+        if self.precision == Precision::F16 {
+            for dz in [&b.dz3[..m * CLASSES], &b.dz2[..m * HIDDEN], &b.dz1[..m * HIDDEN]] {
+                self.underflow.count(dz, scale);
+            }
+        }
         self.buf.x = x;
 
         let applied = !nonfinite;

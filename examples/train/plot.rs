@@ -212,7 +212,11 @@ fn draw_panel(s: &mut String, p: &Panel<'_>, ox: f64, oy: f64) {
 /// "Nice" ticks (1, 2 or 5 times a power of ten apart) covering
 /// `[lo, hi]`, and the axis range they span.
 fn linear_ticks(lo: f64, hi: f64) -> (Vec<f64>, f64, f64) {
-    let (lo, hi) = if hi > lo { (lo, hi) } else { (lo - 0.5, lo + 0.5) };
+    let (lo, hi) = if hi > lo {
+        (lo, hi)
+    } else {
+        (lo - 0.5, lo + 0.5)
+    };
     let raw = (hi - lo) / 6.0;
     let mag = 10f64.powf(raw.log10().floor());
     let step = [1.0, 2.0, 5.0, 10.0]
@@ -231,9 +235,17 @@ fn linear_ticks(lo: f64, hi: f64) -> (Vec<f64>, f64, f64) {
 /// (decades only when the range spans more than two), and the range, which
 /// is widened to the ticks just outside the data.
 fn log_ticks(lo: f64, hi: f64) -> (Vec<f64>, f64, f64) {
-    let (lo, hi) = if hi > lo { (lo, hi) } else { (lo / 2.0, lo * 2.0) };
+    let (lo, hi) = if hi > lo {
+        (lo, hi)
+    } else {
+        (lo / 2.0, lo * 2.0)
+    };
     let decades = hi.log10() - lo.log10();
-    let mults: &[f64] = if decades > 2.0 { &[1.0] } else { &[1.0, 2.0, 5.0] };
+    let mults: &[f64] = if decades > 2.0 {
+        &[1.0]
+    } else {
+        &[1.0, 2.0, 5.0]
+    };
     let mut all = Vec::new();
     for e in (lo.log10().floor() as i32 - 1)..=(hi.log10().ceil() as i32 + 1) {
         for &m in mults {
