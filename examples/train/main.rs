@@ -377,10 +377,14 @@ fn recommendation(results: &[RunResult]) -> Vec<String> {
         )),
         Some(b) if speedup(b) >= 1.0 - SPEED_NOISE => lines.push(format!(
             "  => train in {}: it matches f32's accuracy at f32's speed (within {:.0}%) \
-             with half the bytes per weight and activation, and needs no loss scaling \
-             where it is bf16.",
+             with half the bytes per weight and activation{}.",
             b.precision.name(),
-            100.0 * SPEED_NOISE
+            100.0 * SPEED_NOISE,
+            if b.precision == Precision::F16 {
+                ""
+            } else {
+                ", and needs no loss scaling"
+            }
         )),
         Some(b) => lines.push(format!(
             "  => for speed, f32: no half precision stepped as fast at this model size \
