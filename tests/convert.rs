@@ -347,7 +347,11 @@ fn stochastic_rounding_contract() {
             "{}: stochastic bf16 differs",
             backend.isa()
         );
-        assert!(same_bits(&got_h, &want_h), "{}: stochastic f16 differs", backend.isa());
+        assert!(
+            same_bits(&got_h, &want_h),
+            "{}: stochastic f16 differs",
+            backend.isa()
+        );
     }
     let mut whole = vec![bf16::ZERO; n];
     halfkern::convert_stochastic(&src, &mut whole, seed).unwrap();
