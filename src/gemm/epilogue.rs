@@ -23,24 +23,29 @@ impl<'a> Epilogue<'a> {
             activation: params.activation,
         }
     }
+}
 
-    /// Output `(i, j)` from its accumulator; `old` reads C's old value and is
-    /// called only when `beta != 0`.
+impl Epilogue<'_> {
+    /// Steps 4 and 5 of the epilogue over outputs `(i, j0..j0 + t.len())`.
     #[inline(always)]
-    pub(crate) fn apply(&self, acc: f32, old: impl FnOnce() -> f32, i: usize, j: usize) -> f32 {
-        let mut t = self.alpha * acc;
-        if let Some(s) = self.inv_scale {
-            t *= s;
-        }
-        if self.beta != 0.0 {
-            t += self.beta * old();
-        }
+    pub(crate) fn add_bias_and_activate(&self, t: &mut [f32], i: usize, j0: usize) {
         match self.bias {
-            Bias::PerRow(b) => t += b[i],
-            Bias::PerCol(b) => t += b[j],
+            Bias::PerRow(b) => {
+                let v = b[i];
+                t.iter_mut().for_each(|x| *x += v);
+            }
+            Bias::PerCol(b) => {
+                let n = t.len();
+                for (x, &v) in t.iter_mut().zip(&b[j0..j0 + n]) {
+                    *x += v;
+                }
+            }
             Bias::None => {}
         }
-        activate(self.activation, t)
+        match self.activation {
+            Activation::None => {}
+            act => t.iter_mut().for_each(|x| *x = activate(act, *x)),
+        }
     }
 }
 

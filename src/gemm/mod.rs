@@ -9,7 +9,10 @@
 //! Validation happens before anything is written: an `Err` leaves C as it
 //! was.
 
+mod blis;
 mod epilogue;
+mod gemv;
+pub(crate) mod kernel;
 mod packed;
 mod params;
 mod view;
@@ -18,9 +21,11 @@ pub use packed::PackedB;
 pub use params::{Activation, Bias, Gemm, GemmReport, Threads};
 pub use view::{MatMut, MatRef};
 
-use crate::element::Element;
+use crate::element::{DType, Element};
 use crate::error::Error;
-use crate::isa::Backend;
+use crate::isa::{Backend, Token};
+use epilogue::Epilogue;
+use kernel::Microkernel;
 
 /// `C <- act(inv_scale * (alpha * A B) + beta * C + bias)` on the
 /// process-wide backend (see [`Backend::global`]); see [`Gemm`] for the
@@ -143,8 +148,21 @@ impl Backend {
         c: MatMut<'_, C>,
         params: &Gemm<'_>,
     ) -> Result<GemmReport, Error> {
-        check((a.rows, a.cols), (b.rows, b.cols), (c.rows, c.cols), params)?;
-        Ok(reference(self, a, b, c, params))
+        let (m, n, k) = check((a.rows, a.cols), (b.rows, b.cols), (c.rows, c.cols), params)?;
+        let threads = params.thread_count(m as f64 * n as f64 * k as f64);
+        Ok(with_kernel(
+            self.token,
+            T::DTYPE,
+            params.dot,
+            Unpacked {
+                a,
+                b,
+                c,
+                ep: Epilogue::new(params),
+                threads,
+                isa: self.isa(),
+            },
+        ))
     }
 
     /// [`gemm_packed`] on this backend's ISA.
@@ -159,39 +177,141 @@ impl Backend {
         c: MatMut<'_, C>,
         params: &Gemm<'_>,
     ) -> Result<GemmReport, Error> {
-        check((a.rows, a.cols), (b.k, b.n), (c.rows, c.cols), params)?;
-        let bv = b.as_view();
-        Ok(reference(self, a, bv, c, params))
+        let (m, n, k) = check((a.rows, a.cols), (b.k, b.n), (c.rows, c.cols), params)?;
+        let threads = params.thread_count(m as f64 * n as f64 * k as f64);
+        with_kernel(
+            self.token,
+            T::DTYPE,
+            params.dot,
+            Prepacked {
+                a,
+                b,
+                c,
+                ep: Epilogue::new(params),
+                threads,
+                isa: self.isa(),
+            },
+        )
     }
 }
 
-/// The scalar algorithm: one f32 dot product per output, in `k` order.
-fn reference<T: Element, C: Element>(
-    backend: &Backend,
-    a: MatRef<'_, T>,
-    b: MatRef<'_, T>,
-    c: MatMut<'_, C>,
-    params: &Gemm<'_>,
-) -> GemmReport {
-    let ep = epilogue::Epilogue::new(params);
-    let mut nonfinite = 0;
-    for i in 0..c.rows {
-        for j in 0..c.cols {
-            let mut acc = 0.0f32;
-            for l in 0..a.cols {
-                acc += a.at(i, l).to_f32() * b.at(l, j).to_f32();
-            }
-            let idx = i * c.rs + j * c.cs;
-            let old = || c.data[idx].to_f32();
-            let y = C::from_f32(ep.apply(acc, old, i, j));
-            nonfinite += usize::from(!y.to_f32().is_finite());
-            c.data[idx] = y;
+/// Something to run with the microkernel chosen for an ISA and input type.
+pub(crate) trait KernelOp {
+    type Output;
+    fn run<K: Microkernel>(self, kern: K) -> Self::Output;
+}
+
+/// Calls `op` with the microkernel this ISA runs for `dtype` inputs.
+/// `dot` overrides the choice between `vdpbf16ps` and widening for bf16 on
+/// `avx512bf16`/`amx` (`None`: the measured per-vendor default).
+pub(crate) fn with_kernel<O: KernelOp>(
+    token: Token,
+    dtype: DType,
+    dot: Option<bool>,
+    op: O,
+) -> O::Output {
+    let _ = (dtype, dot);
+    match token {
+        #[cfg(target_arch = "x86_64")]
+        Token::Avx2(t) => op.run(crate::arch::x86_64::avx2::gemm::Avx2F32(t)),
+        #[cfg(target_arch = "x86_64")]
+        Token::Avx512(t) => op.run(crate::arch::x86_64::avx512::gemm::Avx512F32(t)),
+        #[cfg(target_arch = "x86_64")]
+        Token::Avx512Bf16(t) => bf16_choice(t, dtype, dot, op),
+        #[cfg(target_arch = "x86_64")]
+        Token::Amx(t) => bf16_choice(t.avx512bf16(), dtype, dot, op),
+        // aarch64 runs the portable kernel until NEON microkernels land.
+        #[allow(unreachable_patterns, reason = "the ISAs without a kernel yet")]
+        _ => op.run(kernel::ScalarKernel),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn bf16_choice<O: KernelOp>(
+    t: crate::arch::x86_64::Avx512Bf16,
+    dtype: DType,
+    dot: Option<bool>,
+    op: O,
+) -> O::Output {
+    use crate::arch::x86_64::avx512bf16::gemm::{Avx512Dot, dot_is_faster};
+    use std::sync::OnceLock;
+    static DOT: OnceLock<bool> = OnceLock::new();
+    let dot = dot.unwrap_or_else(|| *DOT.get_or_init(dot_is_faster));
+    if dtype == DType::Bf16 && dot {
+        op.run(Avx512Dot(t))
+    } else {
+        op.run(crate::arch::x86_64::avx512::gemm::Avx512F32(t.avx512()))
+    }
+}
+
+struct Unpacked<'a, 'p, T: Element, C: Element> {
+    a: MatRef<'a, T>,
+    b: MatRef<'a, T>,
+    c: MatMut<'a, C>,
+    ep: Epilogue<'p>,
+    threads: usize,
+    isa: crate::Isa,
+}
+
+impl<T: Element, C: Element> KernelOp for Unpacked<'_, '_, T, C> {
+    type Output = GemmReport;
+    fn run<K: Microkernel>(self, kern: K) -> GemmReport {
+        let (k, n) = (self.b.rows, self.b.cols);
+        let (nonfinite, name) =
+            if gemv::applies(&self.a, &self.b) && K::FORMAT == kernel::Format::F32 {
+                let bad = gemv::run(kern, self.a, self.b, self.c, &self.ep, self.threads);
+                (bad, "gemv")
+            } else {
+                let packed = blis::pack_b(kern, self.b, self.threads);
+                let bad = blis::run(kern, self.a, &packed, k, n, self.c, &self.ep, self.threads);
+                (bad, K::NAME)
+            };
+        GemmReport {
+            nonfinite,
+            isa: self.isa,
+            kernel: name,
+            threads: self.threads,
         }
     }
-    GemmReport {
-        nonfinite,
-        isa: backend.isa(),
-        kernel: "scalar-reference",
-        threads: 1,
+}
+
+struct Prepacked<'a, 'p, T: Element, C: Element> {
+    a: MatRef<'a, T>,
+    b: &'a PackedB<T>,
+    c: MatMut<'a, C>,
+    ep: Epilogue<'p>,
+    threads: usize,
+    isa: crate::Isa,
+}
+
+impl<T: Element, C: Element> KernelOp for Prepacked<'_, '_, T, C> {
+    type Output = Result<GemmReport, Error>;
+    fn run<K: Microkernel>(self, kern: K) -> Result<GemmReport, Error> {
+        if self.b.kernel != K::NAME {
+            return Err(Error::InvalidArgument {
+                arg: "b",
+                reason: format!(
+                    "PackedB was packed for kernel {}, this backend and type run {}",
+                    self.b.kernel,
+                    K::NAME
+                ),
+            });
+        }
+        let nonfinite = blis::run(
+            kern,
+            self.a,
+            &self.b.panels,
+            self.b.k,
+            self.b.n,
+            self.c,
+            &self.ep,
+            self.threads,
+        );
+        Ok(GemmReport {
+            nonfinite,
+            isa: self.isa,
+            kernel: K::NAME,
+            threads: self.threads,
+        })
     }
 }

@@ -3,6 +3,7 @@
 
 use core::marker::PhantomData;
 
+use super::blis::{PackedPanels, pack_b};
 use super::view::MatRef;
 use crate::element::Element;
 use crate::error::Error;
@@ -22,7 +23,8 @@ use crate::isa::Backend;
 pub struct PackedB<T: Element> {
     pub(crate) k: usize,
     pub(crate) n: usize,
-    pub(crate) data: Vec<T>,
+    pub(crate) kernel: &'static str,
+    pub(crate) panels: PackedPanels,
     _t: PhantomData<T>,
 }
 
@@ -31,8 +33,7 @@ impl<T: Element> PackedB<T> {
     ///
     /// # Errors
     ///
-    /// The process-wide ISA error; [`Error::Overflow`] when the packed
-    /// matrix would not fit the address space.
+    /// The process-wide ISA error.
     pub fn new(b: MatRef<'_, T>) -> Result<Self, Error> {
         Backend::global()?.pack_b(b)
     }
@@ -46,36 +47,42 @@ impl<T: Element> PackedB<T> {
     pub fn cols(&self) -> usize {
         self.n
     }
-
-    pub(crate) fn as_view(&self) -> MatRef<'_, T> {
-        MatRef {
-            data: &self.data,
-            rows: self.k,
-            cols: self.n,
-            rs: self.n,
-            cs: 1,
-        }
-    }
 }
 
 impl Backend {
-    /// [`PackedB::new`] for this backend.
+    /// [`PackedB::new`] for this backend, packed by the current rayon pool's
+    /// threads.
     ///
     /// # Errors
     ///
-    /// As [`PackedB::new`] (without the process-wide ISA error).
+    /// None today; `Result` keeps room for allocation limits.
     pub fn pack_b<T: Element>(&self, b: MatRef<'_, T>) -> Result<PackedB<T>, Error> {
-        let mut data = Vec::with_capacity(b.rows * b.cols);
-        for l in 0..b.rows {
-            for j in 0..b.cols {
-                data.push(b.at(l, j));
-            }
-        }
-        Ok(PackedB {
-            k: b.rows,
-            n: b.cols,
-            data,
+        Ok(super::with_kernel(
+            self.token,
+            T::DTYPE,
+            None,
+            Pack {
+                b,
+                threads: rayon::current_num_threads(),
+            },
+        ))
+    }
+}
+
+struct Pack<'a, T: Element> {
+    b: MatRef<'a, T>,
+    threads: usize,
+}
+
+impl<T: Element> super::KernelOp for Pack<'_, T> {
+    type Output = PackedB<T>;
+    fn run<K: super::Microkernel>(self, kern: K) -> PackedB<T> {
+        PackedB {
+            k: self.b.rows,
+            n: self.b.cols,
+            kernel: K::NAME,
+            panels: pack_b(kern, self.b, self.threads),
             _t: PhantomData,
-        })
+        }
     }
 }

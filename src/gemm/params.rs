@@ -97,6 +97,7 @@ pub struct Gemm<'a> {
     pub(crate) bias: Bias<'a>,
     pub(crate) activation: Activation,
     pub(crate) threads: Threads,
+    pub(crate) dot: Option<bool>,
 }
 
 impl Default for Gemm<'_> {
@@ -116,6 +117,7 @@ impl<'a> Gemm<'a> {
             bias: Bias::None,
             activation: Activation::None,
             threads: Threads::Auto,
+            dot: None,
         }
     }
 
@@ -154,6 +156,15 @@ impl<'a> Gemm<'a> {
     /// Limits the threads used (default [`Threads::Auto`]).
     pub const fn threads(mut self, threads: Threads) -> Self {
         self.threads = threads;
+        self
+    }
+
+    /// Forces (`Some(true)`) or forbids (`Some(false)`) the `vdpbf16ps`
+    /// microkernel for bf16 inputs on `avx512bf16`/`amx`; `None` (default)
+    /// takes the per-CPU choice. For tests and benchmarks.
+    #[doc(hidden)]
+    pub const fn dot_kernel(mut self, dot: Option<bool>) -> Self {
+        self.dot = dot;
         self
     }
 
