@@ -78,6 +78,7 @@ impl PackedPanels {
 /// Packs lanes `l0..l0+lanes` (at most `w`) by depth `d0..d0+depth` of `v`
 /// (lane = row of `v`, depth = column) into `dst[s * w + lane]`, zero-padded
 /// to `w` lanes and whole slots.
+#[expect(clippy::too_many_arguments, reason = "internal: a panel's coordinates")]
 fn pack_panel<K: Microkernel, T: Element>(
     kern: K,
     v: MatRef<'_, T>,
