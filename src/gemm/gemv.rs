@@ -78,7 +78,10 @@ pub(crate) fn run<K: Microkernel, T: Element, C: Element>(
                 let (t0, rest) = tmp.split_at_mut(w);
                 let (t1, rest) = rest.split_at_mut(w);
                 let (t2, t3) = rest.split_at_mut(w);
-                for (q, t) in [&mut *t0, &mut *t1, &mut *t2, &mut t3[..w]].into_iter().enumerate() {
+                for (q, t) in [&mut *t0, &mut *t1, &mut *t2, &mut t3[..w]]
+                    .into_iter()
+                    .enumerate()
+                {
                     let off = (l + q) * b.rs + j0 * b.cs;
                     kern.widen(&b.data[off..off + w], t);
                 }
