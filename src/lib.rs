@@ -5,6 +5,8 @@
 //!
 //! - [`convert`] / [`convert_stochastic`]: `f32`, [`bf16`] and [`f16`] slices
 //!   into each other, bit-identical on every ISA.
+//! - [`gemm()`] / [`gemm_packed`]: `C <- act(inv_scale * (alpha * A B) + beta * C + bias)`
+//!   over [`MatRef`]/[`MatMut`] views, products summed in f32 (see [`mod@gemm`]).
 //!
 //! ## ISAs
 //!
@@ -48,11 +50,15 @@ mod arch;
 mod convert;
 mod element;
 mod error;
+pub mod gemm;
 mod isa;
 
 pub use convert::{convert, convert_stochastic};
 pub use element::{DType, Element};
 pub use error::Error;
+pub use gemm::{
+    Activation, Bias, Gemm, GemmReport, MatMut, MatRef, PackedB, Threads, gemm, gemm_packed,
+};
 pub use half::{bf16, f16};
 pub use isa::{Backend, Isa};
 
