@@ -18,7 +18,7 @@
 
 use std::time::Instant;
 
-use halfkern::{Element, Error, bf16, f16};
+use halfkern::{Activation, Bias, Element, Error, Gemm, MatMut, MatRef, bf16, f16};
 
 /// Pixels per image (8x8).
 pub const FEATURES: usize = 64;
@@ -565,8 +565,8 @@ impl<'d, T: Element> Run<'d, T> {
             ..Epilogue::default()
         };
         gemm(
-            View::row_major(x, m, FEATURES),
-            View::row_major(&l1.w, l1.fan_in, l1.fan_out),
+            view(x, m, FEATURES)?,
+            view(&l1.w, l1.fan_in, l1.fan_out)?,
             &mut b.h1[..m * HIDDEN],
             Epilogue {
                 bias: Some(&b.bias[0]),
@@ -574,8 +574,8 @@ impl<'d, T: Element> Run<'d, T> {
             },
         )?;
         gemm(
-            View::row_major(&b.h1[..m * HIDDEN], m, HIDDEN),
-            View::row_major(&l2.w, l2.fan_in, l2.fan_out),
+            view(&b.h1[..m * HIDDEN], m, HIDDEN)?,
+            view(&l2.w, l2.fan_in, l2.fan_out)?,
             &mut b.h2[..m * HIDDEN],
             Epilogue {
                 bias: Some(&b.bias[1]),
@@ -583,8 +583,8 @@ impl<'d, T: Element> Run<'d, T> {
             },
         )?;
         gemm(
-            View::row_major(&b.h2[..m * HIDDEN], m, HIDDEN),
-            View::row_major(&l3.w, l3.fan_in, l3.fan_out),
+            view(&b.h2[..m * HIDDEN], m, HIDDEN)?,
+            view(&l3.w, l3.fan_in, l3.fan_out)?,
             &mut b.logits[..m * CLASSES],
             Epilogue {
                 bias: Some(&b.bias[2]),
@@ -643,51 +643,45 @@ impl<'d, T: Element> Run<'d, T> {
             unscale: Some(inv),
             ..Epilogue::default()
         };
-        let ones = View::row_major(&b.ones[..m], 1, m);
+        let ones = view(&b.ones[..m], 1, m)?;
         let mut nonfinite = false;
 
-        let dz3 = View::row_major(&b.dz3[..m * CLASSES], m, CLASSES);
-        nonfinite |= gemm(
-            View::row_major(&b.h2[..m * HIDDEN], m, HIDDEN).t(),
-            dz3,
-            gw3,
-            unscale,
-        )?;
+        let dz3 = view(&b.dz3[..m * CLASSES], m, CLASSES)?;
+        nonfinite |= gemm(view(&b.h2[..m * HIDDEN], m, HIDDEN)?.t(), dz3, gw3, unscale)?;
         nonfinite |= gemm(ones, dz3, gb3, unscale)?;
         gemm(
             dz3,
-            View::row_major(&l3.w, l3.fan_in, l3.fan_out).t(),
+            view(&l3.w, l3.fan_in, l3.fan_out)?.t(),
             &mut b.dz2[..m * HIDDEN],
             Epilogue::default(),
         )?;
         relu_backward(&mut b.dz2[..m * HIDDEN], &b.h2[..m * HIDDEN]);
 
-        let dz2 = View::row_major(&b.dz2[..m * HIDDEN], m, HIDDEN);
-        nonfinite |= gemm(
-            View::row_major(&b.h1[..m * HIDDEN], m, HIDDEN).t(),
-            dz2,
-            gw2,
-            unscale,
-        )?;
+        let dz2 = view(&b.dz2[..m * HIDDEN], m, HIDDEN)?;
+        nonfinite |= gemm(view(&b.h1[..m * HIDDEN], m, HIDDEN)?.t(), dz2, gw2, unscale)?;
         nonfinite |= gemm(ones, dz2, gb2, unscale)?;
         gemm(
             dz2,
-            View::row_major(&l2.w, l2.fan_in, l2.fan_out).t(),
+            view(&l2.w, l2.fan_in, l2.fan_out)?.t(),
             &mut b.dz1[..m * HIDDEN],
             Epilogue::default(),
         )?;
         relu_backward(&mut b.dz1[..m * HIDDEN], &b.h1[..m * HIDDEN]);
 
-        let dz1 = View::row_major(&b.dz1[..m * HIDDEN], m, HIDDEN);
+        let dz1 = view(&b.dz1[..m * HIDDEN], m, HIDDEN)?;
         nonfinite |= gemm(
-            View::row_major(&x[..m * FEATURES], m, FEATURES).t(),
+            view(&x[..m * FEATURES], m, FEATURES)?.t(),
             dz1,
             gw1,
             unscale,
         )?;
         nonfinite |= gemm(ones, dz1, gb1, unscale)?;
         if self.precision == Precision::F16 {
-            for dz in [&b.dz3[..m * CLASSES], &b.dz2[..m * HIDDEN], &b.dz1[..m * HIDDEN]] {
+            for dz in [
+                &b.dz3[..m * CLASSES],
+                &b.dz2[..m * HIDDEN],
+                &b.dz1[..m * HIDDEN],
+            ] {
                 self.underflow.count(dz, scale);
             }
         }
@@ -753,42 +747,15 @@ fn argmax(z: &[f32]) -> usize {
 }
 
 // ---------------------------------------------------------------------------
-// Stand-ins for halfkern::gemm and halfkern::train while they are built.
-// Same shapes as the real API, so the swap changes only this section.
+// Matrix products: halfkern::gemm.
 // ---------------------------------------------------------------------------
 
-/// A read-only matrix view: `data[i * rs + j * cs]` is element (i, j).
-#[derive(Clone, Copy)]
-struct View<'a, T> {
-    data: &'a [T],
-    rows: usize,
-    cols: usize,
-    rs: usize,
-    cs: usize,
+/// A row-major view (`halfkern::MatRef`); `.t()` on it is the transpose.
+fn view<T: Element>(data: &[T], rows: usize, cols: usize) -> Result<MatRef<'_, T>, Error> {
+    MatRef::row_major(data, rows, cols)
 }
 
-impl<'a, T> View<'a, T> {
-    fn row_major(data: &'a [T], rows: usize, cols: usize) -> View<'a, T> {
-        View {
-            data,
-            rows,
-            cols,
-            rs: cols,
-            cs: 1,
-        }
-    }
-
-    fn t(self) -> View<'a, T> {
-        View {
-            data: self.data,
-            rows: self.cols,
-            cols: self.rows,
-            rs: self.cs,
-            cs: self.rs,
-        }
-    }
-}
-
+/// The epilogue of one product: bias per column, ReLU, unscale.
 #[derive(Clone, Copy, Default)]
 struct Epilogue<'a> {
     bias: Option<&'a [f32]>,
@@ -796,54 +763,35 @@ struct Epilogue<'a> {
     unscale: Option<f32>,
 }
 
-/// `c (a.rows x b.cols, row-major) <- a * b`, products summed in f32, then
-/// bias, ReLU, unscale, rounding to `U`. Returns whether any output is inf
-/// or NaN.
+/// `c (a.rows x b.cols, row-major) <- a * b` through `halfkern::gemm`,
+/// products summed in f32, then unscale, bias, ReLU and rounding to `U` in
+/// the fused epilogue. Returns whether any output is inf or NaN (the
+/// report's count, so no separate pass over the gradient).
 fn gemm<T: Element, U: Element>(
-    a: View<'_, T>,
-    b: View<'_, T>,
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
     c: &mut [U],
     epi: Epilogue<'_>,
 ) -> Result<bool, Error> {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    if b.rows != k || c.len() != m * n {
-        return Err(Error::ShapeMismatch {
-            op: "gemm",
-            what: "shapes",
-            left: b.rows,
-            right: k,
-        });
+    let (m, n) = (a.rows(), b.cols());
+    let mut params = Gemm::new();
+    if let Some(bias) = epi.bias {
+        params = params.bias(Bias::PerCol(bias));
     }
-    let mut bw = vec![0f32; k * n];
-    for p in 0..k {
-        for j in 0..n {
-            bw[p * n + j] = b.data[p * b.rs + j * b.cs].to_f32();
-        }
+    if epi.relu {
+        params = params.activation(Activation::Relu);
     }
-    let mut acc = vec![0f32; n];
-    let mut nonfinite = false;
-    for i in 0..m {
-        acc.fill(0.0);
-        for p in 0..k {
-            let av = a.data[i * a.rs + p * a.cs].to_f32();
-            for (acc, &bv) in acc.iter_mut().zip(&bw[p * n..(p + 1) * n]) {
-                *acc = av.mul_add(bv, *acc);
-            }
-        }
-        for (j, (out, &v)) in c[i * n..(i + 1) * n].iter_mut().zip(&acc).enumerate() {
-            let mut v = v + epi.bias.map_or(0.0, |b| b[j]);
-            if epi.relu {
-                v = v.max(0.0);
-            }
-            if let Some(s) = epi.unscale {
-                v *= s;
-            }
-            nonfinite |= !v.is_finite();
-            *out = U::from_f32(v);
-        }
+    if let Some(inv) = epi.unscale {
+        params = params.unscale(inv);
     }
-    Ok(nonfinite)
+    let report = halfkern::gemm(a, b, MatMut::row_major(c, m, n)?, &params)?;
+    Ok(report.any_nonfinite())
 }
+
+// ---------------------------------------------------------------------------
+// Stand-ins for halfkern::train (not merged yet): AdamW on f32 masters and
+// PyTorch-style dynamic loss scaling, same semantics as the real API.
+// ---------------------------------------------------------------------------
 
 /// Where the optimizer keeps its f32 copy of the weights.
 enum Master {
