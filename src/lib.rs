@@ -5,6 +5,8 @@
 //!
 //! - [`convert`] / [`convert_stochastic`]: `f32`, [`bf16`] and [`f16`](struct@f16) slices
 //!   into each other, bit-identical on every ISA.
+//! - [`train`]: dynamic loss scaling, f32 master weights, fused SGD/AdamW
+//!   updates and downcasts, skipped steps that change nothing.
 //!
 //! ## ISAs
 //!
@@ -49,6 +51,7 @@ mod convert;
 mod element;
 mod error;
 mod isa;
+pub mod train;
 
 pub use convert::{convert, convert_stochastic};
 pub use element::{DType, Element};

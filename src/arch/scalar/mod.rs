@@ -1,6 +1,7 @@
 //! The portable ISA, and the oracle every other ISA is tested against.
 
 pub mod convert;
+pub(crate) mod train;
 
 use crate::element::{Slice, SliceMut};
 

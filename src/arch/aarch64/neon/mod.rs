@@ -8,6 +8,7 @@ mod simd;
 use super::Neon;
 use crate::arch::generic;
 use crate::element::{Slice, SliceMut};
+use crate::train::kernel::{Tensor, Update};
 
 /// `arch::generic::convert::convert` on NEON.
 pub(crate) fn convert(t: Neon, src: Slice<'_>, dst: SliceMut<'_>) {
@@ -29,6 +30,28 @@ pub(crate) fn convert_stochastic(t: Neon, src: &[f32], dst: SliceMut<'_>, seed: 
 #[target_feature(enable = "neon")]
 fn convert_stochastic_tf(t: Neon, src: &[f32], dst: SliceMut<'_>, seed: u64, first: u64) {
     generic::convert::convert_stochastic(t, src, dst, seed, first)
+}
+
+/// `arch::generic::train::stats` on NEON.
+pub(crate) fn train_stats(t: Neon, grad: Slice<'_>, inv_scale: f32) -> (u64, f64) {
+    // SAFETY: `t` proves NEON, the feature `train_stats_tf` enables.
+    unsafe { train_stats_tf(t, grad, inv_scale) }
+}
+
+#[target_feature(enable = "neon")]
+fn train_stats_tf(t: Neon, grad: Slice<'_>, inv_scale: f32) -> (u64, f64) {
+    generic::train::stats(t, grad, inv_scale)
+}
+
+/// `arch::generic::train::apply` on NEON.
+pub(crate) fn train_apply(t: Neon, u: &Update, tensor: Tensor<'_>) {
+    // SAFETY: `t` proves NEON, the feature `train_apply_tf` enables.
+    unsafe { train_apply_tf(t, u, tensor) }
+}
+
+#[target_feature(enable = "neon")]
+fn train_apply_tf(t: Neon, u: &Update, tensor: Tensor<'_>) {
+    generic::train::apply(t, u, tensor)
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ mod simd;
 use super::Avx2;
 use crate::arch::generic;
 use crate::element::{Slice, SliceMut};
+use crate::train::kernel::{Tensor, Update};
 
 /// `arch::generic::convert::convert` on AVX2.
 pub(crate) fn convert(t: Avx2, src: Slice<'_>, dst: SliceMut<'_>) {
@@ -30,4 +31,26 @@ pub(crate) fn convert_stochastic(t: Avx2, src: &[f32], dst: SliceMut<'_>, seed: 
 #[target_feature(enable = "avx,avx2,fma,f16c")]
 fn convert_stochastic_tf(t: Avx2, src: &[f32], dst: SliceMut<'_>, seed: u64, first: u64) {
     generic::convert::convert_stochastic(t, src, dst, seed, first)
+}
+
+/// `arch::generic::train::stats` on AVX2.
+pub(crate) fn train_stats(t: Avx2, grad: Slice<'_>, inv_scale: f32) -> (u64, f64) {
+    // SAFETY: `t` proves AVX2 + FMA + F16C, every feature `train_stats_tf` enables.
+    unsafe { train_stats_tf(t, grad, inv_scale) }
+}
+
+#[target_feature(enable = "avx,avx2,fma,f16c")]
+fn train_stats_tf(t: Avx2, grad: Slice<'_>, inv_scale: f32) -> (u64, f64) {
+    generic::train::stats(t, grad, inv_scale)
+}
+
+/// `arch::generic::train::apply` on AVX2.
+pub(crate) fn train_apply(t: Avx2, u: &Update, tensor: Tensor<'_>) {
+    // SAFETY: `t` proves AVX2 + FMA + F16C, every feature `train_apply_tf` enables.
+    unsafe { train_apply_tf(t, u, tensor) }
+}
+
+#[target_feature(enable = "avx,avx2,fma,f16c")]
+fn train_apply_tf(t: Avx2, u: &Update, tensor: Tensor<'_>) {
+    generic::train::apply(t, u, tensor)
 }
