@@ -418,8 +418,8 @@ impl Reference {
     fn step(&mut self, g: &[f64]) {
         self.t += 1;
         let t = self.t;
-        for i in 0..g.len() {
-            let (p, gi) = (self.p[i], g[i]);
+        for (i, &gi) in g.iter().enumerate() {
+            let p = self.p[i];
             let new = match self.opt {
                 Optimizer::Sgd(o) => {
                     let mut d = gi + o.weight_decay as f64 * p;

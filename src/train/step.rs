@@ -115,13 +115,13 @@ impl TrainerBuilder {
     /// process-wide ISA error when no backend was given.
     pub fn build<W: Element, P: AsRef<[W]>>(self, params: &[P]) -> Result<Trainer, Error> {
         self.optimizer.validate()?;
-        if let Some(c) = self.clip {
-            if !(c.is_finite() && c > 0.0) {
-                return Err(Error::InvalidArgument {
-                    arg: "max_norm",
-                    reason: format!("must be finite and > 0, got {c}"),
-                });
-            }
+        if let Some(c) = self.clip
+            && !(c.is_finite() && c > 0.0)
+        {
+            return Err(Error::InvalidArgument {
+                arg: "max_norm",
+                reason: format!("must be finite and > 0, got {c}"),
+            });
         }
         let backend = match self.backend {
             Some(b) => b,

@@ -37,21 +37,25 @@ fn stats_of<S: F32Simd, G: Io>(s: S, g: &[G], inv_scale: f32) -> (u64, f64) {
     let zero = s.splat(0.0);
     let (mut acc, mut a0, mut a1) = (s.acc_zero(), zero, zero);
     let (mut bad, mut n) = (0u64, 0usize);
-    for_each_chunk::<S>(g.len(), |c| {
-        let x = s.mul(c.load(s, g), inv);
-        bad += s.count(s.nonfinite(x)) as u64;
-        // Two accumulators hide the FMA latency.
-        if n % 2 == 0 {
-            a0 = s.fma(x, x, a0);
-        } else {
-            a1 = s.fma(x, x, a1);
-        }
-        n += 1;
-        if n == BLOCK {
-            acc = s.acc_add(s.acc_add(acc, a0), a1);
-            (a0, a1, n) = (zero, zero, 0);
-        }
-    });
+    for_each_chunk::<S>(
+        g.len(),
+        #[inline(always)]
+        |c| {
+            let x = s.mul(c.load(s, g), inv);
+            bad += s.count(s.nonfinite(x)) as u64;
+            // Two accumulators hide the FMA latency.
+            if n % 2 == 0 {
+                a0 = s.fma(x, x, a0);
+            } else {
+                a1 = s.fma(x, x, a1);
+            }
+            n += 1;
+            if n == BLOCK {
+                acc = s.acc_add(s.acc_add(acc, a0), a1);
+                (a0, a1, n) = (zero, zero, 0);
+            }
+        },
+    );
     acc = s.acc_add(s.acc_add(acc, a0), a1);
     (bad, s.acc_sum(acc))
 }
@@ -134,22 +138,32 @@ fn by_rule<S: F32Simd, G: Io, W: Model>(
                 s.splat(one_minus_dampening),
             );
             let (has_wd, has_mom) = (weight_decay != 0.0, momentum != 0.0);
-            run(s, u, g, master, m, v, w, |g, p, mv, _| {
-                let mut d = g;
-                if has_wd {
-                    d = s.fma(wd, p, d);
-                }
-                if has_mom {
-                    let b = if first {
-                        d
-                    } else {
-                        s.fma(mom, *mv, s.mul(omd, d))
-                    };
-                    *mv = b;
-                    d = if nesterov { s.fma(mom, b, d) } else { b };
-                }
-                s.fma(nlr, d, p)
-            })
+            run(
+                s,
+                u,
+                g,
+                master,
+                m,
+                v,
+                w,
+                #[inline(always)]
+                |g, p, mv, _| {
+                    let mut d = g;
+                    if has_wd {
+                        d = s.fma(wd, p, d);
+                    }
+                    if has_mom {
+                        let b = if first {
+                            d
+                        } else {
+                            s.fma(mom, *mv, s.mul(omd, d))
+                        };
+                        *mv = b;
+                        d = if nesterov { s.fma(mom, b, d) } else { b };
+                    }
+                    s.fma(nlr, d, p)
+                },
+            )
         }
         Rule::AdamW {
             decay,
@@ -167,13 +181,23 @@ fn by_rule<S: F32Simd, G: Io, W: Model>(
                 s.splat(one_minus_beta2),
             );
             let (ep, nss, ibc) = (s.splat(eps), s.splat(neg_step_size), s.splat(inv_bc2_sqrt));
-            run(s, u, g, master, m, v, w, |g, p, mv, vv| {
-                let p = s.mul(p, dec);
-                *mv = s.fma(s.sub(g, *mv), omb1, *mv);
-                *vv = s.fma(*vv, b2, s.mul(s.mul(g, g), omb2));
-                let denom = s.fma(s.sqrt(*vv), ibc, ep);
-                s.fma(nss, s.div(*mv, denom), p)
-            })
+            run(
+                s,
+                u,
+                g,
+                master,
+                m,
+                v,
+                w,
+                #[inline(always)]
+                |g, p, mv, vv| {
+                    let p = s.mul(p, dec);
+                    *mv = s.fma(s.sub(g, *mv), omb1, *mv);
+                    *vv = s.fma(*vv, b2, s.mul(s.mul(g, g), omb2));
+                    let denom = s.fma(s.sqrt(*vv), ibc, ep);
+                    s.fma(nss, s.div(*mv, denom), p)
+                },
+            )
         }
     }
 }
@@ -198,47 +222,56 @@ fn run<S: F32Simd, G: Io, W: Model>(
     let n = grad.len();
     let (has_master, has_m, has_v) = (!master.is_empty(), !m.is_empty(), !v.is_empty());
     let (inv, clip, zero) = (s.splat(u.inv_scale), s.splat(u.clip), s.splat(0.0));
-    segments(n, u.sr_seed, |start, end, key| {
-        let grad = &grad[start..end];
-        let model = &mut model[start..end];
-        let master = if has_master {
-            &mut master[start..end]
-        } else {
-            &mut [][..]
-        };
-        let m = if has_m {
-            &mut m[start..end]
-        } else {
-            &mut [][..]
-        };
-        let v = if has_v {
-            &mut v[start..end]
-        } else {
-            &mut [][..]
-        };
-        for_each_chunk::<S>(end - start, |c| {
-            let g = s.mul(s.mul(c.load(s, grad), inv), clip);
-            let p = if has_master {
-                c.load(s, &*master)
+    segments(
+        n,
+        u.sr_seed,
+        #[inline(always)]
+        |start, end, key| {
+            let grad = &grad[start..end];
+            let model = &mut model[start..end];
+            let master = if has_master {
+                &mut master[start..end]
             } else {
-                c.load(s, &*model)
+                &mut [][..]
             };
-            let mut mv = if has_m { c.load(s, &*m) } else { zero };
-            let mut vv = if has_v { c.load(s, &*v) } else { zero };
-            let p = lane(g, p, &mut mv, &mut vv);
-            if has_m {
-                c.store(s, mv, m);
-            }
-            if has_v {
-                c.store(s, vv, v);
-            }
-            if has_master {
-                c.store(s, p, master);
-            }
-            match key {
-                Some(k) => W::store_sr(c, s, p, s.sr_bits(k, c.start as u32), model),
-                None => c.store(s, p, model),
-            }
-        });
-    });
+            let m = if has_m {
+                &mut m[start..end]
+            } else {
+                &mut [][..]
+            };
+            let v = if has_v {
+                &mut v[start..end]
+            } else {
+                &mut [][..]
+            };
+            for_each_chunk::<S>(
+                end - start,
+                #[inline(always)]
+                |c| {
+                    let g = s.mul(s.mul(c.load(s, grad), inv), clip);
+                    let p = if has_master {
+                        c.load(s, &*master)
+                    } else {
+                        c.load(s, &*model)
+                    };
+                    let mut mv = if has_m { c.load(s, &*m) } else { zero };
+                    let mut vv = if has_v { c.load(s, &*v) } else { zero };
+                    let p = lane(g, p, &mut mv, &mut vv);
+                    if has_m {
+                        c.store(s, mv, m);
+                    }
+                    if has_v {
+                        c.store(s, vv, v);
+                    }
+                    if has_master {
+                        c.store(s, p, master);
+                    }
+                    match key {
+                        Some(k) => W::store_sr(c, s, p, s.sr_bits(k, c.start as u32), model),
+                        None => c.store(s, p, model),
+                    }
+                },
+            );
+        },
+    );
 }
