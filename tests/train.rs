@@ -963,3 +963,34 @@ fn bad_shapes_and_hyperparameters_are_errors_and_change_nothing() {
     let mut t = Trainer::builder(Sgd::new(0.1)).build(&none).unwrap();
     assert!(t.step(&none.clone(), &mut none).unwrap().applied);
 }
+
+/// The norm is right (and the step applied) for finite gradients whose
+/// squares overflow or underflow f32, found by the fuzzer: SIMD sums f32
+/// squares and must rescale in those cases.
+#[test]
+fn grad_norm_survives_huge_and_tiny_gradients() {
+    let mut rng = Rng::fresh("grad_norm_survives_huge_and_tiny_gradients");
+    for backend in backends() {
+        for magnitude in [1e30f32, 3e19, 1e-20, 1e-30, 1e-44, f32::MAX / 2.0] {
+            for n in [1usize, 17, 100, 5000] {
+                let g: Vec<f32> = (0..n).map(|_| rng.unit() * magnitude).collect();
+                let mut w = vec![vec![0f32; n]];
+                let mut t = Trainer::builder(Sgd::new(0.0))
+                    .backend(backend)
+                    .scaler(LossScaler::disabled())
+                    .clip_grad_norm(1.0)
+                    .build(&w)
+                    .unwrap();
+                let r = t.step(&[&g], &mut w).unwrap();
+                let want = g.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+                assert!(r.applied, "{} {magnitude:e}", backend.isa());
+                assert!(
+                    (r.grad_norm - want).abs() <= 1e-6 * want,
+                    "{} {magnitude:e} n={n}: {} vs {want}",
+                    backend.isa(),
+                    r.grad_norm
+                );
+            }
+        }
+    }
+}

@@ -33,9 +33,32 @@ pub(crate) fn stats<S: F32Simd>(s: S, grad: Slice<'_>, inv_scale: f32) -> (u64, 
 
 #[inline(always)]
 fn stats_of<S: F32Simd, G: Io>(s: S, g: &[G], inv_scale: f32) -> (u64, f64) {
-    let inv = s.splat(inv_scale);
+    let (bad, sum, amax) = sum_sq(s, g, inv_scale, 1.0);
+    // Squares summed in f32 overflow for |x| >~ 2^63 and lose whole
+    // elements below ~2^-75. When that can matter (no inf/NaN, but the sum
+    // overflowed or is tiny), sum again with the values scaled by a power
+    // of two that brings the largest one to [1, 2), as LAPACK's nrm2 does:
+    // smaller values then underflow only where they are negligible. The
+    // all-zero tensor (amax == 0) is exact and takes no second pass.
+    if bad == 0 && (!sum.is_finite() || (sum < TINY_SUM && amax > 0.0)) {
+        let e = (amax.to_bits() >> 23) as i32 - 127; // amax is finite here
+        let k = 2f32.powi((-e).min(127));
+        let (_, scaled, _) = sum_sq(s, g, inv_scale, k);
+        return (0, scaled / (k as f64 * k as f64));
+    }
+    (bad, sum)
+}
+
+/// Below this, a sum of f32 squares may have lost elements to underflow.
+const TINY_SUM: f64 = 8.673_617_379_884_035e-19; // 2^-60
+
+/// Non-finite count, sum of squares and largest magnitude of
+/// `g * inv_scale * k`.
+#[inline(always)]
+fn sum_sq<S: F32Simd, G: Io>(s: S, g: &[G], inv_scale: f32, k: f32) -> (u64, f64, f32) {
+    let (inv, kv) = (s.splat(inv_scale), s.splat(k));
     let zero = s.splat(0.0);
-    let (mut acc, mut a0, mut a1) = (s.acc_zero(), zero, zero);
+    let (mut acc, mut a0, mut a1, mut amax) = (s.acc_zero(), zero, zero, zero);
     let (mut bad, mut n) = (0u64, 0usize);
     for_each_chunk::<S>(
         g.len(),
@@ -43,6 +66,8 @@ fn stats_of<S: F32Simd, G: Io>(s: S, g: &[G], inv_scale: f32) -> (u64, f64) {
         |c| {
             let x = s.mul(c.load(s, g), inv);
             bad += s.count(s.nonfinite(x)) as u64;
+            amax = s.max(amax, s.abs(x));
+            let x = s.mul(x, kv);
             // Two accumulators hide the FMA latency.
             if n % 2 == 0 {
                 a0 = s.fma(x, x, a0);
@@ -57,7 +82,10 @@ fn stats_of<S: F32Simd, G: Io>(s: S, g: &[G], inv_scale: f32) -> (u64, f64) {
         },
     );
     acc = s.acc_add(s.acc_add(acc, a0), a1);
-    (bad, s.acc_sum(acc))
+    let mut lanes = [0f32; 64];
+    s.store(amax, &mut lanes[..S::LANES]);
+    let amax = lanes[..S::LANES].iter().fold(0f32, |m, &x| m.max(x));
+    (bad, s.acc_sum(acc), amax)
 }
 
 /// A model element the update can write: `f32` as is, `bf16`/`f16`
