@@ -813,6 +813,27 @@ fn checkpoint_resumes_bit_identically() {
                     .unwrap();
                 b.restore(&bytes).unwrap();
                 assert_eq!(b.to_bytes(), bytes);
+                // The model copy can be rebuilt from the master weights.
+                let mut rebuilt: Vec<Vec<bf16>> =
+                    model_a.iter().map(|w| vec![bf16::NAN; w.len()]).collect();
+                match precision {
+                    Precision::Pure => assert!(b.write_model(&mut rebuilt).is_err()),
+                    _ => {
+                        b.write_model(&mut rebuilt).unwrap();
+                        for (i, w) in rebuilt.iter().enumerate() {
+                            let want: Vec<bf16> = b
+                                .master(i)
+                                .unwrap()
+                                .iter()
+                                .map(|&x| bf16::from_f32(x))
+                                .collect();
+                            assert_eq!(w, &want);
+                        }
+                        if precision == Precision::default() {
+                            assert_eq!(rebuilt, model_a);
+                        }
+                    }
+                }
                 let mut model_b = model_a.clone();
                 let mut rng = Rng::fresh("resume");
                 for _ in 0..3 {

@@ -338,6 +338,43 @@ impl Trainer {
         self.tensors.iter().map(|t| t.len).collect()
     }
 
+    /// Writes the master weights into the engine's model copy (rounded to
+    /// nearest-even), e.g. after [`Trainer::restore`] when the engine did
+    /// not save its own weights.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] in pure mode (there is no master copy),
+    /// [`Error::ShapeMismatch`] / [`Error::InvalidArgument`] when `params`
+    /// does not match the trainer's tensors (then nothing is written).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use halfkern::bf16;
+    /// use halfkern::train::{Sgd, Trainer};
+    ///
+    /// let t = Trainer::builder(Sgd::new(0.1)).build(&[vec![1.5f32, -2.0]])?;
+    /// let mut model = vec![vec![bf16::ZERO; 2]];
+    /// t.write_model(&mut model)?;
+    /// assert_eq!(model[0][1].to_f32(), -2.0);
+    /// # Ok::<(), halfkern::Error>(())
+    /// ```
+    pub fn write_model<W: Element, P: AsMut<[W]>>(&self, params: &mut [P]) -> Result<(), Error> {
+        if self.precision == Precision::Pure {
+            return Err(Error::InvalidArgument {
+                arg: "precision",
+                reason: "pure mode keeps no master weights to write".into(),
+            });
+        }
+        let lens: Vec<usize> = params.iter_mut().map(|p| p.as_mut().len()).collect();
+        self.check_shapes("params", lens.into_iter())?;
+        for (t, p) in self.tensors.iter().zip(params.iter_mut()) {
+            self.backend.convert(&t.master, p.as_mut())?;
+        }
+        Ok(())
+    }
+
     fn check_shapes(
         &self,
         arg: &'static str,
