@@ -5,6 +5,8 @@
 //!
 //! - [`convert`] / [`convert_stochastic`]: `f32`, [`bf16`] and [`f16`](struct@f16) slices
 //!   into each other, bit-identical on every ISA.
+//! - [`finite`]: fused gradient checks: unscale by `1/scale`, count inf/NaN
+//!   and sum the squares for clipping, in one pass over memory.
 //!
 //! ## ISAs
 //!
@@ -48,6 +50,7 @@ mod arch;
 mod convert;
 mod element;
 mod error;
+pub mod finite;
 mod isa;
 
 pub use convert::{convert, convert_stochastic};

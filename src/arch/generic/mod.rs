@@ -3,3 +3,4 @@
 //! `arch::simd` for how).
 
 pub(crate) mod convert;
+pub(crate) mod finite;

@@ -1,6 +1,7 @@
 //! The portable ISA, and the oracle every other ISA is tested against.
 
 pub mod convert;
+pub(crate) mod finite;
 
 use crate::element::{Slice, SliceMut};
 

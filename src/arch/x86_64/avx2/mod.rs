@@ -8,6 +8,7 @@ mod simd;
 use super::Avx2;
 use crate::arch::generic;
 use crate::element::{Slice, SliceMut};
+use crate::finite::GradStats;
 
 /// `arch::generic::convert::convert` on AVX2.
 pub(crate) fn convert(t: Avx2, src: Slice<'_>, dst: SliceMut<'_>) {
@@ -30,4 +31,37 @@ pub(crate) fn convert_stochastic(t: Avx2, src: &[f32], dst: SliceMut<'_>, seed: 
 #[target_feature(enable = "avx,avx2,fma,f16c")]
 fn convert_stochastic_tf(t: Avx2, src: &[f32], dst: SliceMut<'_>, seed: u64, first: u64) {
     generic::convert::convert_stochastic(t, src, dst, seed, first)
+}
+
+/// `arch::generic::finite::unscale` on AVX2.
+pub(crate) fn unscale(t: Avx2, data: SliceMut<'_>, inv_scale: f32) -> GradStats {
+    // SAFETY: `t` proves AVX2 + FMA + F16C, every feature `unscale_tf` enables.
+    unsafe { unscale_tf(t, data, inv_scale) }
+}
+
+#[target_feature(enable = "avx,avx2,fma,f16c")]
+fn unscale_tf(t: Avx2, data: SliceMut<'_>, inv_scale: f32) -> GradStats {
+    generic::finite::unscale(t, data, inv_scale)
+}
+
+/// `arch::generic::finite::unscale_into` on AVX2.
+pub(crate) fn unscale_into(t: Avx2, src: Slice<'_>, dst: &mut [f32], inv_scale: f32) -> GradStats {
+    // SAFETY: as in `unscale`.
+    unsafe { unscale_into_tf(t, src, dst, inv_scale) }
+}
+
+#[target_feature(enable = "avx,avx2,fma,f16c")]
+fn unscale_into_tf(t: Avx2, src: Slice<'_>, dst: &mut [f32], inv_scale: f32) -> GradStats {
+    generic::finite::unscale_into(t, src, dst, inv_scale)
+}
+
+/// `arch::generic::finite::count_nonfinite` on AVX2.
+pub(crate) fn count_nonfinite(t: Avx2, src: Slice<'_>, stop_at_first: bool) -> usize {
+    // SAFETY: as in `unscale`.
+    unsafe { count_nonfinite_tf(t, src, stop_at_first) }
+}
+
+#[target_feature(enable = "avx,avx2,fma,f16c")]
+fn count_nonfinite_tf(t: Avx2, src: Slice<'_>, stop_at_first: bool) -> usize {
+    generic::finite::count_nonfinite(t, src, stop_at_first)
 }
