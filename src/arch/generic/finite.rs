@@ -19,8 +19,8 @@
 //! fold, so a block's relative error is below `11 * 2^-24` (6.6e-7) and the
 //! f64 sum of blocks adds nothing measurable. Squares below f32's normal
 //! range (|x| < 2^-63) lose precision; that matters only when the whole sum
-//! is tiny, so a slice whose clean total is below [`TINY_TOTAL`] is summed
-//! again (read only) with its values scaled by `2^90`, which brings every
+//! is tiny, so a slice whose total is below [`TINY_TOTAL`] is summed
+//! again (read only, inf/NaN skipped) with its values scaled by `2^90`, which brings every
 //! finite bf16/f16/f32 value below 2^-35 into the range where squares are
 //! exact to 2^-24. (Rejected: f64 accumulation of every vector. It is
 //! simpler but costs two conversions and two f64 FMAs per vector, measured
@@ -154,15 +154,15 @@ fn pass<S: F32Simd, D: Store>(s: S, src: impl Source<D>, dst: &mut [D], inv: f32
         start += len;
     }
     stats.sum_sq += s.acc_sum(acc);
-    if stats.sum_sq < TINY_TOTAL && stats.nonfinite == 0 && n > 0 {
+    if stats.sum_sq < TINY_TOTAL && n > 0 {
         stats.sum_sq = tiny_sum_sq(s, dst);
     }
     stats
 }
 
-/// The sum of squares of `data` (all finite, all |x| < 2^-34), each value
-/// scaled by 2^90 before squaring so that no square leaves f32's normal
-/// range; the result is scaled back in f64.
+/// The sum of squares of the finite values of `data` (all |x| < 2^-34),
+/// each scaled by 2^90 before squaring so that no square leaves f32's
+/// normal range; the result is scaled back in f64. Inf/NaN lanes add 0.
 #[inline(always)]
 fn tiny_sum_sq<S: F32Simd, T: Io>(s: S, data: &[T]) -> f64 {
     let scale = s.splat(TINY_SCALE);
@@ -170,7 +170,8 @@ fn tiny_sum_sq<S: F32Simd, T: Io>(s: S, data: &[T]) -> f64 {
     for block in data.chunks(BLOCK_VECS * S::LANES) {
         let mut a = s.splat(0.0);
         for_each_chunk::<S>(block.len(), |c| {
-            let r = s.mul(c.load(s, block), scale);
+            let v = c.load(s, block);
+            let r = s.select(s.nonfinite(v), s.splat(0.0), s.mul(v, scale));
             a = s.fma(r, r, a);
         });
         acc = s.acc_add(acc, a);
