@@ -103,8 +103,12 @@ fn bench(c: &mut Criterion) {
                 b.iter(|| backend.unscale(&mut g16, inv).unwrap())
             });
         }
-        group.bench_function("plain_two_pass", |b| b.iter(|| two_pass_bf16(&mut g16, inv)));
-        group.bench_function("plain_one_pass", |b| b.iter(|| one_pass_bf16(&mut g16, inv)));
+        group.bench_function("plain_two_pass", |b| {
+            b.iter(|| two_pass_bf16(&mut g16, inv))
+        });
+        group.bench_function("plain_one_pass", |b| {
+            b.iter(|| one_pass_bf16(&mut g16, inv))
+        });
         group.finish();
     }
 }

@@ -420,9 +420,7 @@ fn run_unscale_into(token: Token, src: Slice<'_>, dst: &mut [f32], inv_scale: f3
         #[cfg(target_arch = "x86_64")]
         Token::Avx512Bf16(t) => x86::avx512::unscale_into(t.avx512(), src, dst, inv_scale),
         #[cfg(target_arch = "x86_64")]
-        Token::Amx(t) => {
-            x86::avx512::unscale_into(t.avx512bf16().avx512(), src, dst, inv_scale)
-        }
+        Token::Amx(t) => x86::avx512::unscale_into(t.avx512bf16().avx512(), src, dst, inv_scale),
         #[cfg(target_arch = "aarch64")]
         Token::Neon(t) => arm::neon::unscale_into(t, src, dst, inv_scale),
         #[cfg(target_arch = "aarch64")]
@@ -442,9 +440,7 @@ fn run_count(token: Token, src: Slice<'_>, stop_at_first: bool) -> usize {
         #[cfg(target_arch = "x86_64")]
         Token::Avx512Bf16(t) => x86::avx512::count_nonfinite(t.avx512(), src, stop_at_first),
         #[cfg(target_arch = "x86_64")]
-        Token::Amx(t) => {
-            x86::avx512::count_nonfinite(t.avx512bf16().avx512(), src, stop_at_first)
-        }
+        Token::Amx(t) => x86::avx512::count_nonfinite(t.avx512bf16().avx512(), src, stop_at_first),
         #[cfg(target_arch = "aarch64")]
         Token::Neon(t) => arm::neon::count_nonfinite(t, src, stop_at_first),
         #[cfg(target_arch = "aarch64")]

@@ -56,7 +56,9 @@ impl Bits for bf16 {
         bf16::from_bits(b as u16)
     }
     fn nans() -> Vec<u32> {
-        vec![0x7FC0, 0xFFC0, 0x7F81, 0xFF81, 0x7FBF, 0x7FFF, 0x7FA5, 0xFF92]
+        vec![
+            0x7FC0, 0xFFC0, 0x7F81, 0xFF81, 0x7FBF, 0x7FFF, 0x7FA5, 0xFF92,
+        ]
     }
     const MAX: u32 = 0x7F7F;
     const MIN_SUB: u32 = 1;
@@ -71,7 +73,9 @@ impl Bits for f16 {
         f16::from_bits(b as u16)
     }
     fn nans() -> Vec<u32> {
-        vec![0x7E00, 0xFE00, 0x7C01, 0xFC01, 0x7DFF, 0x7FFF, 0x7D55, 0xFEAA]
+        vec![
+            0x7E00, 0xFE00, 0x7C01, 0xFC01, 0x7DFF, 0x7FFF, 0x7D55, 0xFEAA,
+        ]
     }
     const MAX: u32 = 0x7BFF;
     const MIN_SUB: u32 = 1;
@@ -144,12 +148,20 @@ fn check_all<T: Bits>(backend: &Backend, src: &[T], inv: f32, what: &str) {
         &want32,
     );
     assert_eq!(dst[0].to_bits(), 0x7FA5_5A5A, "{isa} {what}: wrote before");
-    assert_eq!(dst[src.len() + 1].to_bits(), 0x7FA5_5A5A, "{isa} {what}: wrote after");
+    assert_eq!(
+        dst[src.len() + 1].to_bits(),
+        0x7FA5_5A5A,
+        "{isa} {what}: wrote after"
+    );
     assert_stats(&format!("{isa} {what} unscale_into"), stats, want32_stats);
 
     let count = src.iter().filter(|x| !x.to_f32().is_finite()).count();
     assert_eq!(backend.count_nonfinite(src), count, "{isa} {what} count");
-    assert_eq!(backend.all_finite(src), count == 0, "{isa} {what} all_finite");
+    assert_eq!(
+        backend.all_finite(src),
+        count == 0,
+        "{isa} {what} all_finite"
+    );
 }
 
 /// Finite values of varied magnitude that stay finite when unscaled by
@@ -175,7 +187,12 @@ fn positions_for<T: Bits>(test: &str) {
             for offset in 0..3 {
                 let buf = finite_values::<T>(&mut rng, len + offset);
                 let clean = &buf[offset..];
-                check_all(&backend, clean, 0.75, &format!("clean len {len} off {offset}"));
+                check_all(
+                    &backend,
+                    clean,
+                    0.75,
+                    &format!("clean len {len} off {offset}"),
+                );
                 for pos in 0..len {
                     let special = specials[rng.below(specials.len())];
                     let mut data = buf.clone();
@@ -348,7 +365,10 @@ fn sum_of_squares_is_within_1e6_of_f64_on_large_slices() {
             let mut dst = vec![f32::NAN; n];
             let s = backend.unscale_into(&half, &mut dst, inv).unwrap();
             assert_stats(&format!("{isa} bf16->f32 n={n}"), s, want_w_stats);
-            assert!(dst == want_w, "{isa} bf16->f32 n={n}: written values differ");
+            assert!(
+                dst == want_w,
+                "{isa} bf16->f32 n={n}: written values differ"
+            );
         }
     }
 }
@@ -373,7 +393,16 @@ fn invalid_scales_and_lengths_are_rejected_with_data_untouched() {
         for &inv in &bad {
             let mut g = src.clone();
             let e = backend.unscale(&mut g, inv).unwrap_err();
-            assert!(matches!(e, Error::InvalidScale { arg: "inv_scale", .. }), "{e}");
+            assert!(
+                matches!(
+                    e,
+                    Error::InvalidScale {
+                        arg: "inv_scale",
+                        ..
+                    }
+                ),
+                "{e}"
+            );
             assert!(e.to_string().contains("inv_scale"));
             assert_eq!(g, src);
             let mut dst = vec![7.0f32; 100];

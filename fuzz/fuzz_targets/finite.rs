@@ -37,7 +37,12 @@ fn check<T: Element + PartialEq>(src: &[T], inv: f32, bits: impl Fn(&T) -> u32) 
         match (&stats, &want32_stats) {
             (Ok(g), Ok(w)) => {
                 assert!(close(*g, *w), "{isa}: {g:?} vs {w:?}");
-                assert!(got32.iter().map(|x| x.to_bits()).eq(want32.iter().map(|x| x.to_bits())));
+                assert!(
+                    got32
+                        .iter()
+                        .map(|x| x.to_bits())
+                        .eq(want32.iter().map(|x| x.to_bits()))
+                );
             }
             (Err(_), Err(_)) => assert!(got32.iter().all(|x| x.to_bits() == 0x7FA5_5A5A)),
             _ => panic!("{isa}: {stats:?} vs {want32_stats:?}"),

@@ -38,11 +38,12 @@ use crate::finite::GradStats;
 const BLOCK_VECS: usize = 32;
 
 /// A clean total below this (2^-70) is summed again with scaled values.
-const TINY_TOTAL: f64 = 8.470_329_472_543_003e-22;
+const TINY_TOTAL: f64 = f64::from_bits((1023 - 70) << 52);
 
-/// The power of two the re-summation multiplies by, and its square's inverse.
-const TINY_SCALE: f32 = 1.237_940_039_285_380_3e27; // 2^90
-const TINY_UNSCALE_SQ: f64 = 6.525_304_467_998_525e-55; // 2^-180
+/// The power of two the re-summation multiplies by (2^90), and its
+/// square's inverse (2^-180).
+const TINY_SCALE: f32 = f32::from_bits((127 + 90) << 23);
+const TINY_UNSCALE_SQ: f64 = f64::from_bits((1023 - 180) << 52);
 
 /// An element a kernel writes: rounds an f32 vector to `Self`, stores it,
 /// and returns the stored values as f32 (exactly).

@@ -46,7 +46,12 @@ fn unscale_tf(t: Avx512, data: SliceMut<'_>, inv_scale: f32) -> GradStats {
 }
 
 /// `arch::generic::finite::unscale_into` on AVX-512.
-pub(crate) fn unscale_into(t: Avx512, src: Slice<'_>, dst: &mut [f32], inv_scale: f32) -> GradStats {
+pub(crate) fn unscale_into(
+    t: Avx512,
+    src: Slice<'_>,
+    dst: &mut [f32],
+    inv_scale: f32,
+) -> GradStats {
     // SAFETY: as in `unscale`.
     unsafe { unscale_into_tf(t, src, dst, inv_scale) }
 }
