@@ -47,7 +47,7 @@ const TINY_UNSCALE_SQ: f64 = f64::from_bits((1023 - 180) << 52);
 
 /// An element a kernel writes: rounds an f32 vector to `Self`, stores it,
 /// and returns the stored values as f32 (exactly).
-pub(crate) trait Store: Io + Element {
+pub(crate) trait Store: Load + Element {
     /// Rounds `y` to `Self` (nearest even), stores this chunk of `dst`,
     /// and returns the written values widened back to f32.
     fn store_rounded<S: F32Simd>(s: S, c: Chunk, y: S::F, dst: &mut [Self]) -> S::F;
@@ -81,30 +81,59 @@ impl Store for f16 {
     }
 }
 
+/// An element a kernel reads gradients from.
+pub(crate) trait Load: Io {
+    /// This chunk of `src` as f32, except that a signalling NaN may stay
+    /// signalling: the unscale multiply quiets it exactly as widening would
+    /// (IEEE 754 returns the quieted NaN operand; x86 and Arm without
+    /// default-NaN mode both do), so the product is the same either way.
+    #[inline(always)]
+    fn load_for_mul<S: F32Simd>(s: S, c: Chunk, src: &[Self]) -> S::F {
+        c.load(s, src)
+    }
+}
+
+impl Load for f32 {}
+impl Load for f16 {}
+
+impl Load for bf16 {
+    /// A bf16 is the top half of an f32: one shift, no NaN fix-up.
+    #[inline(always)]
+    fn load_for_mul<S: F32Simd>(s: S, c: Chunk, src: &[bf16]) -> S::F {
+        let src: &[u16] = &src.reinterpret_cast()[c.start..c.start + c.len];
+        let bits = if c.is_full::<S>() {
+            s.load_u16(src)
+        } else {
+            s.load_u16_tail(src)
+        };
+        s.bits_to_f(s.u_shl(bits, 16))
+    }
+}
+
 /// Where a pass reads its inputs: from the destination itself (in place)
 /// or from a separate slice.
 trait Source<D> {
-    /// The chunk `c` of the input as f32.
+    /// The chunk `c` of the input as f32 (see [`Load::load_for_mul`]).
     fn load<S: F32Simd>(&self, s: S, c: Chunk, dst: &[D]) -> S::F;
 }
 
 /// In place: the input is the destination.
 struct InPlace;
 
-impl<D: Io> Source<D> for InPlace {
+impl<D: Load> Source<D> for InPlace {
     #[inline(always)]
     fn load<S: F32Simd>(&self, s: S, c: Chunk, dst: &[D]) -> S::F {
-        c.load(s, dst)
+        D::load_for_mul(s, c, dst)
     }
 }
 
 /// A separate input slice of the destination's length.
 struct From<'a, A>(&'a [A]);
 
-impl<A: Io, D> Source<D> for From<'_, A> {
+impl<A: Load, D> Source<D> for From<'_, A> {
     #[inline(always)]
     fn load<S: F32Simd>(&self, s: S, c: Chunk, _: &[D]) -> S::F {
-        c.load(s, self.0)
+        A::load_for_mul(s, c, self.0)
     }
 }
 
