@@ -7,6 +7,8 @@
 //!   into each other, bit-identical on every ISA.
 //! - [`train`]: dynamic loss scaling, f32 master weights, fused SGD/AdamW
 //!   updates and downcasts, skipped steps that change nothing.
+//! - [`finite`]: fused gradient checks: unscale by `1/scale`, count inf/NaN
+//!   and sum the squares for clipping, in one pass over memory.
 //!
 //! ## ISAs
 //!
@@ -50,6 +52,7 @@ mod arch;
 mod convert;
 mod element;
 mod error;
+pub mod finite;
 mod isa;
 pub mod train;
 

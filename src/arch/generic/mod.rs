@@ -4,3 +4,4 @@
 
 pub(crate) mod convert;
 pub(crate) mod train;
+pub(crate) mod finite;

@@ -2,6 +2,7 @@
 
 pub mod convert;
 pub(crate) mod train;
+pub(crate) mod finite;
 
 use crate::element::{Slice, SliceMut};
 

@@ -9,6 +9,7 @@ use super::Neon;
 use crate::arch::generic;
 use crate::element::{Slice, SliceMut};
 use crate::train::kernel::{Tensor, Update};
+use crate::finite::GradStats;
 
 /// `arch::generic::convert::convert` on NEON.
 pub(crate) fn convert(t: Neon, src: Slice<'_>, dst: SliceMut<'_>) {
@@ -52,6 +53,39 @@ pub(crate) fn train_apply(t: Neon, u: &Update, tensor: Tensor<'_>) {
 #[target_feature(enable = "neon")]
 fn train_apply_tf(t: Neon, u: &Update, tensor: Tensor<'_>) {
     generic::train::apply(t, u, tensor)
+}
+
+/// `arch::generic::finite::unscale` on NEON.
+pub(crate) fn unscale(t: Neon, data: SliceMut<'_>, inv_scale: f32) -> GradStats {
+    // SAFETY: `t` proves NEON, every feature `unscale_tf` enables.
+    unsafe { unscale_tf(t, data, inv_scale) }
+}
+
+#[target_feature(enable = "neon")]
+fn unscale_tf(t: Neon, data: SliceMut<'_>, inv_scale: f32) -> GradStats {
+    generic::finite::unscale(t, data, inv_scale)
+}
+
+/// `arch::generic::finite::unscale_into` on NEON.
+pub(crate) fn unscale_into(t: Neon, src: Slice<'_>, dst: &mut [f32], inv_scale: f32) -> GradStats {
+    // SAFETY: as in `unscale`.
+    unsafe { unscale_into_tf(t, src, dst, inv_scale) }
+}
+
+#[target_feature(enable = "neon")]
+fn unscale_into_tf(t: Neon, src: Slice<'_>, dst: &mut [f32], inv_scale: f32) -> GradStats {
+    generic::finite::unscale_into(t, src, dst, inv_scale)
+}
+
+/// `arch::generic::finite::count_nonfinite` on NEON.
+pub(crate) fn count_nonfinite(t: Neon, src: Slice<'_>, stop_at_first: bool) -> usize {
+    // SAFETY: as in `unscale`.
+    unsafe { count_nonfinite_tf(t, src, stop_at_first) }
+}
+
+#[target_feature(enable = "neon")]
+fn count_nonfinite_tf(t: Neon, src: Slice<'_>, stop_at_first: bool) -> usize {
+    generic::finite::count_nonfinite(t, src, stop_at_first)
 }
 
 #[cfg(test)]

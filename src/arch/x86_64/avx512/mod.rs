@@ -10,6 +10,7 @@ use super::Avx512;
 use crate::arch::generic;
 use crate::element::{Slice, SliceMut};
 use crate::train::kernel::{Tensor, Update};
+use crate::finite::GradStats;
 
 /// `arch::generic::convert::convert` on AVX-512.
 pub(crate) fn convert(t: Avx512, src: Slice<'_>, dst: SliceMut<'_>) {
@@ -54,4 +55,42 @@ pub(crate) fn train_apply(t: Avx512, u: &Update, tensor: Tensor<'_>) {
 #[target_feature(enable = "avx,avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq")]
 fn train_apply_tf(t: Avx512, u: &Update, tensor: Tensor<'_>) {
     generic::train::apply(t, u, tensor)
+}
+
+/// `arch::generic::finite::unscale` on AVX-512.
+pub(crate) fn unscale(t: Avx512, data: SliceMut<'_>, inv_scale: f32) -> GradStats {
+    // SAFETY: `t` proves AVX-512 F/BW/VL/DQ + AVX2 + FMA + F16C, every feature `unscale_tf` enables.
+    unsafe { unscale_tf(t, data, inv_scale) }
+}
+
+#[target_feature(enable = "avx,avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq")]
+fn unscale_tf(t: Avx512, data: SliceMut<'_>, inv_scale: f32) -> GradStats {
+    generic::finite::unscale(t, data, inv_scale)
+}
+
+/// `arch::generic::finite::unscale_into` on AVX-512.
+pub(crate) fn unscale_into(
+    t: Avx512,
+    src: Slice<'_>,
+    dst: &mut [f32],
+    inv_scale: f32,
+) -> GradStats {
+    // SAFETY: as in `unscale`.
+    unsafe { unscale_into_tf(t, src, dst, inv_scale) }
+}
+
+#[target_feature(enable = "avx,avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq")]
+fn unscale_into_tf(t: Avx512, src: Slice<'_>, dst: &mut [f32], inv_scale: f32) -> GradStats {
+    generic::finite::unscale_into(t, src, dst, inv_scale)
+}
+
+/// `arch::generic::finite::count_nonfinite` on AVX-512.
+pub(crate) fn count_nonfinite(t: Avx512, src: Slice<'_>, stop_at_first: bool) -> usize {
+    // SAFETY: as in `unscale`.
+    unsafe { count_nonfinite_tf(t, src, stop_at_first) }
+}
+
+#[target_feature(enable = "avx,avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq")]
+fn count_nonfinite_tf(t: Avx512, src: Slice<'_>, stop_at_first: bool) -> usize {
+    generic::finite::count_nonfinite(t, src, stop_at_first)
 }
