@@ -212,3 +212,100 @@ fn scalar_stochastic(src: &[f32], dst: SliceMut<'_>, seed: u64, first: u64) {
         SliceMut::F16(d) => f32_to_f16_sr_slice(src, d, seed, first),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::isa::Isa;
+    use half::{bf16, f16};
+
+    /// The stochastic kernels agree with the scalar oracle when a slice's
+    /// global indices cross a multiple of 2^32 (the key changes there), at
+    /// every tail length, on every ISA.
+    #[test]
+    fn stochastic_kernels_cross_the_2_pow_32_index_boundary() {
+        let n = if cfg!(miri) { 9 } else { 70 };
+        let src: Vec<f32> = (0..n).map(|i| 1.0 + i as f32 / 7919.0).collect();
+        for isa in Isa::available() {
+            let token = Backend::new(isa).unwrap().token;
+            for back in [1u64, 5, 16, 33] {
+                let first = (1u64 << 32) - back;
+                for len in [0, 1, n / 2, n] {
+                    let s = &src[..len];
+                    let mut want = vec![bf16::ZERO; len];
+                    let mut got = vec![bf16::from_bits(0x5A5A); len];
+                    scalar_stochastic(s, SliceMut::Bf16(&mut want), 9, first);
+                    run_stochastic(token, s, SliceMut::Bf16(&mut got), 9, first);
+                    assert_eq!(got, want, "{isa} bf16 first {first:#x} len {len}");
+                    let mut want = vec![f16::ZERO; len];
+                    let mut got = vec![f16::from_bits(0x5A5A); len];
+                    scalar_stochastic(s, SliceMut::F16(&mut want), 9, first);
+                    run_stochastic(token, s, SliceMut::F16(&mut got), 9, first);
+                    assert_eq!(got, want, "{isa} f16 first {first:#x} len {len}");
+                }
+            }
+        }
+    }
+
+    /// The scalar kernels at small sizes (also what Miri runs): every pair
+    /// against the element-wise oracle.
+    #[test]
+    fn scalar_kernels_match_the_oracle_on_small_slices() {
+        use crate::arch::scalar::convert as o;
+        let bits: [u32; 12] = [
+            0,
+            0x8000_0000,
+            0x7F80_0000,
+            0xFF80_0001,
+            0x7FC0_1234,
+            0x0000_0001,
+            0x3F80_8000,
+            0x3F80_1000,
+            0x477F_F000,
+            0x3300_0001,
+            0x7F7F_FFFF,
+            0xC2F6_E979,
+        ];
+        let src: Vec<f32> = bits.iter().map(|&b| f32::from_bits(b)).collect();
+        let backend = Backend::scalar();
+        let mut b = vec![bf16::ZERO; src.len()];
+        let mut h = vec![f16::ZERO; src.len()];
+        backend.convert(&src, &mut b).unwrap();
+        backend.convert(&src, &mut h).unwrap();
+        for i in 0..src.len() {
+            assert_eq!(b[i].to_bits(), o::f32_to_bf16(src[i]).to_bits());
+            assert_eq!(h[i].to_bits(), o::f32_to_f16(src[i]).to_bits());
+        }
+        let mut f = vec![0f32; src.len()];
+        backend.convert(&b, &mut f).unwrap();
+        assert!(
+            f.iter()
+                .zip(&b)
+                .all(|(x, y)| x.to_bits() == o::bf16_to_f32(*y).to_bits())
+        );
+        backend.convert(&h, &mut f).unwrap();
+        assert!(
+            f.iter()
+                .zip(&h)
+                .all(|(x, y)| x.to_bits() == o::f16_to_f32(*y).to_bits())
+        );
+        let mut h2 = vec![f16::ZERO; src.len()];
+        backend.convert(&b, &mut h2).unwrap();
+        assert!(
+            h2.iter()
+                .zip(&b)
+                .all(|(x, y)| *x == o::bf16_to_f16(*y) || x.is_nan())
+        );
+        backend.convert_stochastic(&src, &mut b, 3).unwrap();
+        for (i, x) in b.iter().enumerate() {
+            let r = o::sr_bits(o::sr_key(3, 0), i as u32);
+            assert_eq!(x.to_bits(), o::f32_to_bf16_sr_bits(bits[i], r));
+        }
+        backend.convert_stochastic(&src, &mut h, 3).unwrap();
+        for (i, x) in h.iter().enumerate() {
+            let r = o::sr_bits(o::sr_key(3, 0), i as u32);
+            assert_eq!(x.to_bits(), o::f32_to_f16_sr_bits(bits[i], r));
+        }
+        assert!(backend.convert(&src, &mut h[..3]).is_err());
+    }
+}

@@ -26,7 +26,7 @@ pub(crate) fn convert<S: F32Simd>(s: S, src: Slice<'_>, dst: SliceMut<'_>) {
 #[inline(always)]
 fn map<S: F32Simd, A: Io, B: Io>(s: S, src: &[A], dst: &mut [B]) {
     assert_eq!(src.len(), dst.len());
-    for_each_chunk::<S>(src.len(), |c| {
+    for_each_chunk!(S, src.len(), |c| {
         let v = c.load(s, src);
         c.store(s, v, dst);
     });
@@ -44,20 +44,13 @@ pub(crate) fn convert_stochastic<S: F32Simd>(
 ) {
     match dst {
         SliceMut::F32(d) => d.copy_from_slice(src),
-        SliceMut::Bf16(d) => stochastic(s, src, d, seed, first, S::narrow_bf16_sr),
-        SliceMut::F16(d) => stochastic(s, src, d, seed, first, S::narrow_f16_sr),
+        SliceMut::Bf16(d) => stochastic(s, src, d, seed, first),
+        SliceMut::F16(d) => stochastic(s, src, d, seed, first),
     }
 }
 
 #[inline(always)]
-fn stochastic<S: F32Simd, T: Half>(
-    s: S,
-    src: &[f32],
-    dst: &mut [T],
-    seed: u64,
-    first: u64,
-    narrow: impl Fn(S, S::F, S::U) -> S::U,
-) {
+fn stochastic<S: F32Simd, T: Half>(s: S, src: &[f32], dst: &mut [T], seed: u64, first: u64) {
     assert_eq!(src.len(), dst.len());
     // The key changes with the upper 32 bits of the global index, so walk
     // segments that do not cross a multiple of 2^32.
@@ -69,10 +62,10 @@ fn stochastic<S: F32Simd, T: Half>(
         let key = sr_key(seed, (index >> 32) as u32);
         let lo = index as u32;
         let (src, dst) = (&src[done..done + n], &mut dst[done..done + n]);
-        for_each_chunk::<S>(n, |c| {
+        for_each_chunk!(S, n, |c| {
             let v = c.load(s, src);
             let r = s.sr_bits(key, lo.wrapping_add(c.start as u32));
-            c.store_bits(s, narrow(s, v, r), dst);
+            c.store_bits(s, T::narrow_sr(s, v, r), dst);
         });
         done += n;
     }
