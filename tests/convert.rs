@@ -496,3 +496,31 @@ fn check_stochastic<D: halfkern::Element + Bits>(
         );
     }
 }
+
+/// Outputs large enough for streaming stores (and the rayon split), at
+/// misaligned starts, on every ISA: equal to the scalar oracle, nothing
+/// outside `dst` written.
+#[test]
+fn large_outputs_match_the_oracle_at_every_alignment() {
+    let mut rng = Rng::fresh("large_outputs_match_the_oracle_at_every_alignment");
+    let n = (5 << 20) / 2 + 37; // > 4 MiB of bf16/f16, > 8 MiB of f32
+    let src: Vec<f32> = (0..n + 8).map(|_| rng.any_f32()).collect();
+    let halves: Vec<bf16> = (0..n + 8)
+        .map(|_| bf16::from_bits(rng.next_u32() as u16))
+        .collect();
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    for backend in simd_backends() {
+        for off in [0usize, 1, 3, 7] {
+            let s = &src[off..off + n];
+            one.install(|| {
+                check_into(&backend, s, 8 - off, halfkern::oracle::f32_to_bf16);
+                check_into(&backend, s, off, halfkern::oracle::f32_to_f16);
+            });
+            let h = &halves[off..off + n];
+            check_into(&backend, h, off + 1, halfkern::oracle::bf16_to_f32);
+        }
+    }
+}

@@ -405,6 +405,34 @@ pub(crate) trait F32Simd: Copy + Send + Sync + 'static {
     fn store_bf16(self, v: Self::F, dst: &mut [bf16]) {
         self.store_u16(self.narrow_bf16(v), dst.reinterpret_cast_mut())
     }
+    /// Like [`F32Simd::store`], but a non-temporal (streaming) store where
+    /// the ISA has one: it bypasses the caches, which pays for outputs much
+    /// larger than the last-level cache share. `dst` must start on a
+    /// multiple of `LANES * 4` bytes (see [`stream_head`]); call
+    /// [`F32Simd::stream_fence`] after the last one.
+    ///
+    /// # Panics
+    ///
+    /// When `dst.len() < LANES`, or (where it streams) when `dst` is not
+    /// aligned.
+    #[inline(always)]
+    fn stream(self, v: Self::F, dst: &mut [f32]) {
+        self.store(v, dst)
+    }
+    /// [`F32Simd::store_bf16`], streaming; `dst` aligned to `LANES * 2`.
+    #[inline(always)]
+    fn stream_bf16(self, v: Self::F, dst: &mut [bf16]) {
+        self.store_bf16(v, dst)
+    }
+    /// [`F32Simd::store_f16`], streaming; `dst` aligned to `LANES * 2`.
+    #[inline(always)]
+    fn stream_f16(self, v: Self::F, dst: &mut [f16]) {
+        self.store_f16(v, dst)
+    }
+    /// Orders earlier streaming stores before later stores (`sfence`).
+    #[inline(always)]
+    fn stream_fence(self) {}
+
     /// Rounds the first `dst.len() < LANES` lanes into `dst`.
     #[inline(always)]
     fn store_bf16_tail(self, v: Self::F, dst: &mut [bf16]) {
@@ -423,6 +451,24 @@ pub(crate) trait Io: Copy {
     fn store<S: F32Simd>(s: S, v: S::F, dst: &mut [Self]);
     /// The first `dst.len() < LANES` lanes of `v` into `dst`.
     fn store_tail<S: F32Simd>(s: S, v: S::F, dst: &mut [Self]);
+    /// `v` into `dst[..LANES]` with a streaming store ([`F32Simd::stream`]).
+    fn stream<S: F32Simd>(s: S, v: S::F, dst: &mut [Self]);
+}
+
+/// How many leading elements of `dst` to write with ordinary stores so that
+/// the rest starts on a multiple of one vector's bytes (`LANES` elements),
+/// as streaming stores need. Less than `LANES`, and at most `dst.len()`.
+#[inline(always)]
+pub(crate) fn stream_head<S: F32Simd, T>(dst: &[T]) -> usize {
+    let size = core::mem::size_of::<T>();
+    let align = S::LANES * size;
+    let misalign = dst.as_ptr() as usize % align;
+    let head = if misalign == 0 {
+        0
+    } else {
+        (align - misalign) / size
+    };
+    head.min(dst.len())
 }
 
 impl Io for f32 {
@@ -437,6 +483,10 @@ impl Io for f32 {
     #[inline(always)]
     fn store<S: F32Simd>(s: S, v: S::F, dst: &mut [f32]) {
         s.store(v, dst)
+    }
+    #[inline(always)]
+    fn stream<S: F32Simd>(s: S, v: S::F, dst: &mut [f32]) {
+        s.stream(v, dst)
     }
     #[inline(always)]
     fn store_tail<S: F32Simd>(s: S, v: S::F, dst: &mut [f32]) {
@@ -458,6 +508,10 @@ impl Io for bf16 {
         s.store_bf16(v, dst)
     }
     #[inline(always)]
+    fn stream<S: F32Simd>(s: S, v: S::F, dst: &mut [bf16]) {
+        s.stream_bf16(v, dst)
+    }
+    #[inline(always)]
     fn store_tail<S: F32Simd>(s: S, v: S::F, dst: &mut [bf16]) {
         s.store_bf16_tail(v, dst)
     }
@@ -475,6 +529,10 @@ impl Io for f16 {
     #[inline(always)]
     fn store<S: F32Simd>(s: S, v: S::F, dst: &mut [f16]) {
         s.store_f16(v, dst)
+    }
+    #[inline(always)]
+    fn stream<S: F32Simd>(s: S, v: S::F, dst: &mut [f16]) {
+        s.stream_f16(v, dst)
     }
     #[inline(always)]
     fn store_tail<S: F32Simd>(s: S, v: S::F, dst: &mut [f16]) {
@@ -556,6 +614,18 @@ impl Chunk {
         let dst = &mut dst[self.start..self.start + self.len];
         if self.is_full::<S>() {
             T::store(s, v, dst)
+        } else {
+            T::store_tail(s, v, dst)
+        }
+    }
+
+    /// Like [`Chunk::store`], streaming full chunks (see
+    /// [`F32Simd::stream`]); the tail is stored normally.
+    #[inline(always)]
+    pub(crate) fn stream<S: F32Simd, T: Io>(self, s: S, v: S::F, dst: &mut [T]) {
+        let dst = &mut dst[self.start..self.start + self.len];
+        if self.is_full::<S>() {
+            T::stream(s, v, dst)
         } else {
             T::store_tail(s, v, dst)
         }

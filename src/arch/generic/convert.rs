@@ -3,19 +3,20 @@
 //! rounds once), and stochastic rounding draws `sr_bits` per global index.
 
 use crate::arch::scalar::convert::sr_key;
-use crate::arch::simd::{F32Simd, Half, Io, for_each_chunk};
+use crate::arch::simd::{F32Simd, Half, Io, for_each_chunk, stream_head};
 use crate::element::{Slice, SliceMut};
 
-/// Converts `src` into `dst` (equal lengths) on `s`'s ISA.
+/// Converts `src` into `dst` (equal lengths) on `s`'s ISA; `stream` asks
+/// for streaming stores (the caller decides from the whole output's size).
 #[inline(always)]
-pub(crate) fn convert<S: F32Simd>(s: S, src: Slice<'_>, dst: SliceMut<'_>) {
+pub(crate) fn convert<S: F32Simd>(s: S, src: Slice<'_>, dst: SliceMut<'_>, stream: bool) {
     match (src, dst) {
-        (Slice::F32(a), SliceMut::Bf16(b)) => map(s, a, b),
-        (Slice::F32(a), SliceMut::F16(b)) => map(s, a, b),
-        (Slice::Bf16(a), SliceMut::F32(b)) => map(s, a, b),
-        (Slice::F16(a), SliceMut::F32(b)) => map(s, a, b),
-        (Slice::Bf16(a), SliceMut::F16(b)) => map(s, a, b),
-        (Slice::F16(a), SliceMut::Bf16(b)) => map(s, a, b),
+        (Slice::F32(a), SliceMut::Bf16(b)) => map(s, a, b, stream),
+        (Slice::F32(a), SliceMut::F16(b)) => map(s, a, b, stream),
+        (Slice::Bf16(a), SliceMut::F32(b)) => map(s, a, b, stream),
+        (Slice::F16(a), SliceMut::F32(b)) => map(s, a, b, stream),
+        (Slice::Bf16(a), SliceMut::F16(b)) => map(s, a, b, stream),
+        (Slice::F16(a), SliceMut::Bf16(b)) => map(s, a, b, stream),
         (Slice::F32(a), SliceMut::F32(b)) => b.copy_from_slice(a),
         (Slice::Bf16(a), SliceMut::Bf16(b)) => b.copy_from_slice(a),
         (Slice::F16(a), SliceMut::F16(b)) => b.copy_from_slice(a),
@@ -24,12 +25,29 @@ pub(crate) fn convert<S: F32Simd>(s: S, src: Slice<'_>, dst: SliceMut<'_>) {
 
 /// `dst[i] = src[i]` through an f32 vector.
 #[inline(always)]
-fn map<S: F32Simd, A: Io, B: Io>(s: S, src: &[A], dst: &mut [B]) {
+fn map<S: F32Simd, A: Io, B: Io>(s: S, src: &[A], dst: &mut [B], stream: bool) {
     assert_eq!(src.len(), dst.len());
+    if !stream {
+        for_each_chunk!(S, src.len(), |c| {
+            let v = c.load(s, src);
+            c.store(s, v, dst);
+        });
+        return;
+    }
+    // Ordinary stores up to the first vector-aligned element of `dst`, then
+    // streaming stores (their addresses must be aligned).
+    let head = stream_head::<S, B>(dst);
+    let (src_head, src) = src.split_at(head);
+    let (dst_head, dst) = dst.split_at_mut(head);
+    for_each_chunk!(S, head, |c| {
+        let v = c.load(s, src_head);
+        c.store(s, v, dst_head);
+    });
     for_each_chunk!(S, src.len(), |c| {
         let v = c.load(s, src);
-        c.store(s, v, dst);
+        c.stream(s, v, dst);
     });
+    s.stream_fence();
 }
 
 /// Stochastic rounding of `src` into `dst` (equal lengths); `first` is the

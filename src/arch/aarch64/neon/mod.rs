@@ -10,14 +10,14 @@ use crate::arch::generic;
 use crate::element::{Slice, SliceMut};
 
 /// `arch::generic::convert::convert` on NEON.
-pub(crate) fn convert(t: Neon, src: Slice<'_>, dst: SliceMut<'_>) {
+pub(crate) fn convert(t: Neon, src: Slice<'_>, dst: SliceMut<'_>, stream: bool) {
     // SAFETY: `t` proves NEON, the feature `convert_tf` enables.
-    unsafe { convert_tf(t, src, dst) }
+    unsafe { convert_tf(t, src, dst, stream) }
 }
 
 #[target_feature(enable = "neon")]
-fn convert_tf(t: Neon, src: Slice<'_>, dst: SliceMut<'_>) {
-    generic::convert::convert(t, src, dst)
+fn convert_tf(t: Neon, src: Slice<'_>, dst: SliceMut<'_>, stream: bool) {
+    generic::convert::convert(t, src, dst, stream)
 }
 
 /// `arch::generic::convert::convert_stochastic` on NEON.

@@ -10,15 +10,15 @@ use crate::arch::generic;
 use crate::element::{Slice, SliceMut};
 
 /// `arch::generic::convert::convert` on AVX2.
-pub(crate) fn convert(t: Avx2, src: Slice<'_>, dst: SliceMut<'_>) {
+pub(crate) fn convert(t: Avx2, src: Slice<'_>, dst: SliceMut<'_>, stream: bool) {
     // SAFETY: `t` proves AVX2 + FMA + F16C, every feature `convert_tf`
     // enables.
-    unsafe { convert_tf(t, src, dst) }
+    unsafe { convert_tf(t, src, dst, stream) }
 }
 
 #[target_feature(enable = "avx,avx2,fma,f16c")]
-fn convert_tf(t: Avx2, src: Slice<'_>, dst: SliceMut<'_>) {
-    generic::convert::convert(t, src, dst)
+fn convert_tf(t: Avx2, src: Slice<'_>, dst: SliceMut<'_>, stream: bool) {
+    generic::convert::convert(t, src, dst, stream)
 }
 
 /// `arch::generic::convert::convert_stochastic` on AVX2.

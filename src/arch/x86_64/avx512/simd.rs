@@ -306,6 +306,32 @@ impl F32Simd for Avx512 {
         unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), h) }
     }
     #[inline(always)]
+    fn stream(self, v: __m512, dst: &mut [f32]) {
+        let dst = &mut dst[..16];
+        assert!(
+            (dst.as_ptr() as usize).is_multiple_of(64),
+            "unaligned streaming store"
+        );
+        // SAFETY: `dst` holds 16 f32 = 64 bytes and starts on a multiple of
+        // 64 (both checked above), as `vmovntps` requires.
+        unsafe { _mm512_stream_ps(dst.as_mut_ptr(), v) }
+    }
+    #[inline(always)]
+    fn stream_bf16(self, v: __m512, dst: &mut [bf16]) {
+        let h = self.bf16_upper(v);
+        stream_32_bytes(self, h, dst.reinterpret_cast_mut())
+    }
+    #[inline(always)]
+    fn stream_f16(self, v: __m512, dst: &mut [f16]) {
+        let h = v!(_mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v));
+        stream_32_bytes(self, h, dst.reinterpret_cast_mut())
+    }
+    #[inline(always)]
+    fn stream_fence(self) {
+        // SAFETY: `sfence` only orders stores (SSE, part of x86-64).
+        unsafe { _mm_sfence() }
+    }
+    #[inline(always)]
     fn store_f16_tail(self, v: __m512, dst: &mut [f16]) {
         let h = v!(_mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v));
         store_u16_masked(self, h, dst.reinterpret_cast_mut())
@@ -344,6 +370,19 @@ impl Avx512 {
             _mm512_castsi512_si256(_mm512_permutexvar_epi16(odd, r))
         })
     }
+}
+
+/// Streams 16 u16 into `dst[..16]`, which must start on a multiple of 32.
+#[inline(always)]
+fn stream_32_bytes(_: Avx512, h: __m256i, dst: &mut [u16]) {
+    let dst = &mut dst[..16];
+    assert!(
+        (dst.as_ptr() as usize).is_multiple_of(32),
+        "unaligned streaming store"
+    );
+    // SAFETY: the token proves AVX; `dst` holds 32 bytes and is 32-byte
+    // aligned (both checked above), as `vmovntdq` requires.
+    unsafe { _mm256_stream_si256(dst.as_mut_ptr().cast(), h) }
 }
 
 /// Stores the first `dst.len() < 16` u16 lanes of `h` into `dst`.
