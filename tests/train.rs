@@ -712,6 +712,7 @@ fn skipped_steps_change_nothing() {
                         t.step(&gb, &mut model).unwrap()
                     };
                     assert!(!r.applied && r.nonfinite >= 1, "{}", backend.isa());
+                    assert!(r.grad_norm.is_nan());
                     assert_eq!(r.scale_after, scale / 2.0);
                     assert!(snapshot(&t, &model) == before, "{} {opt:?}", backend.isa());
                 }
@@ -1010,6 +1011,46 @@ fn grad_norm_survives_huge_and_tiny_gradients() {
                     "{} {magnitude:e} n={n}: {} vs {want}",
                     backend.isa(),
                     r.grad_norm
+                );
+            }
+        }
+    }
+}
+
+/// The check's stats follow `finite::GradStats`: the count of inf/NaN
+/// unscaled values and the sum of squares of the finite ones, on every ISA,
+/// with inf/NaN at every position of short tensors.
+#[test]
+fn check_stats_count_nonfinite_and_sum_the_finite_squares() {
+    let mut rng = Rng::fresh("check_stats_count_nonfinite_and_sum_the_finite_squares");
+    let specials = special_f32();
+    for backend in backends() {
+        for n in 0..=40usize {
+            for at in 0..n.max(1) {
+                let mut g: Vec<f32> = (0..n).map(|_| rng.unit() * 8.0).collect();
+                if n > 0 {
+                    g[at] = specials[rng.below(specials.len())];
+                }
+                let w = vec![vec![0f32; n]];
+                let mut t = Trainer::builder(Sgd::new(0.1))
+                    .backend(backend)
+                    .scaler(LossScaler::fixed(4.0).unwrap())
+                    .build(&w)
+                    .unwrap();
+                let stats = t.begin().unscale_and_check(&[&g]).unwrap().stats();
+                let unscaled: Vec<f32> = g.iter().map(|&x| x * 0.25).collect();
+                let bad = unscaled.iter().filter(|x| !x.is_finite()).count();
+                let want: f64 = unscaled
+                    .iter()
+                    .filter(|x| x.is_finite())
+                    .map(|&x| x as f64 * x as f64)
+                    .sum();
+                assert_eq!(stats.nonfinite, bad, "{} n={n} at={at}", backend.isa());
+                assert!(
+                    (stats.sum_sq - want).abs() <= 1e-6 * want,
+                    "{} n={n} at={at}: {} vs {want}",
+                    backend.isa(),
+                    stats.sum_sq
                 );
             }
         }

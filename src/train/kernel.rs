@@ -5,6 +5,7 @@
 //! `arch::scalar::train`.
 
 use crate::element::{Slice, SliceMut};
+use crate::finite::GradStats;
 use crate::isa::Token;
 use crate::train::optim::Rule;
 
@@ -35,8 +36,9 @@ pub(crate) struct Tensor<'a> {
     pub(crate) model: SliceMut<'a>,
 }
 
-/// Non-finite count and sum of squares of `grad * inv_scale`.
-pub(crate) fn stats(token: Token, grad: Slice<'_>, inv_scale: f32) -> (u64, f64) {
+/// Non-finite count, and sum of squares of the finite values, of
+/// `grad * inv_scale`; writes nothing.
+pub(crate) fn stats(token: Token, grad: Slice<'_>, inv_scale: f32) -> GradStats {
     match token {
         Token::Scalar => crate::arch::scalar::train::stats(grad, inv_scale),
         #[cfg(target_arch = "x86_64")]

@@ -10,9 +10,12 @@
 //!    multiplies its loss by [`Step::loss_scale`] and runs backward.
 //! 2. [`Step::unscale_and_check`]: one read-only pass per gradient tensor
 //!    counts the values that are inf/NaN once multiplied by `1/scale`, and
-//!    sums their squares (for clipping by global norm). Nothing is written:
-//!    the skip decision needs every tensor, and f16 gradients unscaled in
-//!    place would flush to zero.
+//!    sums the squares of the others (for clipping by global norm), as a
+//!    [`GradStats`](crate::finite::GradStats). Nothing is written, which is
+//!    why this is not [`finite::unscale`](crate::finite::unscale): the skip
+//!    decision needs every tensor before any update, the update unscales on
+//!    the fly anyway, and f16 gradients unscaled in place would lose their
+//!    small values (the very ones loss scaling protects).
 //! 3. [`Step::apply`]: if every gradient was finite, one fused SIMD pass per
 //!    tensor reads the gradient (f32, bf16 or f16), unscales it, multiplies
 //!    by the clip coefficient, updates the f32 master weight and moments,
@@ -58,11 +61,13 @@
 //! # Data parallel
 //!
 //! When each rank holds a shard of the gradients (ZeRO, FSDP), every rank
-//! checks its shard, the engine all-reduces the non-finite count and the
-//! sum of squares (both with a sum), and every rank then makes the same
-//! decision and clips by the same global norm:
+//! checks its shard, the engine all-reduces the
+//! [`GradStats`](crate::finite::GradStats) (non-finite count and sum of
+//! squares, both with a sum), and every rank then makes the same decision
+//! and clips by the same global norm:
 //!
 //! ```
+//! use halfkern::finite::GradStats;
 //! use halfkern::train::{Sgd, Trainer};
 //!
 //! // Two ranks, each with its own shard of one model and its own trainer.
@@ -77,12 +82,12 @@
 //! let [r0, r1] = &mut ranks;
 //! let c0 = r0.begin().unscale_and_check(&g[0])?;
 //! let c1 = r1.begin().unscale_and_check(&g[1])?;
-//! // The engine's all-reduce (sum) of the two numbers:
-//! let nonfinite = c0.nonfinite() + c1.nonfinite();
-//! let sum_sq = c0.sum_sq() + c1.sum_sq();
+//! // The engine's all-reduce (a sum) of each rank's two numbers:
+//! let (a0, a1) = (c0.stats().to_array(), c1.stats().to_array());
+//! let global = GradStats::from_array([a0[0] + a1[0], a0[1] + a1[1]]);
 //! let [w0, w1] = &mut w;
-//! let rep0 = c0.all_reduced(nonfinite, sum_sq).apply(w0)?;
-//! let rep1 = c1.all_reduced(nonfinite, sum_sq).apply(w1)?;
+//! let rep0 = c0.all_reduced(global).apply(w0)?;
+//! let rep1 = c1.all_reduced(global).apply(w1)?;
 //! // Global norm sqrt(4*9 + 4*16) = 10: both ranks clip by 1/10.
 //! assert!((rep0.grad_norm - 10.0).abs() < 1e-9 && rep0.clip_coef == rep1.clip_coef);
 //! assert!((w0[0][0] - (1.0 - 0.1 * 0.3)).abs() < 1e-6);

@@ -4,6 +4,7 @@ use core::marker::PhantomData;
 
 use crate::element::Element;
 use crate::error::Error;
+use crate::finite::GradStats;
 use crate::isa::Backend;
 use crate::train::kernel::{self, Tensor, Update};
 use crate::train::optim::{Optimizer, Precision, Rounding, check_lr};
@@ -178,10 +179,10 @@ pub struct StepReport {
     /// The loss scale for the next step.
     pub scale_after: f32,
     /// L2 norm of the unscaled gradients (over all ranks when all-reduced);
-    /// inf or NaN when a gradient was.
+    /// NaN when a gradient was inf/NaN ([`GradStats::norm`]).
     pub grad_norm: f64,
     /// How many unscaled gradient values were inf or NaN.
-    pub nonfinite: u64,
+    pub nonfinite: usize,
     /// The clip coefficient applied (1 when not clipping or under the norm).
     pub clip_coef: f32,
     /// Optimizer steps applied so far, this one included.
@@ -197,8 +198,7 @@ pub struct Scaled(());
 #[derive(Debug)]
 pub struct Checked<'g, G, A> {
     grads: &'g [A],
-    nonfinite: u64,
-    sum_sq: f64,
+    stats: GradStats,
     _g: PhantomData<G>,
 }
 
@@ -431,18 +431,14 @@ impl<'t> Step<'t, Scaled> {
         let tr = &*self.trainer;
         tr.check_shapes("grads", grads.iter().map(|g| g.as_ref().len()))?;
         let inv = tr.scaler.inv_scale();
-        let (mut nonfinite, mut sum_sq) = (0u64, 0f64);
-        for g in grads {
-            let (n, s) = kernel::stats(tr.backend.token, G::slice(g.as_ref()), inv);
-            nonfinite += n;
-            sum_sq += s;
-        }
+        let stats = grads.iter().fold(GradStats::ZERO, |acc, g| {
+            acc.merge(kernel::stats(tr.backend.token, G::slice(g.as_ref()), inv))
+        });
         Ok(Step {
             trainer: self.trainer,
             state: Checked {
                 grads,
-                nonfinite,
-                sum_sq,
+                stats,
                 _g: PhantomData,
             },
         })
@@ -450,27 +446,33 @@ impl<'t> Step<'t, Scaled> {
 }
 
 impl<'t, 'g, G: Element, A: AsRef<[G]>> Step<'t, Checked<'g, G, A>> {
-    /// This process's count of non-finite unscaled gradient values.
-    pub fn nonfinite(&self) -> u64 {
-        self.state.nonfinite
+    /// This process's check result: the count of non-finite unscaled
+    /// gradient values and the sum of squares of the finite ones.
+    pub fn stats(&self) -> GradStats {
+        self.state.stats
     }
 
-    /// This process's sum of squares of the unscaled gradients.
+    /// `stats().nonfinite`.
+    pub fn nonfinite(&self) -> usize {
+        self.state.stats.nonfinite
+    }
+
+    /// `stats().sum_sq`.
     pub fn sum_sq(&self) -> f64 {
-        self.state.sum_sq
+        self.state.stats.sum_sq
     }
 
-    /// Replaces the local check results by their sums over all ranks (the
+    /// Replaces the local check result by its sum over all ranks (the
     /// data-parallel form: each rank checks its shard, the engine
-    /// all-reduces `nonfinite()` and `sum_sq()` with a sum, and every rank
-    /// then applies or skips alike, clipping by the global norm). See the
+    /// all-reduces [`GradStats::to_array`] with a sum and rebuilds it with
+    /// [`GradStats::from_array`], and every rank then applies or skips
+    /// alike, clipping by the global norm). See the
     /// [module docs](crate::train) for an example.
-    pub fn all_reduced(self, nonfinite: u64, sum_sq: f64) -> Self {
+    pub fn all_reduced(self, global: GradStats) -> Self {
         Step {
             trainer: self.trainer,
             state: Checked {
-                nonfinite,
-                sum_sq,
+                stats: global,
                 ..self.state
             },
         }
@@ -495,20 +497,22 @@ impl<'t, 'g, G: Element, A: AsRef<[G]>> Step<'t, Checked<'g, G, A>> {
         tr.check_shapes("params", lens.into_iter())?;
         let scale_before = tr.scaler.scale();
         let inv_scale = tr.scaler.inv_scale();
-        let grad_norm = state.sum_sq.sqrt();
-        let found = state.nonfinite > 0 || !state.sum_sq.is_finite();
+        let stats = state.stats;
+        // A sum that is not finite can only come from a bad all-reduce
+        // input; it must not reach the weights either.
+        let found = !stats.is_finite() || !stats.sum_sq.is_finite();
         let mut report = StepReport {
             applied: !found,
             scale_before,
             scale_after: scale_before,
-            grad_norm,
-            nonfinite: state.nonfinite,
+            grad_norm: stats.norm(),
+            nonfinite: stats.nonfinite,
             clip_coef: 1.0,
             step: tr.steps,
         };
         if !found {
             if let Some(max_norm) = tr.clip {
-                report.clip_coef = (max_norm as f64 / (grad_norm + 1e-6)).min(1.0) as f32;
+                report.clip_coef = stats.clip_coef(max_norm);
             }
             let t = tr.steps + 1;
             let rule = tr.optimizer.rule(t);

@@ -165,7 +165,7 @@ fn pass<S: F32Simd, D: Store>(s: S, src: impl Source<D>, dst: &mut [D], inv: f32
                 }
             }
         } else {
-            for_each_chunk::<S>(len, |c| {
+            for_each_chunk!(S, len, |c| {
                 let c = Chunk {
                     start: start + c.start,
                     len: c.len,
@@ -199,7 +199,7 @@ fn tiny_sum_sq<S: F32Simd, T: Io>(s: S, data: &[T]) -> f64 {
     let mut acc = s.acc_zero();
     for block in data.chunks(BLOCK_VECS * S::LANES) {
         let mut a = s.splat(0.0);
-        for_each_chunk::<S>(block.len(), |c| {
+        for_each_chunk!(S, block.len(), |c| {
             let v = c.load(s, block);
             let r = s.select(s.nonfinite(v), s.splat(0.0), s.mul(v, scale));
             a = s.fma(r, r, a);
@@ -301,7 +301,7 @@ fn count<S: F32Simd>(
     while start < n {
         let len = EXIT_BLOCK.min(n - start);
         let mut in_block = 0u32;
-        for_each_chunk::<S>(len, |c| {
+        for_each_chunk!(S, len, |c| {
             let c = Chunk {
                 start: start + c.start,
                 len: c.len,

@@ -1,8 +1,10 @@
 //! The training kernels over any [`F32Simd`], one pass each:
 //!
 //! - `stats`: reads a gradient tensor, multiplies by `inv_scale`, counts
-//!   the non-finite lanes and sums the squares (f32 FMAs in blocks of 64
-//!   vectors, folded into f64). It writes nothing: the skip decision is
+//!   the non-finite lanes and sums the squares of the finite ones (f32 FMAs
+//!   in blocks of 64 vectors, folded into f64), as a
+//!   [`GradStats`](crate::finite::GradStats). `finite::unscale` writes its
+//!   result; this pass cannot. It writes nothing: the skip decision is
 //!   global over every tensor, so it must finish before any update starts,
 //!   and f16 gradients unscaled in place would flush to zero.
 //! - `apply`: the fused optimizer step. Per vector: widen the gradient,
@@ -14,6 +16,7 @@
 
 use crate::arch::simd::{Chunk, F32Simd, Io, for_each_chunk};
 use crate::element::{Slice, SliceMut};
+use crate::finite::GradStats;
 use crate::train::kernel::{Tensor, Update, segments};
 use crate::train::optim::Rule;
 use half::{bf16, f16};
@@ -23,7 +26,7 @@ const BLOCK: usize = 64;
 
 /// Non-finite count and sum of squares of `grad * inv_scale`.
 #[inline(always)]
-pub(crate) fn stats<S: F32Simd>(s: S, grad: Slice<'_>, inv_scale: f32) -> (u64, f64) {
+pub(crate) fn stats<S: F32Simd>(s: S, grad: Slice<'_>, inv_scale: f32) -> GradStats {
     match grad {
         Slice::F32(g) => stats_of(s, g, inv_scale),
         Slice::Bf16(g) => stats_of(s, g, inv_scale),
@@ -32,55 +35,53 @@ pub(crate) fn stats<S: F32Simd>(s: S, grad: Slice<'_>, inv_scale: f32) -> (u64, 
 }
 
 #[inline(always)]
-fn stats_of<S: F32Simd, G: Io>(s: S, g: &[G], inv_scale: f32) -> (u64, f64) {
+fn stats_of<S: F32Simd, G: Io>(s: S, g: &[G], inv_scale: f32) -> GradStats {
     let (bad, sum, amax) = sum_sq(s, g, inv_scale, 1.0);
     // Squares summed in f32 overflow for |x| >~ 2^63 and lose whole
-    // elements below ~2^-75. When that can matter (no inf/NaN, but the sum
-    // overflowed or is tiny), sum again with the values scaled by a power
+    // elements below ~2^-75. When that can matter (the sum overflowed or is
+    // tiny), sum again with the values scaled by a power
     // of two that brings the largest one to [1, 2), as LAPACK's nrm2 does:
     // smaller values then underflow only where they are negligible. The
     // all-zero tensor (amax == 0) is exact and takes no second pass.
-    if bad == 0 && (!sum.is_finite() || (sum < TINY_SUM && amax > 0.0)) {
-        let e = (amax.to_bits() >> 23) as i32 - 127; // amax is finite here
+    if !sum.is_finite() || (sum < TINY_SUM && amax > 0.0) {
+        let e = (amax.to_bits() >> 23) as i32 - 127; // amax is finite
         let k = 2f32.powi((-e).min(127));
         let (_, scaled, _) = sum_sq(s, g, inv_scale, k);
-        return (0, scaled / (k as f64 * k as f64));
+        return GradStats::new(bad, scaled / (k as f64 * k as f64));
     }
-    (bad, sum)
+    GradStats::new(bad, sum)
 }
 
 /// Below this, a sum of f32 squares may have lost elements to underflow.
 const TINY_SUM: f64 = 8.673_617_379_884_035e-19; // 2^-60
 
-/// Non-finite count, sum of squares and largest magnitude of
-/// `g * inv_scale * k`.
+/// Non-finite count, and sum of squares and largest magnitude of the
+/// finite values of `g * inv_scale * k` (inf/NaN lanes count as 0).
 #[inline(always)]
-fn sum_sq<S: F32Simd, G: Io>(s: S, g: &[G], inv_scale: f32, k: f32) -> (u64, f64, f32) {
+fn sum_sq<S: F32Simd, G: Io>(s: S, g: &[G], inv_scale: f32, k: f32) -> (usize, f64, f32) {
     let (inv, kv) = (s.splat(inv_scale), s.splat(k));
     let zero = s.splat(0.0);
     let (mut acc, mut a0, mut a1, mut amax) = (s.acc_zero(), zero, zero, zero);
-    let (mut bad, mut n) = (0u64, 0usize);
-    for_each_chunk::<S>(
-        g.len(),
-        #[inline(always)]
-        |c| {
-            let x = s.mul(c.load(s, g), inv);
-            bad += s.count(s.nonfinite(x)) as u64;
-            amax = s.max(amax, s.abs(x));
-            let x = s.mul(x, kv);
-            // Two accumulators hide the FMA latency.
-            if n % 2 == 0 {
-                a0 = s.fma(x, x, a0);
-            } else {
-                a1 = s.fma(x, x, a1);
-            }
-            n += 1;
-            if n == BLOCK {
-                acc = s.acc_add(s.acc_add(acc, a0), a1);
-                (a0, a1, n) = (zero, zero, 0);
-            }
-        },
-    );
+    let (mut bad, mut n) = (0usize, 0usize);
+    for_each_chunk!(S, g.len(), |c| {
+        let x = s.mul(c.load(s, g), inv);
+        let nonfinite = s.nonfinite(x);
+        bad += s.count(nonfinite) as usize;
+        let x = s.select(nonfinite, zero, x);
+        amax = s.max(amax, s.abs(x));
+        let x = s.mul(x, kv);
+        // Two accumulators hide the FMA latency.
+        if n % 2 == 0 {
+            a0 = s.fma(x, x, a0);
+        } else {
+            a1 = s.fma(x, x, a1);
+        }
+        n += 1;
+        if n % BLOCK == 0 {
+            acc = s.acc_add(s.acc_add(acc, a0), a1);
+            (a0, a1) = (zero, zero);
+        }
+    });
     acc = s.acc_add(s.acc_add(acc, a0), a1);
     let mut lanes = [0f32; 64];
     s.store(amax, &mut lanes[..S::LANES]);
@@ -272,34 +273,30 @@ fn run<S: F32Simd, G: Io, W: Model>(
             } else {
                 &mut [][..]
             };
-            for_each_chunk::<S>(
-                end - start,
-                #[inline(always)]
-                |c| {
-                    let g = s.mul(s.mul(c.load(s, grad), inv), clip);
-                    let p = if has_master {
-                        c.load(s, &*master)
-                    } else {
-                        c.load(s, &*model)
-                    };
-                    let mut mv = if has_m { c.load(s, &*m) } else { zero };
-                    let mut vv = if has_v { c.load(s, &*v) } else { zero };
-                    let p = lane(g, p, &mut mv, &mut vv);
-                    if has_m {
-                        c.store(s, mv, m);
-                    }
-                    if has_v {
-                        c.store(s, vv, v);
-                    }
-                    if has_master {
-                        c.store(s, p, master);
-                    }
-                    match key {
-                        Some(k) => W::store_sr(c, s, p, s.sr_bits(k, c.start as u32), model),
-                        None => c.store(s, p, model),
-                    }
-                },
-            );
+            for_each_chunk!(S, end - start, |c| {
+                let g = s.mul(s.mul(c.load(s, grad), inv), clip);
+                let p = if has_master {
+                    c.load(s, &*master)
+                } else {
+                    c.load(s, &*model)
+                };
+                let mut mv = if has_m { c.load(s, &*m) } else { zero };
+                let mut vv = if has_v { c.load(s, &*v) } else { zero };
+                let p = lane(g, p, &mut mv, &mut vv);
+                if has_m {
+                    c.store(s, mv, m);
+                }
+                if has_v {
+                    c.store(s, vv, v);
+                }
+                if has_master {
+                    c.store(s, p, master);
+                }
+                match key {
+                    Some(k) => W::store_sr(c, s, p, s.sr_bits(k, c.start as u32), model),
+                    None => c.store(s, p, model),
+                }
+            });
         },
     );
 }

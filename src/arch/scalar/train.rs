@@ -6,19 +6,24 @@ use crate::arch::scalar::convert::{
     sr_bits,
 };
 use crate::element::{Slice, SliceMut};
+use crate::finite::GradStats;
 use crate::train::kernel::{Tensor, Update, segments};
 use half::{bf16, f16};
 
-/// Non-finite count and sum of squares of `grad * inv_scale`.
-pub(crate) fn stats(grad: Slice<'_>, inv_scale: f32) -> (u64, f64) {
-    fn go<T: Copy>(g: &[T], inv: f32, widen: impl Fn(T) -> f32) -> (u64, f64) {
-        let (mut bad, mut sum) = (0u64, 0f64);
+/// Non-finite count, and sum of squares of the finite values, of
+/// `grad * inv_scale`.
+pub(crate) fn stats(grad: Slice<'_>, inv_scale: f32) -> GradStats {
+    fn go<T: Copy>(g: &[T], inv: f32, widen: impl Fn(T) -> f32) -> GradStats {
+        let (mut bad, mut sum) = (0usize, 0f64);
         for &x in g {
             let x = widen(x) * inv;
-            bad += !x.is_finite() as u64;
-            sum += (x as f64) * (x as f64);
+            if x.is_finite() {
+                sum += (x as f64) * (x as f64);
+            } else {
+                bad += 1;
+            }
         }
-        (bad, sum)
+        GradStats::new(bad, sum)
     }
     match grad {
         Slice::F32(g) => go(g, inv_scale, |x| x),

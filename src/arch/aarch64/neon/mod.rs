@@ -8,18 +8,18 @@ mod simd;
 use super::Neon;
 use crate::arch::generic;
 use crate::element::{Slice, SliceMut};
-use crate::train::kernel::{Tensor, Update};
 use crate::finite::GradStats;
+use crate::train::kernel::{Tensor, Update};
 
 /// `arch::generic::convert::convert` on NEON.
-pub(crate) fn convert(t: Neon, src: Slice<'_>, dst: SliceMut<'_>) {
+pub(crate) fn convert(t: Neon, src: Slice<'_>, dst: SliceMut<'_>, stream: bool) {
     // SAFETY: `t` proves NEON, the feature `convert_tf` enables.
-    unsafe { convert_tf(t, src, dst) }
+    unsafe { convert_tf(t, src, dst, stream) }
 }
 
 #[target_feature(enable = "neon")]
-fn convert_tf(t: Neon, src: Slice<'_>, dst: SliceMut<'_>) {
-    generic::convert::convert(t, src, dst)
+fn convert_tf(t: Neon, src: Slice<'_>, dst: SliceMut<'_>, stream: bool) {
+    generic::convert::convert(t, src, dst, stream)
 }
 
 /// `arch::generic::convert::convert_stochastic` on NEON.
@@ -34,13 +34,13 @@ fn convert_stochastic_tf(t: Neon, src: &[f32], dst: SliceMut<'_>, seed: u64, fir
 }
 
 /// `arch::generic::train::stats` on NEON.
-pub(crate) fn train_stats(t: Neon, grad: Slice<'_>, inv_scale: f32) -> (u64, f64) {
+pub(crate) fn train_stats(t: Neon, grad: Slice<'_>, inv_scale: f32) -> GradStats {
     // SAFETY: `t` proves NEON, the feature `train_stats_tf` enables.
     unsafe { train_stats_tf(t, grad, inv_scale) }
 }
 
 #[target_feature(enable = "neon")]
-fn train_stats_tf(t: Neon, grad: Slice<'_>, inv_scale: f32) -> (u64, f64) {
+fn train_stats_tf(t: Neon, grad: Slice<'_>, inv_scale: f32) -> GradStats {
     generic::train::stats(t, grad, inv_scale)
 }
 

@@ -8,19 +8,19 @@ mod simd;
 use super::Avx2;
 use crate::arch::generic;
 use crate::element::{Slice, SliceMut};
-use crate::train::kernel::{Tensor, Update};
 use crate::finite::GradStats;
+use crate::train::kernel::{Tensor, Update};
 
 /// `arch::generic::convert::convert` on AVX2.
-pub(crate) fn convert(t: Avx2, src: Slice<'_>, dst: SliceMut<'_>) {
+pub(crate) fn convert(t: Avx2, src: Slice<'_>, dst: SliceMut<'_>, stream: bool) {
     // SAFETY: `t` proves AVX2 + FMA + F16C, every feature `convert_tf`
     // enables.
-    unsafe { convert_tf(t, src, dst) }
+    unsafe { convert_tf(t, src, dst, stream) }
 }
 
 #[target_feature(enable = "avx,avx2,fma,f16c")]
-fn convert_tf(t: Avx2, src: Slice<'_>, dst: SliceMut<'_>) {
-    generic::convert::convert(t, src, dst)
+fn convert_tf(t: Avx2, src: Slice<'_>, dst: SliceMut<'_>, stream: bool) {
+    generic::convert::convert(t, src, dst, stream)
 }
 
 /// `arch::generic::convert::convert_stochastic` on AVX2.
@@ -35,13 +35,13 @@ fn convert_stochastic_tf(t: Avx2, src: &[f32], dst: SliceMut<'_>, seed: u64, fir
 }
 
 /// `arch::generic::train::stats` on AVX2.
-pub(crate) fn train_stats(t: Avx2, grad: Slice<'_>, inv_scale: f32) -> (u64, f64) {
+pub(crate) fn train_stats(t: Avx2, grad: Slice<'_>, inv_scale: f32) -> GradStats {
     // SAFETY: `t` proves AVX2 + FMA + F16C, every feature `train_stats_tf` enables.
     unsafe { train_stats_tf(t, grad, inv_scale) }
 }
 
 #[target_feature(enable = "avx,avx2,fma,f16c")]
-fn train_stats_tf(t: Avx2, grad: Slice<'_>, inv_scale: f32) -> (u64, f64) {
+fn train_stats_tf(t: Avx2, grad: Slice<'_>, inv_scale: f32) -> GradStats {
     generic::train::stats(t, grad, inv_scale)
 }
 

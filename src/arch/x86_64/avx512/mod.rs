@@ -9,19 +9,19 @@ mod simd;
 use super::Avx512;
 use crate::arch::generic;
 use crate::element::{Slice, SliceMut};
-use crate::train::kernel::{Tensor, Update};
 use crate::finite::GradStats;
+use crate::train::kernel::{Tensor, Update};
 
 /// `arch::generic::convert::convert` on AVX-512.
-pub(crate) fn convert(t: Avx512, src: Slice<'_>, dst: SliceMut<'_>) {
+pub(crate) fn convert(t: Avx512, src: Slice<'_>, dst: SliceMut<'_>, stream: bool) {
     // SAFETY: `t` proves AVX-512 F/BW/VL/DQ + AVX2 + FMA + F16C, every
     // feature `convert_tf` enables.
-    unsafe { convert_tf(t, src, dst) }
+    unsafe { convert_tf(t, src, dst, stream) }
 }
 
 #[target_feature(enable = "avx,avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq")]
-fn convert_tf(t: Avx512, src: Slice<'_>, dst: SliceMut<'_>) {
-    generic::convert::convert(t, src, dst)
+fn convert_tf(t: Avx512, src: Slice<'_>, dst: SliceMut<'_>, stream: bool) {
+    generic::convert::convert(t, src, dst, stream)
 }
 
 /// `arch::generic::convert::convert_stochastic` on AVX-512.
@@ -36,13 +36,13 @@ fn convert_stochastic_tf(t: Avx512, src: &[f32], dst: SliceMut<'_>, seed: u64, f
 }
 
 /// `arch::generic::train::stats` on AVX-512.
-pub(crate) fn train_stats(t: Avx512, grad: Slice<'_>, inv_scale: f32) -> (u64, f64) {
+pub(crate) fn train_stats(t: Avx512, grad: Slice<'_>, inv_scale: f32) -> GradStats {
     // SAFETY: `t` proves AVX-512 F/BW/VL/DQ + AVX2 + FMA + F16C, every feature `train_stats_tf` enables.
     unsafe { train_stats_tf(t, grad, inv_scale) }
 }
 
 #[target_feature(enable = "avx,avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq")]
-fn train_stats_tf(t: Avx512, grad: Slice<'_>, inv_scale: f32) -> (u64, f64) {
+fn train_stats_tf(t: Avx512, grad: Slice<'_>, inv_scale: f32) -> GradStats {
     generic::train::stats(t, grad, inv_scale)
 }
 
