@@ -1,0 +1,7 @@
+//! Kernels written once over [`F32Simd`](crate::arch::simd::F32Simd) and
+//! instantiated by each ISA's `#[target_feature]` shims (see
+//! `arch::simd` for how).
+
+pub(crate) mod convert;
+pub(crate) mod finite;
+pub(crate) mod train;
