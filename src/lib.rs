@@ -54,8 +54,8 @@ mod arch;
 mod convert;
 mod element;
 mod error;
-pub mod gemm;
 pub mod finite;
+pub mod gemm;
 mod isa;
 pub mod train;
 

@@ -18,6 +18,7 @@
 
 use std::time::Instant;
 
+use halfkern::train::{AdamW, LossScaler, Precision as Weights, Trainer};
 use halfkern::{Activation, Bias, Element, Error, Gemm, MatMut, MatRef, bf16, f16};
 
 /// Pixels per image (8x8).
@@ -415,8 +416,7 @@ struct Run<'d, T> {
     train_x: Vec<T>,
     test_x: Vec<T>,
     buf: Buffers<T>,
-    opt: Optimizer,
-    scaler: LossScaler,
+    trainer: Trainer,
     underflow: Underflow,
 }
 
@@ -426,7 +426,6 @@ impl<'d, T: Element> Run<'d, T> {
         // the seed), rounded to nearest into T.
         let mut rng = Rng::new(cfg.seed ^ 0x1417_1A1F_0000_0001);
         let dims = [(FEATURES, HIDDEN), (HIDDEN, HIDDEN), (HIDDEN, CLASSES)];
-        let mut masters = Vec::new();
         let mut layers = Vec::new();
         for (fan_in, fan_out) in dims {
             let bound = (6.0 / fan_in as f64).sqrt();
@@ -438,8 +437,6 @@ impl<'d, T: Element> Run<'d, T> {
             let mut b = vec![T::default(); b32.len()];
             halfkern::convert(&w32, &mut w)?;
             halfkern::convert(&b32, &mut b)?;
-            masters.push(w32);
-            masters.push(b32);
             layers.push(Layer {
                 w,
                 b,
@@ -475,13 +472,20 @@ impl<'d, T: Element> Run<'d, T> {
                 vec![0.0; CLASSES],
             ],
         };
-        let (master, scaler) = match precision {
-            Precision::F32 => (Master::IsModel, LossScaler::disabled()),
-            Precision::Bf16 => (Master::F32(masters), LossScaler::disabled()),
-            Precision::F16 => (Master::F32(masters), LossScaler::dynamic()),
-            Precision::Bf16Pure => (Master::None, LossScaler::disabled()),
+        // halfkern::train owns the optimizer state, the master weights (or
+        // their absence) and the loss scale.
+        let optimizer = AdamW::new(cfg.lr).weight_decay(WEIGHT_DECAY);
+        let (weights, scaler) = match precision {
+            Precision::F32 | Precision::Bf16 => (Weights::default(), LossScaler::disabled()),
+            Precision::F16 => (Weights::default(), LossScaler::dynamic()),
+            Precision::Bf16Pure => (Weights::Pure, LossScaler::disabled()),
         };
-        let opt = Optimizer::new(master, cfg.lr, cfg.seed);
+        let params: Vec<&[T]> = layers.iter().flat_map(|l| [&l.w[..], &l.b[..]]).collect();
+        let trainer = Trainer::builder(optimizer)
+            .precision(weights)
+            .scaler(scaler)
+            .seed(cfg.seed)
+            .build(&params)?;
         Ok(Run {
             data,
             precision,
@@ -490,8 +494,7 @@ impl<'d, T: Element> Run<'d, T> {
             train_x,
             test_x,
             buf,
-            opt,
-            scaler,
+            trainer,
             underflow: Underflow::default(),
         })
     }
@@ -541,7 +544,7 @@ impl<'d, T: Element> Run<'d, T> {
             epoch_accuracy,
             steps: step,
             skipped,
-            final_scale: self.scaler.scale(),
+            final_scale: self.trainer.scale(),
             secs_per_step: step_time / step as f64,
             f16_without_scaling: (self.precision == Precision::F16).then_some(self.underflow),
         })
@@ -609,7 +612,7 @@ impl<'d, T: Element> Run<'d, T> {
         // Softmax cross-entropy in f32; its gradient is multiplied by the
         // loss scale before it is rounded to T, which is the whole point of
         // loss scaling: small gradients stay above f16's underflow.
-        let scale = self.scaler.scale();
+        let scale = self.trainer.scale();
         let b = &mut self.buf;
         let mut loss = 0.0f64;
         for (row, &i) in batch.iter().enumerate() {
@@ -636,13 +639,11 @@ impl<'d, T: Element> Run<'d, T> {
         // epilogue; bias gradients: the same with a row of ones (the column
         // sums of dz as a 1 x m times m x n product). Activation gradients
         // stay scaled and in T.
-        let inv = 1.0 / scale;
         let [_, l2, l3] = &self.layers;
         let [gw1, gb1, gw2, gb2, gw3, gb3] = &mut b.grads;
-        let unscale = Epilogue {
-            unscale: Some(inv),
-            ..Epilogue::default()
-        };
+        // The trainer unscales and checks the gradients itself (fused into
+        // its update), so the weight-gradient products write them scaled.
+        let unscale = Epilogue::default();
         let ones = view(&b.ones[..m], 1, m)?;
         let mut nonfinite = false;
 
@@ -687,16 +688,17 @@ impl<'d, T: Element> Run<'d, T> {
         }
         self.buf.x = x;
 
-        let applied = !nonfinite;
-        if applied {
-            let [l1, l2, l3] = &mut self.layers;
-            let mut params: [&mut [T]; 6] = [
-                &mut l1.w, &mut l1.b, &mut l2.w, &mut l2.b, &mut l3.w, &mut l3.b,
-            ];
-            let grads = self.buf.grads.each_ref().map(|g| g.as_slice());
-            self.opt.step(&mut params, &grads)?;
-        }
-        self.scaler.update(nonfinite);
+        let _ = nonfinite; // the trainer's check counts the same outputs
+        let [l1, l2, l3] = &mut self.layers;
+        let mut params: [&mut [T]; 6] = [
+            &mut l1.w, &mut l1.b, &mut l2.w, &mut l2.b, &mut l3.w, &mut l3.b,
+        ];
+        let report = self
+            .trainer
+            .begin()
+            .unscale_and_check(&self.buf.grads)?
+            .apply(&mut params)?;
+        let applied = report.applied;
         Ok(StepOutcome { loss, applied })
     }
 
@@ -786,134 +788,4 @@ fn gemm<T: Element, U: Element>(
     }
     let report = halfkern::gemm(a, b, MatMut::row_major(c, m, n)?, &params)?;
     Ok(report.any_nonfinite())
-}
-
-// ---------------------------------------------------------------------------
-// Stand-ins for halfkern::train (not merged yet): AdamW on f32 masters and
-// PyTorch-style dynamic loss scaling, same semantics as the real API.
-// ---------------------------------------------------------------------------
-
-/// Where the optimizer keeps its f32 copy of the weights.
-enum Master {
-    /// The model is f32 itself.
-    IsModel,
-    /// f32 masters, one per parameter tensor; the model is rounded from them.
-    F32(Vec<Vec<f32>>),
-    /// None: updates are computed in f32 from the model and rounded back
-    /// stochastically.
-    None,
-}
-
-struct Optimizer {
-    master: Master,
-    m: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
-    t: u32,
-    lr: f32,
-    seed: u64,
-}
-
-impl Optimizer {
-    fn new(master: Master, lr: f32, seed: u64) -> Optimizer {
-        Optimizer {
-            master,
-            m: Vec::new(),
-            v: Vec::new(),
-            t: 0,
-            lr,
-            seed,
-        }
-    }
-
-    /// AdamW (beta1 0.9, beta2 0.999, eps 1e-8, decay on even tensors:
-    /// the weights).
-    fn step<T: Element>(&mut self, params: &mut [&mut [T]], grads: &[&[f32]]) -> Result<(), Error> {
-        if self.m.is_empty() {
-            self.m = grads.iter().map(|g| vec![0.0; g.len()]).collect();
-            self.v = self.m.clone();
-        }
-        self.t += 1;
-        let (b1, b2, eps) = (0.9f32, 0.999f32, 1e-8f32);
-        let bc1 = 1.0 - b1.powi(self.t as i32);
-        let bc2 = 1.0 - b2.powi(self.t as i32);
-        let stochastic = matches!(self.master, Master::None);
-        for (idx, (p, g)) in params.iter_mut().zip(grads).enumerate() {
-            let mut scratch;
-            let w: &mut [f32] = match &mut self.master {
-                Master::F32(ws) => &mut ws[idx],
-                Master::IsModel | Master::None => {
-                    scratch = vec![0f32; p.len()];
-                    halfkern::convert(p, &mut scratch)?;
-                    &mut scratch
-                }
-            };
-            let decay = if idx % 2 == 0 { WEIGHT_DECAY } else { 0.0 };
-            for (((w, &g), m), v) in w
-                .iter_mut()
-                .zip(*g)
-                .zip(&mut self.m[idx])
-                .zip(&mut self.v[idx])
-            {
-                *m = b1 * *m + (1.0 - b1) * g;
-                *v = b2 * *v + (1.0 - b2) * g * g;
-                *w -= self.lr * (decay * *w + (*m / bc1) / ((*v / bc2).sqrt() + eps));
-            }
-            if stochastic {
-                let seed = self.seed ^ (u64::from(self.t) << 8) ^ idx as u64;
-                halfkern::convert_stochastic(w, p, seed)?;
-            } else {
-                halfkern::convert(w, p)?;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// PyTorch GradScaler's dynamic loss scaling (start 2^16, halve on
-/// overflow, double after 2000 clean steps), or a constant 1.
-struct LossScaler {
-    scale: f32,
-    dynamic: bool,
-    growth_tracker: u32,
-}
-
-impl LossScaler {
-    fn dynamic() -> LossScaler {
-        LossScaler {
-            scale: 65536.0,
-            dynamic: true,
-            growth_tracker: 0,
-        }
-    }
-
-    fn disabled() -> LossScaler {
-        LossScaler {
-            scale: 1.0,
-            dynamic: false,
-            growth_tracker: 0,
-        }
-    }
-
-    fn scale(&self) -> f32 {
-        self.scale
-    }
-
-    fn update(&mut self, found_nonfinite: bool) {
-        if !self.dynamic {
-            return;
-        }
-        if found_nonfinite {
-            self.scale *= 0.5;
-            self.growth_tracker = 0;
-        } else {
-            self.growth_tracker += 1;
-            if self.growth_tracker == 2000 {
-                let grown = self.scale * 2.0;
-                if grown.is_finite() {
-                    self.scale = grown;
-                }
-                self.growth_tracker = 0;
-            }
-        }
-    }
 }
