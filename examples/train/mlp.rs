@@ -13,8 +13,10 @@
 //! computes with, the activations, and the activation gradients. What is
 //! always f32: the products' accumulation (inside `halfkern::gemm`), the
 //! logits and the loss, the weight gradients (the weight-gradient GEMMs
-//! write f32 and unscale on the way out), and, where the precision has them,
-//! the master weights and AdamW moments.
+//! write them in f32, still multiplied by the loss scale:
+//! `halfkern::train::Trainer` unscales and checks them in its own fused
+//! pass, so the GEMM's `unscale` epilogue would unscale twice), the master
+//! weights where the precision has them, and the AdamW moments.
 
 use std::time::Instant;
 
