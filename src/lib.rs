@@ -5,6 +5,12 @@
 //!
 //! - [`convert`] / [`convert_stochastic`]: `f32`, [`bf16`] and [`f16`](struct@f16) slices
 //!   into each other, bit-identical on every ISA.
+//! - [`gemm()`] / [`gemm_packed`]: `C <- act(inv_scale * (alpha * A B) + beta * C + bias)`
+//!   over [`MatRef`]/[`MatMut`] views, products summed in f32 (see [`mod@gemm`]).
+//! - [`train`]: dynamic loss scaling, f32 master weights, fused SGD/AdamW
+//!   updates and downcasts, skipped steps that change nothing.
+//! - [`finite`]: fused gradient checks: unscale by `1/scale`, count inf/NaN
+//!   and sum the squares for clipping, in one pass over memory.
 //!
 //! ## ISAs
 //!
@@ -48,11 +54,17 @@ mod arch;
 mod convert;
 mod element;
 mod error;
+pub mod finite;
+pub mod gemm;
 mod isa;
+pub mod train;
 
 pub use convert::{convert, convert_stochastic};
 pub use element::{DType, Element};
 pub use error::Error;
+pub use gemm::{
+    Activation, Bias, Gemm, GemmReport, MatMut, MatRef, PackedB, Threads, gemm, gemm_packed,
+};
 pub use half::{bf16, f16};
 pub use isa::{Backend, Isa};
 

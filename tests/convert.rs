@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Rng, backends, poison, special_f32, stride};
+use common::{Rng, backends, poison, simd_backends, special_f32, stride};
 use half::slice::HalfFloatSliceExt;
 use halfkern::{Backend, Error, Isa, bf16, f16};
 use rayon::prelude::*;
@@ -440,6 +440,89 @@ fn forcing_an_isa_the_machine_lacks_is_an_error_not_a_fallback() {
                     out.status
                 );
             }
+        }
+    }
+}
+
+/// Stochastic rounding at every length 0..=65 and every start offset, on
+/// every ISA: bit-identical to the scalar oracle, nothing outside `dst`
+/// written.
+#[test]
+fn stochastic_every_length_and_offset_on_every_isa() {
+    let mut rng = Rng::fresh("stochastic_every_length_and_offset_on_every_isa");
+    let specials = special_f32();
+    let scalar = Backend::scalar();
+    for backend in simd_backends() {
+        for len in 0..=65usize {
+            for offset_bytes in (0..64usize).step_by(2) {
+                let src_off = offset_bytes / 4;
+                let dst_off = offset_bytes / 2 % 32;
+                let mut src: Vec<f32> = (0..len + 40).map(|_| rng.any_f32()).collect();
+                for _ in 0..len.min(4) {
+                    src[src_off + rng.below(len)] = specials[rng.below(specials.len())];
+                }
+                let s = &src[src_off..src_off + len];
+                let seed = rng.next_u64();
+                check_stochastic::<bf16>(&backend, &scalar, s, dst_off, seed);
+                check_stochastic::<f16>(&backend, &scalar, s, dst_off, seed);
+            }
+        }
+    }
+}
+
+fn check_stochastic<D: halfkern::Element + Bits>(
+    backend: &Backend,
+    scalar: &Backend,
+    src: &[f32],
+    dst_off: usize,
+    seed: u64,
+) {
+    let len = src.len();
+    let mut want = vec![D::poison(); len];
+    scalar.convert_stochastic(src, &mut want, seed).unwrap();
+    let mut buf = vec![D::poison(); dst_off + len + 8];
+    backend
+        .convert_stochastic(src, &mut buf[dst_off..dst_off + len], seed)
+        .unwrap();
+    for (i, x) in buf.iter().enumerate() {
+        let want = if (dst_off..dst_off + len).contains(&i) {
+            want[i - dst_off].bits()
+        } else {
+            D::poison().bits()
+        };
+        assert_eq!(
+            x.bits(),
+            want,
+            "{}: stochastic len {len}, dst offset {dst_off}, element {i}, seed {seed}",
+            backend.isa()
+        );
+    }
+}
+
+/// Outputs large enough for streaming stores (and the rayon split), at
+/// misaligned starts, on every ISA: equal to the scalar oracle, nothing
+/// outside `dst` written.
+#[test]
+fn large_outputs_match_the_oracle_at_every_alignment() {
+    let mut rng = Rng::fresh("large_outputs_match_the_oracle_at_every_alignment");
+    let n = (5 << 20) / 2 + 37; // > 4 MiB of bf16/f16, > 8 MiB of f32
+    let src: Vec<f32> = (0..n + 8).map(|_| rng.any_f32()).collect();
+    let halves: Vec<bf16> = (0..n + 8)
+        .map(|_| bf16::from_bits(rng.next_u32() as u16))
+        .collect();
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    for backend in simd_backends() {
+        for off in [0usize, 1, 3, 7] {
+            let s = &src[off..off + n];
+            one.install(|| {
+                check_into(&backend, s, 8 - off, halfkern::oracle::f32_to_bf16);
+                check_into(&backend, s, off, halfkern::oracle::f32_to_f16);
+            });
+            let h = &halves[off..off + n];
+            check_into(&backend, h, off + 1, halfkern::oracle::bf16_to_f32);
         }
     }
 }

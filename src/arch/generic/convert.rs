@@ -3,19 +3,20 @@
 //! rounds once), and stochastic rounding draws `sr_bits` per global index.
 
 use crate::arch::scalar::convert::sr_key;
-use crate::arch::simd::{F32Simd, Half, Io, for_each_chunk};
+use crate::arch::simd::{F32Simd, Half, Io, for_each_chunk, stream_head};
 use crate::element::{Slice, SliceMut};
 
-/// Converts `src` into `dst` (equal lengths) on `s`'s ISA.
+/// Converts `src` into `dst` (equal lengths) on `s`'s ISA; `stream` asks
+/// for streaming stores (the caller decides from the whole output's size).
 #[inline(always)]
-pub(crate) fn convert<S: F32Simd>(s: S, src: Slice<'_>, dst: SliceMut<'_>) {
+pub(crate) fn convert<S: F32Simd>(s: S, src: Slice<'_>, dst: SliceMut<'_>, stream: bool) {
     match (src, dst) {
-        (Slice::F32(a), SliceMut::Bf16(b)) => map(s, a, b),
-        (Slice::F32(a), SliceMut::F16(b)) => map(s, a, b),
-        (Slice::Bf16(a), SliceMut::F32(b)) => map(s, a, b),
-        (Slice::F16(a), SliceMut::F32(b)) => map(s, a, b),
-        (Slice::Bf16(a), SliceMut::F16(b)) => map(s, a, b),
-        (Slice::F16(a), SliceMut::Bf16(b)) => map(s, a, b),
+        (Slice::F32(a), SliceMut::Bf16(b)) => map(s, a, b, stream),
+        (Slice::F32(a), SliceMut::F16(b)) => map(s, a, b, stream),
+        (Slice::Bf16(a), SliceMut::F32(b)) => map(s, a, b, stream),
+        (Slice::F16(a), SliceMut::F32(b)) => map(s, a, b, stream),
+        (Slice::Bf16(a), SliceMut::F16(b)) => map(s, a, b, stream),
+        (Slice::F16(a), SliceMut::Bf16(b)) => map(s, a, b, stream),
         (Slice::F32(a), SliceMut::F32(b)) => b.copy_from_slice(a),
         (Slice::Bf16(a), SliceMut::Bf16(b)) => b.copy_from_slice(a),
         (Slice::F16(a), SliceMut::F16(b)) => b.copy_from_slice(a),
@@ -24,12 +25,29 @@ pub(crate) fn convert<S: F32Simd>(s: S, src: Slice<'_>, dst: SliceMut<'_>) {
 
 /// `dst[i] = src[i]` through an f32 vector.
 #[inline(always)]
-fn map<S: F32Simd, A: Io, B: Io>(s: S, src: &[A], dst: &mut [B]) {
+fn map<S: F32Simd, A: Io, B: Io>(s: S, src: &[A], dst: &mut [B], stream: bool) {
     assert_eq!(src.len(), dst.len());
-    for_each_chunk::<S>(src.len(), |c| {
-        let v = c.load(s, src);
-        c.store(s, v, dst);
+    if !stream {
+        for_each_chunk!(S, src.len(), |c| {
+            let v = c.load(s, src);
+            c.store(s, v, dst);
+        });
+        return;
+    }
+    // Ordinary stores up to the first vector-aligned element of `dst`, then
+    // streaming stores (their addresses must be aligned).
+    let head = stream_head::<S, B>(dst);
+    let (src_head, src) = src.split_at(head);
+    let (dst_head, dst) = dst.split_at_mut(head);
+    for_each_chunk!(S, head, |c| {
+        let v = c.load(s, src_head);
+        c.store(s, v, dst_head);
     });
+    for_each_chunk!(S, src.len(), |c| {
+        let v = c.load(s, src);
+        c.stream(s, v, dst);
+    });
+    s.stream_fence();
 }
 
 /// Stochastic rounding of `src` into `dst` (equal lengths); `first` is the
@@ -44,20 +62,13 @@ pub(crate) fn convert_stochastic<S: F32Simd>(
 ) {
     match dst {
         SliceMut::F32(d) => d.copy_from_slice(src),
-        SliceMut::Bf16(d) => stochastic(s, src, d, seed, first, S::narrow_bf16_sr),
-        SliceMut::F16(d) => stochastic(s, src, d, seed, first, S::narrow_f16_sr),
+        SliceMut::Bf16(d) => stochastic(s, src, d, seed, first),
+        SliceMut::F16(d) => stochastic(s, src, d, seed, first),
     }
 }
 
 #[inline(always)]
-fn stochastic<S: F32Simd, T: Half>(
-    s: S,
-    src: &[f32],
-    dst: &mut [T],
-    seed: u64,
-    first: u64,
-    narrow: impl Fn(S, S::F, S::U) -> S::U,
-) {
+fn stochastic<S: F32Simd, T: Half>(s: S, src: &[f32], dst: &mut [T], seed: u64, first: u64) {
     assert_eq!(src.len(), dst.len());
     // The key changes with the upper 32 bits of the global index, so walk
     // segments that do not cross a multiple of 2^32.
@@ -69,10 +80,10 @@ fn stochastic<S: F32Simd, T: Half>(
         let key = sr_key(seed, (index >> 32) as u32);
         let lo = index as u32;
         let (src, dst) = (&src[done..done + n], &mut dst[done..done + n]);
-        for_each_chunk::<S>(n, |c| {
+        for_each_chunk!(S, n, |c| {
             let v = c.load(s, src);
             let r = s.sr_bits(key, lo.wrapping_add(c.start as u32));
-            c.store_bits(s, narrow(s, v, r), dst);
+            c.store_bits(s, T::narrow_sr(s, v, r), dst);
         });
         done += n;
     }

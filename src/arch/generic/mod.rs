@@ -3,3 +3,5 @@
 //! `arch::simd` for how).
 
 pub(crate) mod convert;
+pub(crate) mod finite;
+pub(crate) mod train;

@@ -326,7 +326,9 @@ mod tests {
             0x3F81_8000,
             0x3F80_7FFF,
         ];
-        specials.into_iter().chain((0..=u32::MAX).step_by(65_521))
+        // Miri interprets every step: a coarser sweep there.
+        let step = if cfg!(miri) { 16_777_259 } else { 65_521 };
+        specials.into_iter().chain((0..=u32::MAX).step_by(step))
     }
 
     #[test]
@@ -348,7 +350,8 @@ mod tests {
 
     #[test]
     fn widening_matches_half_for_every_input() {
-        for h in 0..=u16::MAX {
+        let step = if cfg!(miri) { 251 } else { 1 };
+        for h in (0..=u16::MAX).step_by(step) {
             let b = half::bf16::from_bits(h);
             let f = half::f16::from_bits(h);
             assert_eq!(bf16_to_f32_bits(h), b.to_f32().to_bits(), "{h:#06x}");
@@ -403,7 +406,8 @@ mod tests {
 
     #[test]
     fn stochastic_is_exact_for_representable_values_and_r_zero_truncates() {
-        for h in 0..=u16::MAX {
+        let step = if cfg!(miri) { 251 } else { 1 };
+        for h in (0..=u16::MAX).step_by(step) {
             let b = bf16_to_f32_bits(h);
             if f32::from_bits(b).is_nan() {
                 continue;
@@ -424,10 +428,11 @@ mod tests {
     fn sr_bits_is_a_permutation_on_a_window() {
         // Not a proof, but a broken mixer (e.g. dropping the index) shows up.
         let key = sr_key(42, 0);
-        let mut seen: Vec<u32> = (0..1u32 << 16).map(|i| sr_bits(key, i)).collect();
+        let window = if cfg!(miri) { 1u32 << 10 } else { 1 << 16 };
+        let mut seen: Vec<u32> = (0..window).map(|i| sr_bits(key, i)).collect();
         seen.sort_unstable();
         seen.dedup();
-        assert_eq!(seen.len(), 1 << 16);
+        assert_eq!(seen.len(), window as usize);
         assert_ne!(sr_key(1, 0), sr_key(2, 0));
         assert_ne!(sr_key(1, 0), sr_key(1, 1));
     }

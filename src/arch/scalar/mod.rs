@@ -1,6 +1,8 @@
 //! The portable ISA, and the oracle every other ISA is tested against.
 
 pub mod convert;
+pub(crate) mod finite;
+pub(crate) mod train;
 
 use crate::element::{Slice, SliceMut};
 

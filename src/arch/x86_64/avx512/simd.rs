@@ -4,8 +4,8 @@
 
 use core::arch::x86_64::*;
 
-use half::f16;
 use half::slice::HalfFloatSliceExt;
+use half::{bf16, f16};
 
 use crate::arch::simd::F32Simd;
 use crate::arch::x86_64::Avx512;
@@ -255,6 +255,27 @@ impl F32Simd for Avx512 {
         store_u16_masked(self, h, dst)
     }
 
+    // bf16 -> f32 stays on the integer default: `* 1.0` would quiet a
+    // signalling NaN in hardware, but LLVM folds it away (it does not model
+    // sNaN), so the compare-and-blend is needed.
+    //
+    // f32 -> bf16: round in place (the result is the upper 16 bits of each
+    // lane), then one `vpermw` gathers the upper halves: cheaper than
+    // shifting down and `vpmovdw` (two port-5 uops, more as a store).
+    #[inline(always)]
+    fn store_bf16(self, v: __m512, dst: &mut [bf16]) {
+        let dst: &mut [u16] = &mut dst.reinterpret_cast_mut()[..16];
+        let h = self.bf16_upper(v);
+        // SAFETY: `dst` holds 16 u16 = 32 bytes (checked above), all that
+        // is written.
+        unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), h) }
+    }
+    #[inline(always)]
+    fn store_bf16_tail(self, v: __m512, dst: &mut [bf16]) {
+        let h = self.bf16_upper(v);
+        store_u16_masked(self, h, dst.reinterpret_cast_mut())
+    }
+
     // vcvtph2ps/vcvtps2ph convert exactly as `half` does (see the AVX2
     // shim); the exhaustive tests prove it on every run.
     #[inline(always)]
@@ -285,10 +306,83 @@ impl F32Simd for Avx512 {
         unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), h) }
     }
     #[inline(always)]
+    fn stream(self, v: __m512, dst: &mut [f32]) {
+        let dst = &mut dst[..16];
+        assert!(
+            (dst.as_ptr() as usize).is_multiple_of(64),
+            "unaligned streaming store"
+        );
+        // SAFETY: `dst` holds 16 f32 = 64 bytes and starts on a multiple of
+        // 64 (both checked above), as `vmovntps` requires.
+        unsafe { _mm512_stream_ps(dst.as_mut_ptr(), v) }
+    }
+    #[inline(always)]
+    fn stream_bf16(self, v: __m512, dst: &mut [bf16]) {
+        let h = self.bf16_upper(v);
+        stream_32_bytes(self, h, dst.reinterpret_cast_mut())
+    }
+    #[inline(always)]
+    fn stream_f16(self, v: __m512, dst: &mut [f16]) {
+        let h = v!(_mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v));
+        stream_32_bytes(self, h, dst.reinterpret_cast_mut())
+    }
+    #[inline(always)]
+    fn stream_fence(self) {
+        // SAFETY: `sfence` only orders stores (SSE, part of x86-64).
+        unsafe { _mm_sfence() }
+    }
+    #[inline(always)]
     fn store_f16_tail(self, v: __m512, dst: &mut [f16]) {
         let h = v!(_mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v));
         store_u16_masked(self, h, dst.reinterpret_cast_mut())
     }
+}
+
+impl Avx512 {
+    /// `f32_to_bf16_bits` of each lane, packed into 16 u16.
+    #[inline(always)]
+    fn bf16_upper(self, v: __m512) -> __m256i {
+        let x = self.to_bits(v);
+        let abs = self.u_and(x, self.u_splat(0x7FFF_FFFF));
+        let nan = self.u_gt(abs, self.u_splat(0x7F80_0000));
+        let lsb = self.u_and(self.u_shr(x, 16), self.u_splat(1));
+        let rounded = self.u_add(x, self.u_add(lsb, self.u_splat(0x7FFF)));
+        let r = self.u_select(nan, self.u_or(x, self.u_splat(0x0040_0000)), rounded);
+        v!({
+            let odd = _mm512_setr_epi32(
+                0x0003_0001,
+                0x0007_0005,
+                0x000B_0009,
+                0x000F_000D,
+                0x0013_0011,
+                0x0017_0015,
+                0x001B_0019,
+                0x001F_001D,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+            );
+            _mm512_castsi512_si256(_mm512_permutexvar_epi16(odd, r))
+        })
+    }
+}
+
+/// Streams 16 u16 into `dst[..16]`, which must start on a multiple of 32.
+#[inline(always)]
+fn stream_32_bytes(_: Avx512, h: __m256i, dst: &mut [u16]) {
+    let dst = &mut dst[..16];
+    assert!(
+        (dst.as_ptr() as usize).is_multiple_of(32),
+        "unaligned streaming store"
+    );
+    // SAFETY: the token proves AVX; `dst` holds 32 bytes and is 32-byte
+    // aligned (both checked above), as `vmovntdq` requires.
+    unsafe { _mm256_stream_si256(dst.as_mut_ptr().cast(), h) }
 }
 
 /// Stores the first `dst.len() < 16` u16 lanes of `h` into `dst`.

@@ -1,0 +1,267 @@
+//! GEMM throughput: every available ISA (and both bf16 kernels of
+//! avx512bf16), bf16/f16/f32 inputs into f32 C, row-major, packing
+//! included, 1 and 2 threads, with the `gemm` crate 0.19 (f16, f32) beside
+//! it. Criterion's "elements" are flops (2 m n k), so its throughput reads
+//! as GFLOP/s ("Gelem/s").
+//!
+//! Filter with criterion's regex, e.g. `cargo bench --bench gemm -- 'square/bf16/n512/'`.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use halfkern::{Backend, Element, Gemm, Isa, MatMut, MatRef, Threads, bf16, f16};
+
+fn data<T: Element>(len: usize, seed: u32) -> Vec<T> {
+    (0..len)
+        .map(|i| {
+            let x = (i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8;
+            T::from_f32(x as f32 / (1u32 << 24) as f32 - 0.5)
+        })
+        .collect()
+}
+
+/// The variants to run: each ISA, plus the forced vdpbf16ps kernel.
+fn variants<T: Element>() -> Vec<(String, Backend, Option<bool>)> {
+    let mut v = Vec::new();
+    for isa in Isa::available() {
+        let b = Backend::new(isa).unwrap();
+        v.push((isa.name().to_string(), b, None));
+        if T::DTYPE == halfkern::DType::Bf16 && (isa == Isa::Avx512Bf16) {
+            v.push(("avx512bf16-dot".into(), b, Some(true)));
+            v.push(("avx512bf16-fma".into(), b, Some(false)));
+        }
+    }
+    v
+}
+
+fn threads_of(t: usize) -> Threads {
+    if t == 1 {
+        Threads::Single
+    } else {
+        Threads::Count(t)
+    }
+}
+
+/// A peer library's GEMM: `(a, b, c, threads)`.
+type Peer<T> = dyn Fn(&[T], &[T], &mut [f32], usize);
+
+fn one<T: Element + 'static>(
+    c: &mut Criterion,
+    group: &str,
+    m: usize,
+    n: usize,
+    k: usize,
+    peer: Option<&Peer<T>>,
+) {
+    let a: Vec<T> = data(m * k, 1);
+    let b: Vec<T> = data(k * n, 2);
+    let mut out = vec![0.0f32; m * n];
+    let mut g = c.benchmark_group(format!("{group}/{}/m{m}n{n}k{k}", T::DTYPE.name()));
+    g.sample_size(10);
+    g.warm_up_time(Duration::from_millis(300));
+    let flops = 2.0 * m as f64 * n as f64 * k as f64;
+    g.measurement_time(Duration::from_secs_f64((flops / 2e10).clamp(0.5, 3.0)));
+    g.throughput(Throughput::Elements(flops as u64));
+    for threads in [1usize, 2] {
+        for (name, backend, dot) in variants::<T>() {
+            // Scalar is far off the pace: only its smallest sizes.
+            if backend.isa() == Isa::Scalar && flops > 1e8 {
+                continue;
+            }
+            let params = Gemm::new().threads(threads_of(threads)).dot_kernel(dot);
+            g.bench_function(BenchmarkId::new(name, format!("t{threads}")), |bench| {
+                bench.iter(|| {
+                    backend
+                        .gemm(
+                            MatRef::row_major(black_box(&a), m, k).unwrap(),
+                            MatRef::row_major(black_box(&b), k, n).unwrap(),
+                            MatMut::row_major(&mut out, m, n).unwrap(),
+                            &params,
+                        )
+                        .unwrap()
+                })
+            });
+        }
+        if let Some(peer) = peer {
+            g.bench_function(
+                BenchmarkId::new("gemm-crate-0.19", format!("t{threads}")),
+                |bench| bench.iter(|| peer(black_box(&a), black_box(&b), &mut out, threads)),
+            );
+        }
+    }
+    g.finish();
+}
+
+/// The `gemm` crate, f32 C from f32 inputs (its f16 path writes f16 C, so
+/// for f16 we time f16 x f16 -> f16, its native form).
+fn peer_f32(m: usize, n: usize, k: usize) -> impl Fn(&[f32], &[f32], &mut [f32], usize) {
+    move |a, b, c, threads| {
+        // SAFETY: row-major m x k, k x n, m x n buffers of exactly those
+        // sizes; the strides below stay inside them.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                c.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a.as_ptr(),
+                1,
+                k as isize,
+                b.as_ptr(),
+                1,
+                n as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                par(threads),
+            )
+        }
+    }
+}
+
+fn peer_f16(m: usize, n: usize, k: usize) -> impl Fn(&[f16], &[f16], &mut [f32], usize) {
+    let mut out = vec![f16::ZERO; m * n];
+    let out_ptr = out.as_mut_ptr() as usize;
+    let keep = std::sync::Arc::new(std::sync::Mutex::new(out));
+    move |a, b, _c, threads| {
+        let _guard = keep.lock().unwrap();
+        // SAFETY: as in `peer_f32`; `out` (m x n f16) lives in `keep`.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                out_ptr as *mut f16,
+                1,
+                n as isize,
+                false,
+                a.as_ptr(),
+                1,
+                k as isize,
+                b.as_ptr(),
+                1,
+                n as isize,
+                f16::ZERO,
+                f16::ONE,
+                false,
+                false,
+                false,
+                par(threads),
+            )
+        }
+    }
+}
+
+fn par(threads: usize) -> gemm::Parallelism {
+    if threads == 1 {
+        gemm::Parallelism::None
+    } else {
+        gemm::Parallelism::Rayon(threads)
+    }
+}
+
+fn square(c: &mut Criterion) {
+    for n in [256usize, 512, 1024, 2048] {
+        one::<bf16>(c, "square", n, n, n, None);
+        let p = peer_f16(n, n, n);
+        one::<f16>(c, "square", n, n, n, Some(&p));
+        let p = peer_f32(n, n, n);
+        one::<f32>(c, "square", n, n, n, Some(&p));
+    }
+}
+
+fn small_m(c: &mut Criterion) {
+    for m in [1usize, 16] {
+        let (n, k) = (4096, 4096);
+        one::<bf16>(c, "smallm", m, n, k, None);
+        let p = peer_f16(m, n, k);
+        one::<f16>(c, "smallm", m, n, k, Some(&p));
+        let p = peer_f32(m, n, k);
+        one::<f32>(c, "smallm", m, n, k, Some(&p));
+    }
+}
+
+/// The instruction ceilings of this core: 24 independent zmm chains of
+/// `vfmadd231ps` (32 flop each) and of `vdpbf16ps` (64 flop each), no memory.
+#[cfg(target_arch = "x86_64")]
+mod peak {
+    use core::arch::x86_64::*;
+
+    pub const ITERS: u64 = 100_000;
+
+    #[target_feature(enable = "avx512f")]
+    pub fn fma() -> f32 {
+        let mut acc = [_mm512_set1_ps(std::hint::black_box(1.0)); 24];
+        let x = _mm512_set1_ps(std::hint::black_box(0.999));
+        let y = _mm512_set1_ps(std::hint::black_box(1e-3));
+        for _ in 0..ITERS {
+            for a in acc.iter_mut() {
+                *a = _mm512_fmadd_ps(*a, x, y);
+            }
+        }
+        acc.iter().map(|a| _mm512_reduce_add_ps(*a)).sum()
+    }
+
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub fn dot() -> f32 {
+        let mut acc = [_mm512_set1_ps(std::hint::black_box(1.0)); 24];
+        let x = _mm512_cvtne2ps_pbh(_mm512_set1_ps(0.5), _mm512_set1_ps(0.25));
+        for _ in 0..ITERS {
+            for a in acc.iter_mut() {
+                *a = _mm512_dpbf16_ps(*a, x, x);
+            }
+        }
+        acc.iter().map(|a| _mm512_reduce_add_ps(*a)).sum()
+    }
+}
+
+fn peaks(c: &mut Criterion) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut g = c.benchmark_group("peak");
+        g.sample_size(10);
+        g.warm_up_time(Duration::from_millis(300));
+        g.measurement_time(Duration::from_secs(1));
+        if Isa::Avx512.is_available() {
+            g.throughput(Throughput::Elements(peak::ITERS * 24 * 32));
+            // SAFETY: AVX-512 F is available (checked above).
+            g.bench_function("vfmadd231ps-zmm", |b| b.iter(|| unsafe { peak::fma() }));
+        }
+        if Isa::Avx512Bf16.is_available() {
+            g.throughput(Throughput::Elements(peak::ITERS * 24 * 64));
+            // SAFETY: AVX-512 F and AVX512_BF16 are available (checked above).
+            g.bench_function("vdpbf16ps-zmm", |b| b.iter(|| unsafe { peak::dot() }));
+        }
+        g.finish();
+    }
+    // One core's read bandwidth over 64 MiB (the small-m path's ceiling;
+    // the same memory level as its 32-64 MiB of B: on a box with a 260 MiB
+    // L3 that may be L3, not DRAM); "elements" are bytes.
+    let big = vec![1.0f32; 16 << 20];
+    let mut g = c.benchmark_group("peak");
+    g.sample_size(10);
+    g.warm_up_time(Duration::from_millis(300));
+    g.measurement_time(Duration::from_secs(1));
+    g.throughput(Throughput::Bytes((big.len() * 4) as u64));
+    g.bench_function("read-64MiB", |b| {
+        b.iter(|| {
+            let mut acc = [0.0f32; 16];
+            for ch in black_box(&big).chunks_exact(16) {
+                for (a, x) in acc.iter_mut().zip(ch) {
+                    *a += x;
+                }
+            }
+            acc.iter().sum::<f32>()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, peaks, square, small_m);
+criterion_main!(benches);

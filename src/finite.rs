@@ -1,0 +1,523 @@
+//! Scaled-gradient checks: unscale, detect inf/NaN and sum the squares, in
+//! one pass over memory.
+//!
+//! After the backward pass of a loss-scaled step, a trainer must (1)
+//! multiply every gradient by `1/scale`, (2) find out whether any gradient is
+//! inf or NaN (then the step is skipped and the scale lowered), and, when it
+//! clips by global norm, (3) compute the sum of squares of all gradients.
+//! Peers read the gradients two or three times for that; [`unscale`] reads
+//! and writes them once and returns a [`GradStats`] with all three answers.
+//!
+//! # Numerics
+//!
+//! - Each element becomes `round(x * inv_scale)`: the product is computed in
+//!   f32 (bf16/f16 widened exactly first) and rounded to the element type to
+//!   nearest, ties to even, bit-identical on every ISA to
+//!   `oracle::f32_to_bf16(x.to_f32() * inv_scale)` (resp. `f32_to_f16`).
+//! - Non-finite is decided on the **unscaled value as written**. Inf/NaN
+//!   inputs stay inf/NaN and count; a finite input that overflows only once
+//!   unscaled (`1e34 * 2^16` in f32, or any product that rounds to inf in
+//!   bf16/f16) counts too, because that is what the optimizer would read.
+//! - [`GradStats::sum_sq`] is the sum of the squares of the **finite**
+//!   written values, with relative error at most 1e-6 against an f64 sum of
+//!   the same values on every ISA. When `nonfinite > 0` it still excludes the
+//!   inf/NaN values (so it stays a number and [`GradStats::merge`] stays
+//!   meaningful), but it is not a gradient norm: [`GradStats::norm`] is NaN
+//!   then. A training step only uses it on clean steps.
+//! - The counts and the written values do not depend on the ISA, on the
+//!   number of threads or on how [`unscale_many`] splits the work; `sum_sq`
+//!   does only through the order of additions (within the bound above).
+//!
+//! # Bad input
+//!
+//! An `inv_scale` that is 0, negative, NaN or infinite is
+//! [`Error::InvalidScale`]; lengths that differ in [`unscale_into`] are
+//! [`Error::LengthMismatch`]. Either way nothing is written.
+
+use rayon::prelude::*;
+
+use crate::element::{Element, Slice, SliceMut};
+use crate::error::Error;
+use crate::isa::{Backend, Token};
+
+/// Above this many elements a slice is split over rayon's threads.
+const PARALLEL_MIN: usize = 1 << 20;
+
+/// Each rayon task handles at least this many elements.
+const PARALLEL_CHUNK: usize = 1 << 18;
+
+/// What one unscale pass found: how many written values are inf/NaN, and the
+/// sum of squares of the finite ones. Enough to skip a step, to clip by
+/// global norm, and to combine results across tensors, threads and
+/// processes.
+///
+/// # Across processes (data parallel)
+///
+/// Each rank unscales its own gradients (after the gradient all-reduce, or
+/// its shard of them under ZeRO/FSDP), then all-reduces the two numbers with
+/// a **sum**: `[nonfinite as f64, sum_sq]` from [`GradStats::to_array`] (an
+/// f64 holds counts exactly up to 2^53), and rebuilds the global stats with
+/// [`GradStats::from_array`]. The global norm is then `sqrt(sum_sq)`
+/// ([`GradStats::norm`]) and every rank skips or clips alike. If the ranks
+/// hold replicas of the same gradients rather than shards, do not sum:
+/// every rank already has the global answer.
+///
+/// # Examples
+///
+/// ```
+/// use halfkern::finite::GradStats;
+///
+/// let a = GradStats::new(0, 9.0);
+/// let b = GradStats::new(0, 16.0);
+/// let all = a.merge(b);
+/// assert_eq!(all.norm(), 5.0);
+/// assert_eq!(all.clip_coef(1.0), (1.0 / (5.0 + 1e-6)) as f32);
+/// assert_eq!(all.clip_coef(10.0), 1.0); // clip only shrinks
+///
+/// // All-reduce across ranks: sum the arrays element-wise.
+/// let (r0, r1) = (a.to_array(), b.to_array());
+/// let summed = [r0[0] + r1[0], r0[1] + r1[1]];
+/// assert_eq!(GradStats::from_array(summed), all);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct GradStats {
+    /// How many unscaled (written) values are ±inf or NaN.
+    pub nonfinite: usize,
+    /// The sum of squares of the finite unscaled (written) values, in f64.
+    pub sum_sq: f64,
+}
+
+impl GradStats {
+    /// No elements: nothing non-finite, sum 0.
+    pub const ZERO: GradStats = GradStats {
+        nonfinite: 0,
+        sum_sq: 0.0,
+    };
+
+    /// Stats from their parts (e.g. after an all-reduce).
+    pub const fn new(nonfinite: usize, sum_sq: f64) -> GradStats {
+        GradStats { nonfinite, sum_sq }
+    }
+
+    /// The stats of the union of two disjoint sets of gradients (counts and
+    /// sums of squares add).
+    #[must_use]
+    pub fn merge(mut self, other: GradStats) -> GradStats {
+        self.nonfinite += other.nonfinite;
+        self.sum_sq += other.sum_sq;
+        self
+    }
+
+    /// Whether every value was finite: the step may be applied.
+    pub const fn is_finite(&self) -> bool {
+        self.nonfinite == 0
+    }
+
+    /// The global L2 norm, `sqrt(sum_sq)`; NaN when any value was inf/NaN
+    /// (there is no norm then; check [`GradStats::is_finite`] first).
+    pub fn norm(&self) -> f64 {
+        if self.is_finite() {
+            self.sum_sq.sqrt()
+        } else {
+            f64::NAN
+        }
+    }
+
+    /// The factor `clip_grad_norm_` multiplies every gradient by:
+    /// `max_norm / (norm + 1e-6)`, clamped to at most 1 (PyTorch's
+    /// semantics: clipping only ever shrinks). NaN when the stats hold
+    /// inf/NaN values, or when `max_norm` is NaN.
+    pub fn clip_coef(&self, max_norm: f32) -> f32 {
+        let coef = f64::from(max_norm) / (self.norm() + 1e-6);
+        if coef.is_nan() {
+            return f32::NAN;
+        }
+        coef.min(1.0) as f32
+    }
+
+    /// `[nonfinite, sum_sq]` as f64, the payload of a sum all-reduce.
+    pub fn to_array(&self) -> [f64; 2] {
+        [self.nonfinite as f64, self.sum_sq]
+    }
+
+    /// The inverse of [`GradStats::to_array`] after a sum all-reduce.
+    pub fn from_array(a: [f64; 2]) -> GradStats {
+        GradStats {
+            nonfinite: a[0] as usize,
+            sum_sq: a[1],
+        }
+    }
+}
+
+/// Whether every element of `src` is finite (not ±inf, not NaN), on the
+/// process-wide backend. bf16/f16 are tested on their exponent bits; the
+/// scan stops early at the first block holding a non-finite value.
+///
+/// If `HALFKERN_ISA` names an ISA this machine cannot run, this runs the
+/// scalar path (the answer is the same on every ISA).
+///
+/// # Examples
+///
+/// ```
+/// use halfkern::bf16;
+///
+/// assert!(halfkern::finite::all_finite(&[1.0f32, -2.0, 0.0]));
+/// assert!(!halfkern::finite::all_finite(&[bf16::ONE, bf16::NAN]));
+/// ```
+pub fn all_finite<T: Element>(src: &[T]) -> bool {
+    Backend::global()
+        .unwrap_or(Backend::scalar())
+        .all_finite(src)
+}
+
+/// How many elements of `src` are ±inf or NaN, on the process-wide backend
+/// (scalar if `HALFKERN_ISA` is unusable; the count is the same everywhere).
+///
+/// # Examples
+///
+/// ```
+/// use halfkern::f16;
+///
+/// let g = [f16::ONE, f16::INFINITY, f16::NEG_INFINITY, f16::NAN];
+/// assert_eq!(halfkern::finite::count_nonfinite(&g), 3);
+/// ```
+pub fn count_nonfinite<T: Element>(src: &[T]) -> usize {
+    Backend::global()
+        .unwrap_or(Backend::scalar())
+        .count_nonfinite(src)
+}
+
+/// Unscales gradients in place, `x <- round(x * inv_scale)`, and returns
+/// the [`GradStats`] of the written values, in one pass (see the module docs
+/// for the numerics). Large slices are split over rayon's threads.
+///
+/// # Errors
+///
+/// [`Error::InvalidScale`] when `inv_scale` is not finite and > 0 (nothing
+/// is written), or the process-wide ISA error (see [`Backend::global`]).
+///
+/// # Examples
+///
+/// ```
+/// use halfkern::bf16;
+///
+/// let mut grads = [bf16::from_f32(1024.0), bf16::from_f32(-512.0)];
+/// let stats = halfkern::finite::unscale(&mut grads, 1.0 / 1024.0)?;
+/// assert_eq!(grads, [bf16::ONE, bf16::from_f32(-0.5)]);
+/// assert!(stats.is_finite());
+/// assert_eq!(stats.sum_sq, 1.25);
+///
+/// let mut bad = [1e34f32, 1.0];
+/// let stats = halfkern::finite::unscale(&mut bad, 65536.0)?; // overflows
+/// assert_eq!(stats.nonfinite, 1);
+/// # Ok::<(), halfkern::Error>(())
+/// ```
+pub fn unscale<T: Element>(grads: &mut [T], inv_scale: f32) -> Result<GradStats, Error> {
+    Backend::global()?.unscale(grads, inv_scale)
+}
+
+/// Unscales half-precision gradients into f32 master gradients,
+/// `dst[i] = src[i] * inv_scale` in f32, and returns the [`GradStats`] of
+/// `dst`, in one pass. `src` is not modified. (With an f32 `src` this is an
+/// unscaling copy.)
+///
+/// # Errors
+///
+/// [`Error::InvalidScale`] for an `inv_scale` that is not finite and > 0,
+/// [`Error::LengthMismatch`] when the lengths differ (nothing is written
+/// either way), or the process-wide ISA error.
+///
+/// # Examples
+///
+/// ```
+/// use halfkern::f16;
+///
+/// let half_grads = [f16::from_f32(256.0), f16::from_f32(-64.0)];
+/// let mut master = [0.0f32; 2];
+/// let stats = halfkern::finite::unscale_into(&half_grads, &mut master, 1.0 / 128.0)?;
+/// assert_eq!(master, [2.0, -0.5]);
+/// assert_eq!(stats.norm(), (4.25f64).sqrt());
+/// # Ok::<(), halfkern::Error>(())
+/// ```
+pub fn unscale_into<T: Element>(
+    src: &[T],
+    dst: &mut [f32],
+    inv_scale: f32,
+) -> Result<GradStats, Error> {
+    Backend::global()?.unscale_into(src, dst, inv_scale)
+}
+
+/// [`unscale`] over many tensors in one call, with their stats combined.
+/// Tensors are spread over rayon's threads (large ones split in chunks) when
+/// the total is large.
+///
+/// # Errors
+///
+/// [`Error::InvalidScale`] for an `inv_scale` that is not finite and > 0
+/// (no tensor is touched), or the process-wide ISA error.
+///
+/// # Examples
+///
+/// ```
+/// let mut w = vec![4.0f32; 1000];
+/// let mut b = vec![4.0f32; 10];
+/// let stats = halfkern::finite::unscale_many(&mut [&mut w[..], &mut b[..]], 0.5)?;
+/// assert_eq!(stats.sum_sq, 4.0 * 1010.0);
+/// assert_eq!(w[999], 2.0);
+/// # Ok::<(), halfkern::Error>(())
+/// ```
+pub fn unscale_many<T: Element>(
+    tensors: &mut [&mut [T]],
+    inv_scale: f32,
+) -> Result<GradStats, Error> {
+    Backend::global()?.unscale_many(tensors, inv_scale)
+}
+
+impl Backend {
+    /// [`all_finite`] on this backend's ISA.
+    pub fn all_finite<T: Element>(&self, src: &[T]) -> bool {
+        run_count(self.token, T::slice(src), true) == 0
+    }
+
+    /// [`count_nonfinite`] on this backend's ISA.
+    pub fn count_nonfinite<T: Element>(&self, src: &[T]) -> usize {
+        run_count(self.token, T::slice(src), false)
+    }
+
+    /// [`unscale`] on this backend's ISA.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidScale`] when `inv_scale` is not finite and > 0.
+    pub fn unscale<T: Element>(&self, grads: &mut [T], inv_scale: f32) -> Result<GradStats, Error> {
+        check_scale("unscale", inv_scale)?;
+        Ok(self.unscale_checked(grads, inv_scale))
+    }
+
+    /// [`unscale_into`] on this backend's ISA.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidScale`] or [`Error::LengthMismatch`]; nothing is
+    /// written then.
+    pub fn unscale_into<T: Element>(
+        &self,
+        src: &[T],
+        dst: &mut [f32],
+        inv_scale: f32,
+    ) -> Result<GradStats, Error> {
+        check_scale("unscale_into", inv_scale)?;
+        if src.len() != dst.len() {
+            return Err(Error::LengthMismatch {
+                op: "unscale_into",
+                src: src.len(),
+                dst: dst.len(),
+            });
+        }
+        let token = self.token;
+        if src.len() >= PARALLEL_MIN && rayon::current_num_threads() > 1 {
+            Ok(src
+                .par_chunks(PARALLEL_CHUNK)
+                .zip(dst.par_chunks_mut(PARALLEL_CHUNK))
+                .map(|(s, d)| run_unscale_into(token, T::slice(s), d, inv_scale))
+                .reduce(|| GradStats::ZERO, GradStats::merge))
+        } else {
+            Ok(run_unscale_into(token, T::slice(src), dst, inv_scale))
+        }
+    }
+
+    /// [`unscale_many`] on this backend's ISA.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidScale`] when `inv_scale` is not finite and > 0.
+    pub fn unscale_many<T: Element>(
+        &self,
+        tensors: &mut [&mut [T]],
+        inv_scale: f32,
+    ) -> Result<GradStats, Error> {
+        check_scale("unscale_many", inv_scale)?;
+        let total: usize = tensors.iter().map(|t| t.len()).sum();
+        if total < PARALLEL_MIN || rayon::current_num_threads() == 1 {
+            return Ok(tensors
+                .iter_mut()
+                .map(|t| run_unscale(self.token, T::slice_mut(t), inv_scale))
+                .fold(GradStats::ZERO, GradStats::merge));
+        }
+        // One task per tensor; a large tensor splits itself further in
+        // `unscale_checked`. Small tensors are grouped by rayon's adaptive
+        // splitting of the outer iterator.
+        Ok(tensors
+            .par_iter_mut()
+            .map(|t| self.unscale_checked(t, inv_scale))
+            .reduce(|| GradStats::ZERO, GradStats::merge))
+    }
+
+    /// [`Backend::unscale`] after the scale was validated.
+    fn unscale_checked<T: Element>(&self, grads: &mut [T], inv_scale: f32) -> GradStats {
+        let token = self.token;
+        if grads.len() >= PARALLEL_MIN && rayon::current_num_threads() > 1 {
+            grads
+                .par_chunks_mut(PARALLEL_CHUNK)
+                .map(|c| run_unscale(token, T::slice_mut(c), inv_scale))
+                .reduce(|| GradStats::ZERO, GradStats::merge)
+        } else {
+            run_unscale(token, T::slice_mut(grads), inv_scale)
+        }
+    }
+}
+
+/// `Ok` when `inv_scale` is finite and > 0.
+fn check_scale(op: &'static str, inv_scale: f32) -> Result<(), Error> {
+    if inv_scale > 0.0 && inv_scale.is_finite() {
+        Ok(())
+    } else {
+        Err(Error::InvalidScale {
+            op,
+            arg: "inv_scale",
+            value: inv_scale,
+        })
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+use crate::arch::aarch64 as arm;
+#[cfg(target_arch = "x86_64")]
+use crate::arch::x86_64 as x86;
+
+/// One in-place unscale on one thread, on the ISA `token` proves.
+/// AVX512_BF16 and AMX add nothing here (the pass is bound by loads, the
+/// multiply and the integer rounding), so they run the AVX-512 kernel.
+fn run_unscale(token: Token, data: SliceMut<'_>, inv_scale: f32) -> GradStats {
+    use crate::arch::scalar::finite as scalar;
+    match token {
+        Token::Scalar => scalar::unscale(data, inv_scale),
+        #[cfg(target_arch = "x86_64")]
+        Token::Avx2(t) => x86::avx2::unscale(t, data, inv_scale),
+        #[cfg(target_arch = "x86_64")]
+        Token::Avx512(t) => x86::avx512::unscale(t, data, inv_scale),
+        #[cfg(target_arch = "x86_64")]
+        Token::Avx512Bf16(t) => x86::avx512::unscale(t.avx512(), data, inv_scale),
+        #[cfg(target_arch = "x86_64")]
+        Token::Amx(t) => x86::avx512::unscale(t.avx512bf16().avx512(), data, inv_scale),
+        #[cfg(target_arch = "aarch64")]
+        Token::Neon(t) => arm::neon::unscale(t, data, inv_scale),
+        #[cfg(target_arch = "aarch64")]
+        Token::NeonBf16(t) => arm::neon::unscale(t.neon(), data, inv_scale),
+    }
+}
+
+/// One widening unscale on one thread (equal lengths).
+fn run_unscale_into(token: Token, src: Slice<'_>, dst: &mut [f32], inv_scale: f32) -> GradStats {
+    use crate::arch::scalar::finite as scalar;
+    match token {
+        Token::Scalar => scalar::unscale_into(src, dst, inv_scale),
+        #[cfg(target_arch = "x86_64")]
+        Token::Avx2(t) => x86::avx2::unscale_into(t, src, dst, inv_scale),
+        #[cfg(target_arch = "x86_64")]
+        Token::Avx512(t) => x86::avx512::unscale_into(t, src, dst, inv_scale),
+        #[cfg(target_arch = "x86_64")]
+        Token::Avx512Bf16(t) => x86::avx512::unscale_into(t.avx512(), src, dst, inv_scale),
+        #[cfg(target_arch = "x86_64")]
+        Token::Amx(t) => x86::avx512::unscale_into(t.avx512bf16().avx512(), src, dst, inv_scale),
+        #[cfg(target_arch = "aarch64")]
+        Token::Neon(t) => arm::neon::unscale_into(t, src, dst, inv_scale),
+        #[cfg(target_arch = "aarch64")]
+        Token::NeonBf16(t) => arm::neon::unscale_into(t.neon(), src, dst, inv_scale),
+    }
+}
+
+/// Counts inf/NaN on one thread; `stop_at_first` allows an early exit.
+fn run_count(token: Token, src: Slice<'_>, stop_at_first: bool) -> usize {
+    use crate::arch::scalar::finite as scalar;
+    match token {
+        Token::Scalar => scalar::count_nonfinite(src, stop_at_first),
+        #[cfg(target_arch = "x86_64")]
+        Token::Avx2(t) => x86::avx2::count_nonfinite(t, src, stop_at_first),
+        #[cfg(target_arch = "x86_64")]
+        Token::Avx512(t) => x86::avx512::count_nonfinite(t, src, stop_at_first),
+        #[cfg(target_arch = "x86_64")]
+        Token::Avx512Bf16(t) => x86::avx512::count_nonfinite(t.avx512(), src, stop_at_first),
+        #[cfg(target_arch = "x86_64")]
+        Token::Amx(t) => x86::avx512::count_nonfinite(t.avx512bf16().avx512(), src, stop_at_first),
+        #[cfg(target_arch = "aarch64")]
+        Token::Neon(t) => arm::neon::count_nonfinite(t, src, stop_at_first),
+        #[cfg(target_arch = "aarch64")]
+        Token::NeonBf16(t) => arm::neon::count_nonfinite(t.neon(), src, stop_at_first),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{bf16, f16};
+
+    /// Small cases on the scalar path (CI runs this under Miri).
+    #[test]
+    fn scalar_unscale_small_cases() {
+        let b = Backend::scalar();
+        let mut g = [2.0f32, -4.0, f32::INFINITY, 1e34, f32::NAN, 0.0];
+        let s = b.unscale(&mut g, 65536.0).unwrap();
+        assert_eq!(s.nonfinite, 3); // inf, NaN, and 1e34 * 2^16
+        assert_eq!(s.sum_sq, (131_072.0f64).powi(2) + (262_144.0f64).powi(2));
+        assert_eq!(g[0], 131_072.0);
+        assert!(g[3].is_infinite());
+
+        let mut h = [bf16::from_f32(3.0), bf16::from_f32(1.0 + 1.0 / 128.0)];
+        let s = b.unscale(&mut h, 1.0 / 3.0).unwrap();
+        assert_eq!(h[0], bf16::ONE);
+        assert_eq!(h[1], crate::oracle::f32_to_bf16((1.0 + 1.0 / 128.0) / 3.0));
+        assert!(s.is_finite());
+
+        let src = [f16::from_f32(65504.0), f16::from_f32(-2.0)];
+        let mut dst = [f32::NAN; 2];
+        let s = b.unscale_into(&src, &mut dst, 2.0).unwrap();
+        assert_eq!(dst, [131_008.0, -4.0]);
+        assert_eq!(s.nonfinite, 0);
+
+        // f16 written in place overflows on rounding, and counts.
+        let mut h = [f16::from_f32(65504.0)];
+        assert_eq!(b.unscale(&mut h, 2.0).unwrap().nonfinite, 1);
+
+        for bad in [0.0f32, -1.0, f32::NAN, f32::INFINITY, -0.0] {
+            let mut g = [1.0f32];
+            assert!(matches!(
+                b.unscale(&mut g, bad),
+                Err(Error::InvalidScale { .. })
+            ));
+            assert_eq!(g, [1.0]);
+        }
+        let mut dst = [7.0f32; 1];
+        assert!(matches!(
+            b.unscale_into(&[bf16::ONE; 2], &mut dst, 1.0),
+            Err(Error::LengthMismatch { src: 2, dst: 1, .. })
+        ));
+        assert_eq!(dst, [7.0]);
+
+        assert!(b.all_finite::<bf16>(&[]));
+        assert!(!b.all_finite(&[bf16::ONE, bf16::INFINITY]));
+        assert_eq!(
+            b.count_nonfinite(&[f16::NAN, f16::ONE, f16::NEG_INFINITY]),
+            2
+        );
+        let mut a = [1.0f32; 5];
+        let mut d = [3.0f32; 2];
+        let s = b.unscale_many(&mut [&mut a[..], &mut d[..]], 2.0).unwrap();
+        assert_eq!(s.sum_sq, 5.0 * 4.0 + 2.0 * 36.0);
+    }
+
+    #[test]
+    fn scalar_grad_stats_norm_and_clip() {
+        let s = GradStats::new(0, 4.0);
+        assert_eq!(s.norm(), 2.0);
+        assert_eq!(s.clip_coef(1.0), (1.0 / (2.0 + 1e-6)) as f32);
+        assert_eq!(s.clip_coef(100.0), 1.0);
+        assert_eq!(GradStats::ZERO.clip_coef(1.0), 1.0);
+        let bad = s.merge(GradStats::new(2, 1.0));
+        assert_eq!(bad.nonfinite, 2);
+        assert!(bad.norm().is_nan());
+        assert!(bad.clip_coef(1.0).is_nan());
+        assert_eq!(GradStats::from_array(bad.to_array()), bad);
+    }
+}

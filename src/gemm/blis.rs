@@ -1,0 +1,470 @@
+//! The BLIS algorithm, written once over [`Microkernel`]: blocking, packing
+//! with zero-padded edges, the five loops, the epilogue of each tile, and
+//! the split over threads.
+//!
+//! Loop order (Goto/BLIS, with B packed whole up front so that the same
+//! packed form serves [`PackedB`](super::PackedB)):
+//!
+//! ```text
+//! pack B~ (k x n, NR-column panels, each split in KC blocks)   [parallel]
+//! LOOP 5  jc over n by NC  } work items (ic, jc), split over threads
+//! LOOP 3  ic over m by MC  }
+//!   LOOP 4  pc over k by KC: pack A~ (MC x KC, MR-row panels)
+//!     LOOP 2  jr over NC by NR
+//!       LOOP 1  ir over MC by MR: microkernel on one MR x NR tile
+//!       (last pc: epilogue, then the single store of the tile)
+//! ```
+//!
+//! LOOP 4 sits inside LOOP 3 (BLIS has it outside) so a thread keeps the
+//! f32 partial sums of its own `MC x NC` block across KC blocks in a
+//! private workspace: C is stored once, in its own type, after the
+//! epilogue, and never read back in a lower precision. The cost is
+//! re-reading a `KC x NC` block of B~ per MC block, which is L2/L3 traffic
+//! of a few bytes per thousand flops.
+//!
+//! Edge tiles never reach the microkernel as such: packing pads panels
+//! with zeros to full `MR`/`NR` and to a whole slot along k, so the kernel
+//! always computes full tiles; the epilogue stores only the valid part.
+
+use rayon::prelude::*;
+
+use super::epilogue::Epilogue;
+use super::kernel::{Format, Microkernel};
+use super::view::{MatMut, MatRef};
+use crate::element::{DType, Element, Slice, SliceMut};
+
+/// Depth of a packed block: a `KC x NR` micro-panel of B~ (32 KiB for
+/// NR = 32 f32) stays in L1 (48 KiB here) while LOOP 1 runs over it. Even,
+/// so a bf16 pair never straddles two blocks.
+pub(crate) const KC: usize = 256;
+/// Upper bound for the rows of an A~ block: `MC x KC` f32 = 168 KiB for
+/// MC = 168, well inside a 2 MiB L2 with room for B~ micro-panels.
+const MC_MAX: usize = 168;
+/// Upper bound for the columns of a work item: its f32 workspace
+/// (`MC x NC`, 672 KiB) and the `KC x NC` slice of B~ it streams stay in L2.
+const NC_MAX: usize = 1024;
+
+const fn div_ceil(a: usize, b: usize) -> usize {
+    a.div_ceil(b)
+}
+
+/// Slots of one k range of `len` values.
+const fn slots(len: usize, format: Format) -> usize {
+    div_ceil(len, format.k_per_slot())
+}
+
+/// Total slots of a whole k, block by block.
+pub(crate) const fn total_slots(k: usize, format: Format) -> usize {
+    let full = k / KC;
+    full * slots(KC, format) + slots(k % KC, format)
+}
+
+/// The packed form of B: `ceil(n / NR)` panels of `total_slots(k) * NR`
+/// slots, each block `pc` of a panel contiguous.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct PackedPanels {
+    pub(crate) format: Format,
+    pub(crate) nr: usize,
+    pub(crate) kc: usize,
+    pub(crate) data: Vec<f32>,
+}
+
+impl PackedPanels {
+    fn panel_len(&self, k: usize) -> usize {
+        total_slots(k, self.format) * self.nr
+    }
+}
+
+/// Packs lanes `l0..l0+lanes` (at most `w`) by depth `d0..d0+depth` of `v`
+/// (lane = row of `v`, depth = column) into `dst[s * w + lane]`, zero-padded
+/// to `w` lanes and whole slots.
+#[expect(clippy::too_many_arguments, reason = "internal: a panel's coordinates")]
+fn pack_panel<K: Microkernel, T: Element>(
+    kern: K,
+    v: MatRef<'_, T>,
+    l0: usize,
+    lanes: usize,
+    d0: usize,
+    depth: usize,
+    w: usize,
+    dst: &mut [f32],
+    tmp: &mut Vec<f32>,
+) {
+    let nslots = slots(depth, K::FORMAT);
+    let dst = &mut dst[..nslots * w];
+    match K::FORMAT {
+        Format::F32 => {
+            if lanes < w || depth == 0 {
+                dst.fill(0.0);
+            }
+            if v.cs == 1 && depth > 1 && T::DTYPE != DType::F16 {
+                // Depth contiguous, cheap widening (f32 copy, bf16 shift):
+                // gather lane by lane per slot, so the writes are contiguous
+                // and each lane's reads are one sequential stream.
+                let rows: Vec<&[T]> = (0..lanes)
+                    .map(|lane| {
+                        let off = (l0 + lane) * v.rs + d0;
+                        &v.data[off..off + depth]
+                    })
+                    .collect();
+                for (s, out) in dst.chunks_exact_mut(w).enumerate() {
+                    for (o, row) in out.iter_mut().zip(&rows) {
+                        *o = row[s].to_f32();
+                    }
+                }
+            } else if v.cs == 1 && depth > 1 {
+                // Depth contiguous (A row-major, B column-major): widen each
+                // lane's run, then scatter it with stride `w`.
+                tmp.resize(depth, 0.0);
+                for lane in 0..lanes {
+                    let off = (l0 + lane) * v.rs + d0;
+                    kern.widen(&v.data[off..off + depth], tmp);
+                    for (s, &x) in tmp.iter().enumerate() {
+                        dst[s * w + lane] = x;
+                    }
+                }
+            } else if v.rs == 1 && lanes > 1 {
+                // Lanes contiguous (B row-major, A column-major): widen
+                // straight into each slot.
+                for s in 0..depth {
+                    let off = l0 + (d0 + s) * v.cs;
+                    kern.widen(&v.data[off..off + lanes], &mut dst[s * w..s * w + lanes]);
+                }
+            } else {
+                for s in 0..depth {
+                    for lane in 0..lanes {
+                        dst[s * w + lane] = v.at(l0 + lane, d0 + s).to_f32();
+                    }
+                }
+            }
+        }
+        Format::Bf16Pairs => {
+            let Slice::Bf16(data) = T::slice(v.data) else {
+                unreachable!("Bf16Pairs kernels are only chosen for bf16 inputs")
+            };
+            let bits = |lane: usize, d: usize| -> u32 {
+                if lane < lanes && d < depth {
+                    u32::from(data[(l0 + lane) * v.rs + (d0 + d) * v.cs].to_bits())
+                } else {
+                    0
+                }
+            };
+            for s in 0..nslots {
+                for lane in 0..w {
+                    let pair = bits(lane, 2 * s) | bits(lane, 2 * s + 1) << 16;
+                    dst[s * w + lane] = f32::from_bits(pair);
+                }
+            }
+        }
+    }
+}
+
+/// Packs all of `b` (`k x n`) for kernel `K`, over up to `threads` threads.
+pub(crate) fn pack_b<K: Microkernel, T: Element>(
+    kern: K,
+    b: MatRef<'_, T>,
+    threads: usize,
+) -> PackedPanels {
+    let (k, n) = (b.rows, b.cols);
+    let per_panel = total_slots(k, K::FORMAT) * K::NR;
+    let panels = div_ceil(n, K::NR);
+    let mut data = vec![0.0f32; per_panel * panels];
+    let bt = b.t(); // lanes = columns of B, depth = k
+    let pack_one = |(p, panel): (usize, &mut [f32]), tmp: &mut Vec<f32>| {
+        let j0 = p * K::NR;
+        let lanes = K::NR.min(n - j0);
+        let mut off = 0;
+        for pc in (0..k).step_by(KC) {
+            let kc = KC.min(k - pc);
+            let len = slots(kc, K::FORMAT) * K::NR;
+            pack_panel(
+                kern,
+                bt,
+                j0,
+                lanes,
+                pc,
+                kc,
+                K::NR,
+                &mut panel[off..off + len],
+                tmp,
+            );
+            off += len;
+        }
+    };
+    if per_panel > 0 {
+        if threads > 1 && panels > 1 {
+            let per_task = div_ceil(panels, threads);
+            data.par_chunks_mut(per_panel * per_task)
+                .enumerate()
+                .for_each(|(t, chunk)| {
+                    let mut tmp = Vec::new();
+                    for (q, panel) in chunk.chunks_mut(per_panel).enumerate() {
+                        pack_one((t * per_task + q, panel), &mut tmp);
+                    }
+                });
+        } else {
+            let mut tmp = Vec::new();
+            data.chunks_mut(per_panel)
+                .enumerate()
+                .for_each(|x| pack_one(x, &mut tmp));
+        }
+    }
+    PackedPanels {
+        format: K::FORMAT,
+        nr: K::NR,
+        kc: KC,
+        data,
+    }
+}
+
+/// C's base pointer and strides, shared by the threads. Each work item
+/// writes a disjoint block of C's elements, and [`MatMut`]'s strides never
+/// alias (checked when the view was made), so the blocks are disjoint in
+/// memory too.
+#[derive(Clone, Copy)]
+pub(super) struct CPtr<C> {
+    pub(super) ptr: *mut C,
+    pub(super) rs: usize,
+    pub(super) cs: usize,
+}
+
+// SAFETY: the pointer is only used for disjoint elements per thread (see
+// the type's docs) while the `&mut` borrow of C is held by `run`.
+unsafe impl<C: Send> Send for CPtr<C> {}
+// SAFETY: as above; no two threads touch the same element.
+unsafe impl<C: Send> Sync for CPtr<C> {}
+
+/// Runs the GEMM with B already packed by [`pack_b`] for this kernel.
+/// Shapes, strides and `packed` were validated by the caller. Returns the
+/// number of non-finite outputs.
+#[expect(clippy::too_many_arguments, reason = "internal: the loops' inputs")]
+pub(crate) fn run<K: Microkernel, T: Element, C: Element>(
+    kern: K,
+    a: MatRef<'_, T>,
+    packed: &PackedPanels,
+    k: usize,
+    n: usize,
+    c: MatMut<'_, C>,
+    ep: &Epilogue<'_>,
+    threads: usize,
+) -> usize {
+    let m = a.rows;
+    debug_assert_eq!((a.cols, c.rows, c.cols), (k, m, n));
+    debug_assert_eq!(
+        (packed.format, packed.nr, packed.kc),
+        (K::FORMAT, K::NR, KC)
+    );
+    if m == 0 || n == 0 {
+        return 0;
+    }
+    // Balanced blocks: MR-row panels spread evenly over `mb` blocks (sizes
+    // differ by at most one panel), and `mb` a multiple of the thread count
+    // so that the round-robin below gives every thread the same share.
+    let nb = div_ceil(n, NC_MAX);
+    let nc = div_ceil(div_ceil(n, nb), K::NR) * K::NR;
+    let nb = div_ceil(n, nc);
+    let panels = div_ceil(m, K::MR);
+    let mut mb = div_ceil(m, MC_MAX);
+    if threads > 1 {
+        mb = div_ceil(mb, threads) * threads;
+    }
+    let mb = mb.min(panels).max(1);
+    let rows_of = |ib: usize| (ib * panels / mb * K::MR).min(m);
+    let items = mb * nb;
+    let threads = threads.min(items).max(1);
+    let cptr = CPtr {
+        ptr: c.data.as_mut_ptr(),
+        rs: c.rs,
+        cs: c.cs,
+    };
+    let c_len = c.data.len();
+    let work = |t: usize| -> usize {
+        let mut ws = Workspace::default();
+        let mut nonfinite = 0;
+        for item in (t..items).step_by(threads) {
+            // LOOP 5 (jc) and LOOP 3 (ic), flattened into work items.
+            let (ib, jc) = (item % mb, (item / mb) * nc);
+            let (ic, ic_end) = (rows_of(ib), rows_of(ib + 1));
+            let blk = Block {
+                i0: ic,
+                m: ic_end - ic,
+                j0: jc,
+                n: nc.min(n - jc),
+            };
+            nonfinite += block(kern, a, packed, k, blk, cptr, c_len, ep, &mut ws);
+        }
+        nonfinite
+    };
+    if threads == 1 {
+        work(0)
+    } else {
+        (0..threads).into_par_iter().map(work).sum()
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Block {
+    i0: usize,
+    m: usize,
+    j0: usize,
+    n: usize,
+}
+
+/// A thread's buffers, reused across its work items.
+#[derive(Default)]
+struct Workspace {
+    a: Vec<f32>,
+    acc: Vec<f32>,
+    tmp: Vec<f32>,
+}
+
+/// One `MC x NC` block of C: LOOP 4, 2 and 1, and the epilogue.
+#[expect(clippy::too_many_arguments, reason = "internal: the loops' inputs")]
+#[inline(never)]
+fn block<K: Microkernel, T: Element, C: Element>(
+    kern: K,
+    a: MatRef<'_, T>,
+    packed: &PackedPanels,
+    k: usize,
+    blk: Block,
+    c: CPtr<C>,
+    c_len: usize,
+    ep: &Epilogue<'_>,
+    ws: &mut Workspace,
+) -> usize {
+    let (mr, nr) = (K::MR, K::NR);
+    let m_panels = div_ceil(blk.m, mr);
+    let n_panels = div_ceil(blk.n, nr);
+    let tile = mr * nr;
+    let panel_len = packed.panel_len(k);
+    ws.acc.resize(m_panels * n_panels * tile, 0.0);
+    let mut nonfinite = 0;
+    let blocks_k = div_ceil(k, KC).max(1);
+    let mut b_off = 0; // slot offset of block pc inside a B~ panel
+    // LOOP 4: pc over k by KC.
+    for q in 0..blocks_k {
+        let pc = q * KC;
+        let kc = KC.min(k - pc.min(k));
+        let nslots = slots(kc, K::FORMAT);
+        let (first, last) = (q == 0, q + 1 == blocks_k);
+        // Pack A~: MR-row panels of this MC x KC block.
+        ws.a.resize(m_panels * nslots * mr, 0.0);
+        for p in 0..m_panels {
+            let lanes = mr.min(blk.m - p * mr);
+            let dst = &mut ws.a[p * nslots * mr..(p + 1) * nslots * mr];
+            pack_panel(
+                kern,
+                a,
+                blk.i0 + p * mr,
+                lanes,
+                pc,
+                kc,
+                mr,
+                dst,
+                &mut ws.tmp,
+            );
+        }
+        // LOOP 2: jr over the block's columns by NR.
+        for jp in 0..n_panels {
+            let gp = blk.j0 / nr + jp;
+            let b0 = gp * panel_len + b_off * nr;
+            let bp = &packed.data[b0..b0 + nslots * nr];
+            // LOOP 1: ir over the block's rows by MR.
+            for ip in 0..m_panels {
+                let ap = &ws.a[ip * nslots * mr..(ip + 1) * nslots * mr];
+                let t0 = (jp * m_panels + ip) * tile;
+                let acc = &mut ws.acc[t0..t0 + tile];
+                if nslots > 0 {
+                    kern.kernel(nslots, ap, bp, acc, !first);
+                } else {
+                    acc.fill(0.0);
+                }
+                if last {
+                    let rows = mr.min(blk.m - ip * mr);
+                    let cols = nr.min(blk.n - jp * nr);
+                    let (i0, j0) = (blk.i0 + ip * mr, blk.j0 + jp * nr);
+                    for r in 0..rows {
+                        let row = &acc[r * nr..r * nr + cols];
+                        nonfinite += store_row(kern, ep, row, i0 + r, j0, c, c_len);
+                    }
+                }
+            }
+        }
+        b_off += nslots;
+    }
+    nonfinite
+}
+
+/// The most columns a microkernel tile has on any ISA.
+pub(super) const MAX_NR: usize = 64;
+
+/// Applies the epilogue to `acc` (outputs `(i, j0..j0 + acc.len())`) and
+/// stores it into C; returns how many stored values are non-finite.
+#[inline(always)]
+pub(super) fn store_row<K: Microkernel, C: Element>(
+    kern: K,
+    ep: &Epilogue<'_>,
+    acc: &[f32],
+    i: usize,
+    j0: usize,
+    c: CPtr<C>,
+    c_len: usize,
+) -> usize {
+    let n = acc.len();
+    let mut t = [0.0f32; MAX_NR];
+    let t = &mut t[..n];
+    let base = i * c.rs + j0 * c.cs;
+    debug_assert!(n == 0 || base + (n - 1) * c.cs < c_len);
+    let _ = c_len;
+    // Stage by stage, so each loop vectorizes.
+    for (x, &y) in t.iter_mut().zip(acc) {
+        *x = ep.alpha * y;
+    }
+    if let Some(s) = ep.inv_scale {
+        t.iter_mut().for_each(|x| *x *= s);
+    }
+    if ep.beta != 0.0 {
+        for (j, x) in t.iter_mut().enumerate() {
+            // SAFETY: (i, j0 + j) is inside C's validated shape, so the
+            // offset is inside the slice `c.ptr` came from; this thread owns
+            // the element (see `CPtr`).
+            let old = unsafe { *c.ptr.add(base + j * c.cs) };
+            *x += ep.beta * old.to_f32();
+        }
+    }
+    ep.add_bias_and_activate(t, i, j0);
+    if c.cs == 1 {
+        // SAFETY: the n elements base..base + n are inside C's slice (the
+        // row segment of a validated view with unit column stride) and
+        // belong to this thread's block only.
+        let dst = unsafe { core::slice::from_raw_parts_mut(c.ptr.add(base), n) };
+        match C::slice_mut(dst) {
+            SliceMut::F32(d) => {
+                d.copy_from_slice(t);
+                return t.iter().filter(|x| !x.is_finite()).count();
+            }
+            SliceMut::F16(d) => {
+                kern.narrow_f16(t, d);
+                return d.iter().filter(|x| !x.is_finite()).count();
+            }
+            SliceMut::Bf16(d) => {
+                let mut bad = 0;
+                for (o, &x) in d.iter_mut().zip(t.iter()) {
+                    *o = half::bf16::from_bits(crate::arch::scalar::convert::f32_to_bf16_bits(
+                        x.to_bits(),
+                    ));
+                    bad += usize::from(o.to_bits() & 0x7F80 == 0x7F80);
+                }
+                return bad;
+            }
+        }
+    }
+    let mut bad = 0;
+    for (j, &x) in t.iter().enumerate() {
+        let y = C::from_f32(x);
+        bad += usize::from(!y.to_f32().is_finite());
+        // SAFETY: as for the read above.
+        unsafe { *c.ptr.add(base + j * c.cs) = y };
+    }
+    bad
+}

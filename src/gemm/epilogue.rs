@@ -1,0 +1,77 @@
+//! The epilogue every path applies to an f32 accumulator before the single
+//! store of an output (the order is documented on [`Gemm`]).
+
+use super::params::{Activation, Bias, Gemm};
+
+/// The epilogue's parameters, resolved once per call.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Epilogue<'a> {
+    pub(crate) alpha: f32,
+    pub(crate) inv_scale: Option<f32>,
+    pub(crate) beta: f32,
+    pub(crate) bias: Bias<'a>,
+    pub(crate) activation: Activation,
+}
+
+impl<'a> Epilogue<'a> {
+    pub(crate) fn new(params: &Gemm<'a>) -> Self {
+        Epilogue {
+            alpha: params.alpha,
+            inv_scale: params.inv_scale,
+            beta: params.beta,
+            bias: params.bias,
+            activation: params.activation,
+        }
+    }
+}
+
+impl Epilogue<'_> {
+    /// Steps 4 and 5 of the epilogue over outputs `(i, j0..j0 + t.len())`.
+    #[inline(always)]
+    pub(crate) fn add_bias_and_activate(&self, t: &mut [f32], i: usize, j0: usize) {
+        match self.bias {
+            Bias::PerRow(b) => {
+                let v = b[i];
+                t.iter_mut().for_each(|x| *x += v);
+            }
+            Bias::PerCol(b) => {
+                let n = t.len();
+                for (x, &v) in t.iter_mut().zip(&b[j0..j0 + n]) {
+                    *x += v;
+                }
+            }
+            Bias::None => {}
+        }
+        match self.activation {
+            Activation::None => {}
+            act => t.iter_mut().for_each(|x| *x = activate(act, *x)),
+        }
+    }
+}
+
+/// `sqrt(2 / pi)`.
+const GELU_C: f32 = 0.797_884_6;
+
+/// The activation of one value.
+#[inline(always)]
+pub(crate) fn activate(act: Activation, x: f32) -> f32 {
+    match act {
+        Activation::None => x,
+        // `x.max(0.0)` would turn NaN into 0; keep NaN visible.
+        Activation::Relu => {
+            if x < 0.0 {
+                0.0
+            } else {
+                x
+            }
+        }
+        Activation::GeluTanh => gelu_tanh(x),
+    }
+}
+
+/// GELU, tanh form, in f32.
+#[inline(always)]
+pub(crate) fn gelu_tanh(x: f32) -> f32 {
+    let u = GELU_C * (x + 0.044_715 * x * x * x);
+    0.5 * x * (1.0 + u.tanh())
+}

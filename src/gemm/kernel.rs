@@ -1,0 +1,184 @@
+//! The microkernel trait: all an ISA supplies to the GEMM.
+//!
+//! A microkernel multiplies one packed `MR x kc` panel of A (`A~`) by one
+//! packed `kc x NR` panel of B (`B~`) into an `MR x NR` f32 tile. Everything
+//! else (the five BLIS loops, packing with zero-padded edges, the epilogue,
+//! threads, the small-m path) is written once in `blis.rs` / `gemv.rs` and
+//! calls the trait. A new ISA (e.g. NEON) is one small file: a zero-sized
+//! type holding its token, `MR`, `NR`, a [`Format`], and a `#[target_feature]`
+//! kernel, usually [`generic_kernel`] instantiated with the ISA's features
+//! enabled; `widen`/`narrow_f16`/`madd` have portable defaults that an ISA
+//! overrides only where it has a faster instruction.
+//!
+//! Packed panels are stored as `f32` slots: in [`Format::F32`] each slot is
+//! one element widened to f32 (bf16/f16 are widened while packing, so the
+//! kernel only does f32 FMA); in [`Format::Bf16Pairs`] each slot holds the
+//! bits of two bf16 neighbours along k (even k in the low half), the layout
+//! `vdpbf16ps`/`BFDOT` read.
+
+use crate::element::Element;
+
+/// How a microkernel wants its panels packed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Format {
+    /// One f32 per slot: slot `s` of row `i` of `A~` at `s * MR + i`.
+    F32,
+    /// Two bf16 per slot (k = 2s in the low 16 bits, 2s + 1 in the high),
+    /// `A~` slot `s` of row `i` at `s * MR + i`. Only for bf16 inputs.
+    #[cfg_attr(
+        not(target_arch = "x86_64"),
+        expect(dead_code, reason = "no BFDOT/BFMMLA kernel on aarch64 yet")
+    )]
+    Bf16Pairs,
+}
+
+impl Format {
+    /// k values per slot.
+    pub(crate) const fn k_per_slot(self) -> usize {
+        match self {
+            Format::F32 => 1,
+            Format::Bf16Pairs => 2,
+        }
+    }
+}
+
+/// One ISA's microkernel (see the module docs).
+pub(crate) trait Microkernel: Copy + Send + Sync {
+    /// Rows of the tile (rows of A per panel).
+    const MR: usize;
+    /// Columns of the tile (columns of B per panel).
+    const NR: usize;
+    /// The packing format the kernel reads.
+    const FORMAT: Format;
+    /// Shown in [`GemmReport::kernel`](crate::GemmReport).
+    const NAME: &'static str;
+
+    /// `tile = (accumulate ? tile : 0) + A~ B~` over `slots` packed slots.
+    /// `a` holds `slots * MR`, `b` `slots * NR` slots; `tile` is `MR x NR`,
+    /// row-major. Sums in k order, one rounding per product-add (or per
+    /// pair for [`Format::Bf16Pairs`]).
+    fn kernel(self, slots: usize, a: &[f32], b: &[f32], tile: &mut [f32], accumulate: bool);
+
+    /// Widens a contiguous run to f32 (`dst.len() == src.len()`).
+    #[inline(always)]
+    fn widen<T: Element>(self, src: &[T], dst: &mut [f32]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = s.to_f32();
+        }
+    }
+
+    /// Rounds a contiguous run of f32 to f16, nearest-even
+    /// (`dst.len() == src.len()`).
+    #[inline(always)]
+    fn narrow_f16(self, src: &[f32], dst: &mut [half::f16]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = <half::f16 as Element>::from_f32(*s);
+        }
+    }
+
+    /// The small-m path's inner loop: `y[r][j] += x[r] * b[j]` for every row
+    /// `r` (`y[r].len() == b.len()`), with the ISA's FMA when it has one.
+    fn axpy_rows(self, x: &[f32], b: &[f32], y: &mut [&mut [f32]]);
+
+    /// Four steps of [`Microkernel::axpy_rows`] in one pass over `y`:
+    /// `x` holds `x[q * m + r]` for step `q` and row `r`; the same roundings,
+    /// in the same order, as four calls, with a quarter of the `y` traffic.
+    fn axpy_rows4(self, x: &[f32], b: [&[f32]; 4], y: &mut [&mut [f32]]);
+}
+
+/// The f32 microkernel written once: LLVM keeps the `MR x NR` accumulators in
+/// registers and vectorizes over `NR` when this is inlined into a
+/// `#[target_feature]` function with `MR`/`NR` sized to the register file
+/// (e.g. 14 x 32 for AVX-512: 28 zmm accumulators). `madd(a, b, c)` is
+/// `a * b + c`, fused where the ISA has FMA.
+#[inline(always)]
+pub(crate) fn generic_kernel<const MR: usize, const NR: usize>(
+    slots: usize,
+    a: &[f32],
+    b: &[f32],
+    tile: &mut [f32],
+    accumulate: bool,
+    madd: impl Fn(f32, f32, f32) -> f32,
+) {
+    let mut acc = [[0.0f32; NR]; MR];
+    if accumulate {
+        for (i, row) in acc.iter_mut().enumerate() {
+            row.copy_from_slice(&tile[i * NR..(i + 1) * NR]);
+        }
+    }
+    for (ap, bp) in a.chunks_exact(MR).zip(b.chunks_exact(NR)).take(slots) {
+        let ap: &[f32; MR] = ap.try_into().expect("MR slots");
+        let bp: &[f32; NR] = bp.try_into().expect("NR slots");
+        for i in 0..MR {
+            for j in 0..NR {
+                acc[i][j] = madd(ap[i], bp[j], acc[i][j]);
+            }
+        }
+    }
+    for (i, row) in acc.iter().enumerate() {
+        tile[i * NR..(i + 1) * NR].copy_from_slice(row);
+    }
+}
+
+/// The small-m inner loop written once (see [`Microkernel::axpy_rows`]).
+#[inline(always)]
+pub(crate) fn generic_axpy_rows(
+    x: &[f32],
+    b: &[f32],
+    y: &mut [&mut [f32]],
+    madd: impl Fn(f32, f32, f32) -> f32,
+) {
+    for (&xr, yr) in x.iter().zip(y.iter_mut()) {
+        for (yv, &bv) in yr.iter_mut().zip(b) {
+            *yv = madd(xr, bv, *yv);
+        }
+    }
+}
+
+/// Four fused steps of [`generic_axpy_rows`] (see
+/// [`Microkernel::axpy_rows4`]).
+#[inline(always)]
+pub(crate) fn generic_axpy_rows4(
+    x: &[f32],
+    b: [&[f32]; 4],
+    y: &mut [&mut [f32]],
+    madd: impl Fn(f32, f32, f32) -> f32,
+) {
+    let m = y.len();
+    for (r, yr) in y.iter_mut().enumerate() {
+        let (x0, x1, x2, x3) = (x[r], x[m + r], x[2 * m + r], x[3 * m + r]);
+        let n = yr.len();
+        let (b0, b1, b2, b3) = (&b[0][..n], &b[1][..n], &b[2][..n], &b[3][..n]);
+        for j in 0..n {
+            let t = madd(x0, b0[j], yr[j]);
+            let t = madd(x1, b1[j], t);
+            let t = madd(x2, b2[j], t);
+            yr[j] = madd(x3, b3[j], t);
+        }
+    }
+}
+
+/// The portable microkernel: what the scalar ISA (and any ISA without its
+/// own kernel, e.g. aarch64 until NEON kernels land) runs. Separate multiply
+/// and add: a software `fma` would be far slower.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ScalarKernel;
+
+impl Microkernel for ScalarKernel {
+    const MR: usize = 4;
+    const NR: usize = 8;
+    const FORMAT: Format = Format::F32;
+    const NAME: &'static str = "scalar-4x8";
+
+    fn kernel(self, slots: usize, a: &[f32], b: &[f32], tile: &mut [f32], accumulate: bool) {
+        generic_kernel::<4, 8>(slots, a, b, tile, accumulate, |a, b, c| a * b + c);
+    }
+
+    fn axpy_rows(self, x: &[f32], b: &[f32], y: &mut [&mut [f32]]) {
+        generic_axpy_rows(x, b, y, |a, b, c| a * b + c);
+    }
+
+    fn axpy_rows4(self, x: &[f32], b: [&[f32]; 4], y: &mut [&mut [f32]]) {
+        generic_axpy_rows4(x, b, y, |a, b, c| a * b + c);
+    }
+}

@@ -1,0 +1,103 @@
+//! [`PackedB`]: a B matrix packed once into the layout the microkernels
+//! read, reused across calls.
+
+use core::marker::PhantomData;
+
+use super::blis::{PackedPanels, pack_b};
+use super::view::MatRef;
+use crate::element::Element;
+use crate::error::Error;
+use crate::isa::Backend;
+
+/// B (`k x n`, usually weights) packed once for repeated GEMMs with
+/// different A: [`gemm_packed`](crate::gemm_packed) skips B's packing, which
+/// for small batches is most of the work besides streaming B itself.
+///
+/// The packed layout belongs to the backend that packed it; using it with
+/// another backend whose kernels read a different layout is an error.
+///
+/// # Examples
+///
+/// See [`gemm_packed`](crate::gemm_packed).
+#[derive(Clone, Debug)]
+pub struct PackedB<T: Element> {
+    pub(crate) k: usize,
+    pub(crate) n: usize,
+    pub(crate) kernel: &'static str,
+    pub(crate) panels: PackedPanels,
+    _t: PhantomData<T>,
+}
+
+impl<T: Element> PackedB<T> {
+    /// Packs `b` for the process-wide backend (see [`Backend::global`]).
+    ///
+    /// # Errors
+    ///
+    /// The process-wide ISA error.
+    pub fn new(b: MatRef<'_, T>) -> Result<Self, Error> {
+        Backend::global()?.pack_b(b)
+    }
+
+    /// Rows of B (the `k` of the GEMM).
+    pub fn rows(&self) -> usize {
+        self.k
+    }
+
+    /// Columns of B (the `n` of the GEMM).
+    pub fn cols(&self) -> usize {
+        self.n
+    }
+}
+
+impl Backend {
+    /// [`PackedB::new`] for this backend, packed by the current rayon pool's
+    /// threads.
+    ///
+    /// # Errors
+    ///
+    /// None today; `Result` keeps room for allocation limits.
+    pub fn pack_b<T: Element>(&self, b: MatRef<'_, T>) -> Result<PackedB<T>, Error> {
+        self.pack_b_for(b, &super::Gemm::new())
+    }
+
+    /// [`Backend::pack_b`] for the kernel `params` selects (its hidden
+    /// `dot_kernel` choice); for tests and benchmarks.
+    ///
+    /// # Errors
+    ///
+    /// As [`Backend::pack_b`].
+    #[doc(hidden)]
+    pub fn pack_b_for<T: Element>(
+        &self,
+        b: MatRef<'_, T>,
+        params: &super::Gemm<'_>,
+    ) -> Result<PackedB<T>, Error> {
+        Ok(super::with_kernel(
+            self.token,
+            T::DTYPE,
+            params.dot,
+            Pack {
+                b,
+                threads: rayon::current_num_threads(),
+            },
+        ))
+    }
+}
+
+struct Pack<'a, T: Element> {
+    b: MatRef<'a, T>,
+    threads: usize,
+}
+
+impl<T: Element> super::KernelOp for Pack<'_, T> {
+    type Output = PackedB<T>;
+    fn run<K: super::Microkernel>(self, kern: K) -> PackedB<T> {
+        PackedB {
+            k: self.b.rows,
+            n: self.b.cols,
+            kernel: K::NAME,
+            panels: pack_b(kern, self.b, self.threads),
+            _t: PhantomData,
+        }
+    }
+}

@@ -1,0 +1,742 @@
+//! GEMM on every backend against an f64 reference computed on the same
+//! (already rounded) inputs, within DESIGN.md's bound:
+//! `|C - C_exact| <= c * k * 2^-24 * sum|a||b|` plus the epilogue's f32
+//! roundings and the final rounding to C's type.
+
+mod common;
+
+use common::{Rng, backends};
+use halfkern::Isa;
+use halfkern::{
+    Activation, Backend, Bias, Element, Error, Gemm, MatMut, MatRef, Threads, bf16, f16,
+};
+
+/// The bound's constant `c`.
+const C_BOUND: f64 = 2.0;
+
+/// A matrix's storage and how a view walks it.
+#[derive(Clone, Copy, Debug)]
+enum Layout {
+    RowMajor,
+    ColMajor,
+    /// Row-major with a padded leading dimension.
+    Padded(usize),
+    /// Column-major with padding, seen through `.t()` of a row-major view.
+    Transposed,
+}
+
+const LAYOUTS: [Layout; 4] = [
+    Layout::RowMajor,
+    Layout::ColMajor,
+    Layout::Padded(3),
+    Layout::Transposed,
+];
+
+/// `(row_stride, col_stride, storage length)` of a `rows x cols` matrix.
+fn strides(layout: Layout, rows: usize, cols: usize) -> (usize, usize, usize) {
+    match layout {
+        Layout::RowMajor => (cols, 1, rows * cols),
+        Layout::ColMajor => (1, rows, rows * cols),
+        Layout::Padded(p) => (cols + p, 1, rows * (cols + p)),
+        // Stored as the row-major transpose (`cols x rows`, ld rows + 2).
+        Layout::Transposed => (1, rows + 2, cols * (rows + 2)),
+    }
+}
+
+/// A matrix with its storage, generated from f32 values rounded to `T`.
+struct Mat<T> {
+    data: Vec<T>,
+    rows: usize,
+    cols: usize,
+    layout: Layout,
+}
+
+impl<T: Element> Mat<T> {
+    fn new(rng: &mut Rng, rows: usize, cols: usize, layout: Layout, scale: f32) -> Self {
+        let (_, _, len) = strides(layout, rows, cols);
+        // Unused padding gets NaN: a kernel that reads it poisons results.
+        let mut data = vec![T::from_f32(f32::NAN); len];
+        let (rs, cs, _) = strides(layout, rows, cols);
+        for i in 0..rows {
+            for j in 0..cols {
+                data[i * rs + j * cs] = T::from_f32(rng.unit() * scale);
+            }
+        }
+        Mat {
+            data,
+            rows,
+            cols,
+            layout,
+        }
+    }
+
+    /// A random matrix in one of the first `layouts` layouts.
+    fn new_any(rng: &mut Rng, rows: usize, cols: usize, layouts: usize, scale: f32) -> Self {
+        let layout = LAYOUTS[rng.below(layouts)];
+        Mat::new(rng, rows, cols, layout, scale)
+    }
+
+    /// The view; a `Transposed` one is built with `.t()` of its storage.
+    fn view(&self) -> MatRef<'_, T> {
+        match self.layout {
+            Layout::Transposed => {
+                MatRef::strided(&self.data, self.cols, self.rows, self.rows + 2, 1)
+                    .unwrap()
+                    .t()
+            }
+            _ => {
+                let (rs, cs, _) = strides(self.layout, self.rows, self.cols);
+                MatRef::strided(&self.data, self.rows, self.cols, rs, cs).unwrap()
+            }
+        }
+    }
+
+    fn view_mut(&mut self) -> MatMut<'_, T> {
+        match self.layout {
+            Layout::Transposed => {
+                MatMut::strided(&mut self.data, self.cols, self.rows, self.rows + 2, 1)
+                    .unwrap()
+                    .t()
+            }
+            _ => {
+                let (rs, cs, _) = strides(self.layout, self.rows, self.cols);
+                MatMut::strided(&mut self.data, self.rows, self.cols, rs, cs).unwrap()
+            }
+        }
+    }
+
+    fn get(&self, i: usize, j: usize) -> f64 {
+        let (rs, cs, _) = strides(self.layout, self.rows, self.cols);
+        self.data[i * rs + j * cs].to_f32() as f64
+    }
+
+    fn set(&mut self, i: usize, j: usize, x: f32) {
+        let (rs, cs, _) = strides(self.layout, self.rows, self.cols);
+        self.data[i * rs + j * cs] = T::from_f32(x);
+    }
+}
+
+/// The exact value of output `(i, j)` and the tolerance the contract allows.
+struct Expect {
+    exact: f64,
+    tol: f64,
+}
+
+/// f64 reference of the whole epilogue (see `Gemm`'s docs).
+#[allow(clippy::too_many_arguments)]
+fn expect<T: Element>(
+    a: &Mat<T>,
+    b: &Mat<T>,
+    old: f64,
+    i: usize,
+    j: usize,
+    p: &Params,
+    c_ulp: f64,
+) -> Expect {
+    let k = a.cols;
+    let (mut acc, mut abs) = (0.0f64, 0.0f64);
+    for l in 0..k {
+        let x = a.get(i, l) * b.get(l, j);
+        acc += x;
+        abs += x.abs();
+    }
+    let eps = 2f64.powi(-24);
+    let scale = p.alpha as f64 * p.inv_scale.unwrap_or(1.0) as f64;
+    let mut t = acc * scale;
+    let mut tol = C_BOUND * k as f64 * eps * abs * scale.abs();
+    let mut mag = t.abs();
+    if p.beta != 0.0 {
+        t += p.beta as f64 * old;
+        mag += (p.beta as f64 * old).abs();
+    }
+    t += match p.bias {
+        BiasKind::None => 0.0,
+        BiasKind::Row => p.bias_row[i] as f64,
+        BiasKind::Col => p.bias_col[j] as f64,
+    };
+    mag += t.abs();
+    // The epilogue's own f32 roundings (at most a few per output), and an
+    // absolute term for subnormal inputs a dot instruction flushes.
+    tol += 4.0 * eps * mag + 2f64.powi(-100);
+    let (exact, tol) = match p.act {
+        Activation::Relu => (t.max(0.0), tol),
+        Activation::GeluTanh => {
+            let u = (2.0 / std::f64::consts::PI).sqrt() * (t + 0.044715 * t * t * t);
+            // GELU's slope is below 1.13; f32 tanh adds a few ulps.
+            (
+                0.5 * t * (1.0 + u.tanh()),
+                1.13 * tol + 8.0 * eps * t.abs() + 1e-30,
+            )
+        }
+        _ => (t, tol),
+    };
+    // The final rounding to C's type: half an ulp, plus the subnormal step.
+    let tol = tol * (1.0 + c_ulp) + exact.abs() * c_ulp / 2.0 + 2f64.powi(-24);
+    Expect { exact, tol }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum BiasKind {
+    None,
+    Row,
+    Col,
+}
+
+#[derive(Clone, Debug)]
+struct Params {
+    alpha: f32,
+    beta: f32,
+    inv_scale: Option<f32>,
+    bias: BiasKind,
+    bias_row: Vec<f32>,
+    bias_col: Vec<f32>,
+    act: Activation,
+    threads: Threads,
+    /// The hidden kernel override (`vdpbf16ps` forced on or off).
+    dot: Option<bool>,
+}
+
+impl Params {
+    fn plain(m: usize, n: usize) -> Self {
+        Params {
+            alpha: 1.0,
+            beta: 0.0,
+            inv_scale: None,
+            bias: BiasKind::None,
+            bias_row: vec![0.0; m],
+            bias_col: vec![0.0; n],
+            act: Activation::None,
+            threads: Threads::Single,
+            dot: None,
+        }
+    }
+
+    fn gemm(&self) -> Gemm<'_> {
+        let mut g = Gemm::new()
+            .alpha(self.alpha)
+            .beta(self.beta)
+            .activation(self.act)
+            .threads(self.threads)
+            .dot_kernel(self.dot)
+            .bias(match self.bias {
+                BiasKind::None => Bias::None,
+                BiasKind::Row => Bias::PerRow(&self.bias_row),
+                BiasKind::Col => Bias::PerCol(&self.bias_col),
+            });
+        if let Some(s) = self.inv_scale {
+            g = g.unscale(s);
+        }
+        g
+    }
+}
+
+fn ulp_of<C: Element>() -> f64 {
+    match C::DTYPE {
+        halfkern::DType::F32 => 2f64.powi(-23),
+        halfkern::DType::Bf16 => 2f64.powi(-7),
+        _ => 2f64.powi(-10),
+    }
+}
+
+/// Runs one GEMM on `backend` and checks every output, and that the padding
+/// of C was not touched. Returns the report.
+#[allow(clippy::too_many_arguments)]
+fn check_case<T: Element, C: Element>(
+    backend: Backend,
+    a: &Mat<T>,
+    b: &Mat<T>,
+    c_layout: Layout,
+    p: &Params,
+    rng: &mut Rng,
+    packed: bool,
+    what: &str,
+) -> halfkern::GemmReport {
+    let what = &format!("{what} dot={:?}", p.dot);
+    let (m, n) = (a.rows, b.cols);
+    let mut c: Mat<C> = Mat::new(rng, m, n, c_layout, 4.0);
+    if p.beta == 0.0 {
+        for i in 0..m {
+            for j in 0..n {
+                c.set(i, j, f32::NAN); // beta = 0 must never read C
+            }
+        }
+    }
+    let before = c.data.clone();
+    let c_old: Vec<f64> = (0..m * n).map(|x| c.get(x / n, x % n)).collect();
+    let g = p.gemm();
+    let report = {
+        let cv = c.view_mut();
+        if packed {
+            let pb = backend.pack_b_for(b.view(), &g).unwrap();
+            backend.gemm_packed(a.view(), &pb, cv, &g)
+        } else {
+            backend.gemm(a.view(), b.view(), cv, &g)
+        }
+    }
+    .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let mut nonfinite = 0;
+    for i in 0..m {
+        for j in 0..n {
+            let e = expect(a, b, c_old[i * n + j], i, j, p, ulp_of::<C>());
+            let got = c.get(i, j);
+            nonfinite += usize::from(!got.is_finite());
+            let ok = if e.exact.is_nan() {
+                got.is_nan()
+            } else if e.exact.is_infinite() {
+                got == e.exact
+            } else {
+                (got - e.exact).abs() <= e.tol
+            };
+            assert!(
+                ok,
+                "{what} {}: C[{i},{j}] = {got:e}, want {:e} +- {:e} (m={m} n={n} k={}, {p:?})",
+                backend.isa(),
+                e.exact,
+                e.tol,
+                a.cols
+            );
+        }
+    }
+    assert_eq!(report.nonfinite, nonfinite, "{what}: report.nonfinite");
+    // Elements outside the view (padding) are untouched.
+    let (rs, cs, _) = strides(c.layout, m, n);
+    let mut inside = vec![false; c.data.len()];
+    for i in 0..m {
+        for j in 0..n {
+            inside[i * rs + j * cs] = true;
+        }
+    }
+    for (idx, (x, y)) in before.iter().zip(&c.data).enumerate() {
+        if !inside[idx] {
+            assert_eq!(
+                x.to_f32().to_bits(),
+                y.to_f32().to_bits(),
+                "{what}: padding"
+            );
+        }
+    }
+    report
+}
+
+/// Every backend, plus the two bf16 kernels of `avx512bf16`/`amx` forced
+/// (`vdpbf16ps` and widening), so both are tested whichever the CPU prefers.
+fn variants() -> Vec<(Backend, Option<bool>)> {
+    let mut v = Vec::new();
+    for b in backends() {
+        v.push((b, None));
+        if matches!(b.isa(), Isa::Avx512Bf16 | Isa::Amx) {
+            v.push((b, Some(true)));
+            v.push((b, Some(false)));
+        }
+    }
+    v
+}
+
+/// Small shapes around the microkernel tile sizes, k across the KC
+/// boundary, every layout and every type pair, on every backend.
+fn shapes_sweep<T: Element, C: Element>(name: &str) {
+    let mut rng = Rng::fresh(name);
+    let ms: Vec<usize> = (0..=9).chain([15, 16, 17, 31, 33]).collect();
+    let ns: Vec<usize> = (0..=9).chain([15, 16, 17, 31, 32, 33, 48, 65]).collect();
+    let ks = [0usize, 1, 2, 3, 7, 16, 33, 255, 256, 257, 520];
+    for (backend, dot) in variants() {
+        for (t, &k) in ks.iter().enumerate() {
+            for &m in &ms {
+                for &n in &ns {
+                    // Thin the sweep for large k: a diagonal band suffices.
+                    if k > 100 && (m + n + t) % 5 != 0 {
+                        continue;
+                    }
+                    let la = LAYOUTS[rng.below(4)];
+                    let lb = LAYOUTS[rng.below(4)];
+                    let lc = LAYOUTS[rng.below(3)]; // transposed C below
+                    let a: Mat<T> = Mat::new(&mut rng, m, k, la, 2.0);
+                    let b: Mat<T> = Mat::new(&mut rng, k, n, lb, 2.0);
+                    let mut p = Params::plain(m, n);
+                    p.beta = [0.0, 1.0, -0.75][rng.below(3)];
+                    p.dot = dot;
+                    check_case::<T, C>(backend, &a, &b, lc, &p, &mut rng, false, name);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn shapes_bf16_f32() {
+    shapes_sweep::<bf16, f32>("shapes_bf16_f32");
+}
+#[test]
+fn shapes_f16_f32() {
+    shapes_sweep::<f16, f32>("shapes_f16_f32");
+}
+#[test]
+fn shapes_f32_f32() {
+    shapes_sweep::<f32, f32>("shapes_f32_f32");
+}
+#[test]
+fn shapes_bf16_bf16() {
+    shapes_sweep::<bf16, bf16>("shapes_bf16_bf16");
+}
+#[test]
+fn shapes_f16_f16() {
+    shapes_sweep::<f16, f16>("shapes_f16_f16");
+}
+
+/// Every epilogue option on every backend, types mixed.
+fn epilogues<T: Element, C: Element>(name: &str) {
+    let mut rng = Rng::fresh(name);
+    for (backend, dot) in variants() {
+        for round in 0..60 {
+            let (m, n, k) = (1 + rng.below(40), 1 + rng.below(70), rng.below(300));
+            let a: Mat<T> = Mat::new_any(&mut rng, m, k, 4, 1.0);
+            let b: Mat<T> = Mat::new_any(&mut rng, k, n, 4, 1.0);
+            let mut p = Params::plain(m, n);
+            p.alpha = [1.0, -2.5, 0.5][rng.below(3)];
+            p.beta = [0.0, 1.0, 0.3][rng.below(3)];
+            p.inv_scale = [None, Some(1.0 / 1024.0), Some(3.0)][rng.below(3)];
+            p.bias = [BiasKind::None, BiasKind::Row, BiasKind::Col][rng.below(3)];
+            p.bias_row = (0..m).map(|_| rng.unit() * 3.0).collect();
+            p.bias_col = (0..n).map(|_| rng.unit() * 3.0).collect();
+            p.act = [Activation::None, Activation::Relu, Activation::GeluTanh][rng.below(3)];
+            p.dot = dot;
+            let packed = round % 2 == 1;
+            check_case::<T, C>(
+                backend,
+                &a,
+                &b,
+                LAYOUTS[rng.below(3)],
+                &p,
+                &mut rng,
+                packed,
+                name,
+            );
+        }
+    }
+}
+
+#[test]
+fn epilogues_bf16() {
+    epilogues::<bf16, f32>("epilogues_bf16_f32");
+    epilogues::<bf16, bf16>("epilogues_bf16_bf16");
+}
+#[test]
+fn epilogues_f16() {
+    epilogues::<f16, f16>("epilogues_f16_f16");
+    epilogues::<f16, f32>("epilogues_f16_f32");
+}
+#[test]
+fn epilogues_f32() {
+    epilogues::<f32, f32>("epilogues_f32_f32");
+    epilogues::<f32, bf16>("epilogues_f32_bf16");
+}
+
+/// Inf and NaN in A or B reach exactly the outputs they touch; the report
+/// counts them; overflow by unscaling and by rounding to f16 is counted.
+#[test]
+fn nonfinite_inputs_propagate() {
+    let mut rng = Rng::fresh("nonfinite_inputs_propagate");
+    for (backend, dot) in variants() {
+        for round in 0..40 {
+            let (m, n, k) = (1 + rng.below(20), 1 + rng.below(40), 1 + rng.below(40));
+            let mut a: Mat<bf16> = Mat::new_any(&mut rng, m, k, 4, 1.0);
+            let mut b: Mat<bf16> = Mat::new_any(&mut rng, k, n, 4, 1.0);
+            for _ in 0..2 {
+                let x = [f32::INFINITY, f32::NEG_INFINITY, f32::NAN][rng.below(3)];
+                if rng.below(2) == 0 {
+                    a.set(rng.below(m), rng.below(k), x);
+                } else {
+                    b.set(rng.below(k), rng.below(n), x);
+                }
+            }
+            let mut p = Params::plain(m, n);
+            p.beta = [0.0, 1.0][round % 2];
+            p.inv_scale = Some(0.5);
+            p.dot = dot;
+            check_case::<bf16, f32>(
+                backend,
+                &a,
+                &b,
+                Layout::RowMajor,
+                &p,
+                &mut rng,
+                false,
+                "inf",
+            );
+            check_case::<bf16, f16>(backend, &a, &b, Layout::ColMajor, &p, &mut rng, true, "inf");
+        }
+        // Finite inputs whose unscaled result overflows f16.
+        let a: Mat<f32> = Mat {
+            data: vec![60000.0; 4],
+            rows: 2,
+            cols: 2,
+            layout: Layout::RowMajor,
+        };
+        let b: Mat<f32> = Mat {
+            data: vec![1.0, 0.0, 0.0, 1.0],
+            rows: 2,
+            cols: 2,
+            layout: Layout::RowMajor,
+        };
+        let mut c = vec![f16::ZERO; 4];
+        let r = backend
+            .gemm(
+                a.view(),
+                b.view(),
+                MatMut::row_major(&mut c, 2, 2).unwrap(),
+                &Gemm::new().unscale(2.0),
+            )
+            .unwrap();
+        assert_eq!(r.nonfinite, 4, "{}", backend.isa());
+        assert!(c.iter().all(|x| x.is_infinite()));
+    }
+}
+
+/// Threads 1, 2 and 3 give bit-identical results (each output is summed in
+/// the same order whatever the split).
+#[test]
+fn threads_agree() {
+    let mut rng = Rng::fresh("threads_agree");
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap();
+    for backend in backends() {
+        for _ in 0..6 {
+            let (m, n, k) = (1 + rng.below(300), 1 + rng.below(300), rng.below(600));
+            let a: Mat<bf16> = Mat::new_any(&mut rng, m, k, 4, 1.0);
+            let b: Mat<bf16> = Mat::new_any(&mut rng, k, n, 4, 1.0);
+            let mut outs = Vec::new();
+            for threads in [
+                Threads::Single,
+                Threads::Count(2),
+                Threads::Count(3),
+                Threads::Auto,
+            ] {
+                let mut c = vec![0.0f32; m * n];
+                pool.install(|| {
+                    backend
+                        .gemm(
+                            a.view(),
+                            b.view(),
+                            MatMut::row_major(&mut c, m, n).unwrap(),
+                            &Gemm::new().threads(threads),
+                        )
+                        .unwrap()
+                });
+                outs.push(c.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+            }
+            assert!(
+                outs.windows(2).all(|w| w[0] == w[1]),
+                "{} m={m} n={n} k={k}",
+                backend.isa()
+            );
+        }
+    }
+}
+
+/// PackedB gives bit-identical results to the unpacked call, reused across
+/// several A.
+#[test]
+fn packed_b_reuse_equals_unpacked() {
+    let mut rng = Rng::fresh("packed_b_reuse_equals_unpacked");
+    for backend in backends() {
+        let (n, k) = (1 + rng.below(100), rng.below(300));
+        let b: Mat<f16> = Mat::new_any(&mut rng, k, n, 4, 1.0);
+        let packed = backend.pack_b(b.view()).unwrap();
+        assert_eq!((packed.rows(), packed.cols()), (k, n));
+        for m in [1, 3, 16, 17, 50] {
+            let a: Mat<f16> = Mat::new_any(&mut rng, m, k, 4, 1.0);
+            let mut c1 = vec![0.0f32; m * n];
+            let mut c2 = vec![0.0f32; m * n];
+            let g = Gemm::new().threads(Threads::Single);
+            backend
+                .gemm(
+                    a.view(),
+                    b.view(),
+                    MatMut::row_major(&mut c1, m, n).unwrap(),
+                    &g,
+                )
+                .unwrap();
+            backend
+                .gemm_packed(
+                    a.view(),
+                    &packed,
+                    MatMut::row_major(&mut c2, m, n).unwrap(),
+                    &g,
+                )
+                .unwrap();
+            let bits = |c: &[f32]| c.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&c1), bits(&c2), "{} m={m} n={n} k={k}", backend.isa());
+        }
+    }
+}
+
+/// Every bad argument is an `Err` naming it, and C is untouched.
+#[test]
+fn errors_leave_c_untouched() {
+    let a = vec![bf16::ONE; 6];
+    let b = vec![bf16::ONE; 12];
+    let bias = [1.0f32; 5];
+    for backend in backends() {
+        let mut c = vec![7.0f32; 8];
+        let av = MatRef::row_major(&a, 2, 3).unwrap();
+        let bv = MatRef::row_major(&b, 3, 4).unwrap();
+        let bad_b = MatRef::row_major(&b, 4, 3).unwrap();
+        type Case<'a> = (MatRef<'a, bf16>, (usize, usize), Gemm<'a>, &'a str);
+        let cases: Vec<Case> = vec![
+            (bad_b, (2, 4), Gemm::new(), "a.cols != b.rows"),
+            (bv, (4, 2), Gemm::new(), "a.rows != c.rows"),
+            (bv, (2, 3), Gemm::new(), "a.rows != c.rows|b.cols != c.cols"),
+            (bv, (2, 4), Gemm::new().bias(Bias::PerRow(&bias)), "bias"),
+            (bv, (2, 4), Gemm::new().bias(Bias::PerCol(&bias)), "bias"),
+            (bv, (2, 4), Gemm::new().unscale(0.0), "inv_scale"),
+            (bv, (2, 4), Gemm::new().unscale(-1.0), "inv_scale"),
+            (bv, (2, 4), Gemm::new().unscale(f32::INFINITY), "inv_scale"),
+            (bv, (2, 4), Gemm::new().unscale(f32::NAN), "inv_scale"),
+            (
+                bv,
+                (2, 4),
+                Gemm::new().threads(Threads::Count(0)),
+                "threads",
+            ),
+        ];
+        for (bb, (cm, cn), g, what) in cases {
+            let cv = MatMut::col_major(&mut c, cm, cn).unwrap();
+            let err = backend.gemm(av, bb, cv, &g).unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                what.split('|').any(|w| msg.contains(w)),
+                "{}: {msg} should name {what}",
+                backend.isa()
+            );
+            assert!(
+                c.iter().all(|&x| x == 7.0),
+                "{}: C changed on Err",
+                backend.isa()
+            );
+            let packed = backend.pack_b(bb).unwrap();
+            let cv = MatMut::col_major(&mut c, cm, cn).unwrap();
+            assert!(backend.gemm_packed(av, &packed, cv, &g).is_err());
+            assert!(c.iter().all(|&x| x == 7.0));
+        }
+    }
+    // View construction.
+    let d = [0.0f32; 6];
+    let mut dm = [0.0f32; 6];
+    assert_eq!(
+        MatRef::row_major(&d, 2, 4).unwrap_err(),
+        Error::SliceTooShort {
+            arg: "matrix",
+            needed: 8,
+            len: 6
+        }
+    );
+    assert!(matches!(
+        MatRef::col_major(&d, 4, 2),
+        Err(Error::SliceTooShort { needed: 8, .. })
+    ));
+    assert!(matches!(
+        MatRef::strided(&d, 2, 2, 5, 1),
+        Err(Error::SliceTooShort { needed: 7, .. })
+    ));
+    assert!(matches!(
+        MatRef::strided(&d, 3, 2, usize::MAX / 2, 1),
+        Err(Error::Overflow { .. })
+    ));
+    assert!(matches!(
+        MatRef::row_major(&d, usize::MAX, 3),
+        Err(Error::Overflow { .. })
+    ));
+    assert!(matches!(
+        MatMut::strided(&mut dm, 2, 3, 2, 1),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        MatMut::strided(&mut dm, 2, 2, 0, 1),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        MatMut::row_major(&mut dm, 3, 3),
+        Err(Error::SliceTooShort { .. })
+    ));
+    assert!(MatMut::strided(&mut dm, 1, 6, 0, 1).is_ok());
+    assert!(MatMut::row_major(&mut dm, 0, 100).is_ok());
+    assert!(dm.iter().all(|&x| x == 0.0));
+}
+
+/// Zero-sized shapes do nothing (k = 0 still applies the epilogue).
+#[test]
+fn zero_sizes() {
+    for backend in backends() {
+        let e: [f32; 0] = [];
+        let mut c = [5.0f32; 4];
+        let bias = [1.0f32, 2.0];
+        let r = backend
+            .gemm(
+                MatRef::row_major(&e, 2, 0).unwrap(),
+                MatRef::row_major(&e, 0, 2).unwrap(),
+                MatMut::row_major(&mut c, 2, 2).unwrap(),
+                &Gemm::new().beta(2.0).bias(Bias::PerRow(&bias)),
+            )
+            .unwrap();
+        assert_eq!(c, [11.0, 11.0, 12.0, 12.0]);
+        assert_eq!(r.nonfinite, 0);
+        let mut none: [f32; 0] = [];
+        backend
+            .gemm(
+                MatRef::row_major(&c, 0, 4).unwrap(),
+                MatRef::row_major(&c, 4, 0).unwrap(),
+                MatMut::row_major(&mut none, 0, 0).unwrap(),
+                &Gemm::new(),
+            )
+            .unwrap();
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config::with_cases(64))]
+    #[test]
+    fn proptest_shapes(m in 0usize..40, n in 0usize..70, k in 0usize..300,
+                       la in 0usize..4, lb in 0usize..4, lc in 0usize..3, beta in 0usize..3) {
+        let mut rng = Rng::fresh("proptest_shapes");
+        let a: Mat<bf16> = Mat::new(&mut rng, m, k, LAYOUTS[la], 1.0);
+        let b: Mat<bf16> = Mat::new(&mut rng, k, n, LAYOUTS[lb], 1.0);
+        let mut p = Params::plain(m, n);
+        p.beta = [0.0, 1.0, -2.0][beta];
+        for (backend, dot) in variants() {
+            p.dot = dot;
+            check_case::<bf16, f32>(backend, &a, &b, LAYOUTS[lc], &p, &mut rng, dot.is_some(), "proptest");
+        }
+    }
+}
+
+/// bf16 subnormal inputs: exact on the widening kernels, flushed to zero by
+/// `vdpbf16ps` (documented on the dot kernel).
+#[test]
+fn bf16_subnormal_inputs() {
+    let tiny = bf16::from_bits(0x0001); // 2^-133
+    let a = [tiny; 40];
+    let b = [bf16::ONE; 40];
+    for (backend, dot) in variants() {
+        for m in [1usize, 20] {
+            let mut c = vec![f32::NAN; m];
+            backend
+                .gemm(
+                    MatRef::row_major(&a[..m * 2], m, 2).unwrap(),
+                    MatRef::row_major(&b[..2], 2, 1).unwrap(),
+                    MatMut::row_major(&mut c, m, 1).unwrap(),
+                    &Gemm::new().dot_kernel(dot),
+                )
+                .unwrap();
+            let exact = 2.0 * tiny.to_f32();
+            for &x in &c {
+                if dot == Some(true) {
+                    assert_eq!(x, 0.0, "{} m={m}: vdpbf16ps flushes", backend.isa());
+                } else {
+                    assert_eq!(x, exact, "{} m={m} dot={dot:?}", backend.isa());
+                }
+            }
+        }
+    }
+}
