@@ -26,6 +26,15 @@ pub(crate) enum Format {
     /// Two bf16 per slot (k = 2s in the low 16 bits, 2s + 1 in the high),
     /// `A~` slot `s` of row `i` at `s * MR + i`. Only for bf16 inputs.
     Bf16Pairs,
+    /// Bf16 pairs as in [`Format::Bf16Pairs`], but slots come in twos (one
+    /// k-quad) and lanes in twos (a lane pair), so each 16-byte group is one
+    /// `BFMMLA` operand: a 2 x 4 row-major bf16 block. For quad `q` (slots
+    /// `2q`, `2q + 1`, at `2q * MR` in `A~`) and lane pair `p`, the four
+    /// slots at `2q * MR + 4p` are `[pair(2p, 2q), pair(2p, 2q + 1),
+    /// pair(2p + 1, 2q), pair(2p + 1, 2q + 1)]`. `MR`/`NR` must be even;
+    /// the slot count of a k range is rounded up to even (a whole quad).
+    /// Only for bf16 inputs.
+    Bf16Quads,
 }
 
 impl Format {
@@ -33,7 +42,16 @@ impl Format {
     pub(crate) const fn k_per_slot(self) -> usize {
         match self {
             Format::F32 => 1,
-            Format::Bf16Pairs => 2,
+            Format::Bf16Pairs | Format::Bf16Quads => 2,
+        }
+    }
+
+    /// Slots of a k range of `len` values (padded with zeros to a whole slot,
+    /// and to a whole quad for [`Format::Bf16Quads`]).
+    pub(crate) const fn slots(self, len: usize) -> usize {
+        match self {
+            Format::Bf16Quads => len.div_ceil(4) * 2,
+            _ => len.div_ceil(self.k_per_slot()),
         }
     }
 }
