@@ -43,13 +43,16 @@ fn threads_of(t: usize) -> Threads {
     }
 }
 
+/// A peer library's GEMM: `(a, b, c, threads)`.
+type Peer<T> = dyn Fn(&[T], &[T], &mut [f32], usize);
+
 fn one<T: Element + 'static>(
     c: &mut Criterion,
     group: &str,
     m: usize,
     n: usize,
     k: usize,
-    peer: Option<&dyn Fn(&[T], &[T], &mut [f32], usize)>,
+    peer: Option<&Peer<T>>,
 ) {
     let a: Vec<T> = data(m * k, 1);
     let b: Vec<T> = data(k * n, 2);

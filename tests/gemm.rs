@@ -587,7 +587,8 @@ fn errors_leave_c_untouched() {
         let av = MatRef::row_major(&a, 2, 3).unwrap();
         let bv = MatRef::row_major(&b, 3, 4).unwrap();
         let bad_b = MatRef::row_major(&b, 4, 3).unwrap();
-        let cases: Vec<(MatRef<bf16>, (usize, usize), Gemm, &str)> = vec![
+        type Case<'a> = (MatRef<'a, bf16>, (usize, usize), Gemm<'a>, &'a str);
+        let cases: Vec<Case> = vec![
             (bad_b, (2, 4), Gemm::new(), "a.cols != b.rows"),
             (bv, (4, 2), Gemm::new(), "a.rows != c.rows"),
             (bv, (2, 3), Gemm::new(), "a.rows != c.rows|b.cols != c.cols"),
@@ -725,8 +726,8 @@ fn is_dot_kernel(name: &str) -> bool {
 #[test]
 fn bf16_subnormal_inputs() {
     let tiny = bf16::from_bits(0x0001); // 2^-133
-    let a = vec![tiny; 40];
-    let b = vec![bf16::ONE; 40];
+    let a = [tiny; 40];
+    let b = [bf16::ONE; 40];
     for (backend, dot) in variants() {
         for m in [1usize, 20] {
             let mut c = vec![f32::NAN; m];
