@@ -160,7 +160,7 @@ fn pack_panel<K: Microkernel, T: Element>(
                 }
             } else {
                 // One 2 x 4 bf16 block per (quad, lane pair); see `Format`.
-                debug_assert!(w % 2 == 0 && nslots % 2 == 0);
+                debug_assert!(w.is_multiple_of(2) && nslots.is_multiple_of(2));
                 for q in 0..nslots / 2 {
                     for p in 0..w / 2 {
                         let o = 2 * q * w + 4 * p;

@@ -25,10 +25,6 @@ pub(crate) enum Format {
     F32,
     /// Two bf16 per slot (k = 2s in the low 16 bits, 2s + 1 in the high),
     /// `A~` slot `s` of row `i` at `s * MR + i`. Only for bf16 inputs.
-    #[cfg_attr(
-        not(target_arch = "x86_64"),
-        expect(dead_code, reason = "no BFDOT/BFMMLA kernel on aarch64 yet")
-    )]
     Bf16Pairs,
     /// Bf16 pairs as in [`Format::Bf16Pairs`], but slots come in twos (one
     /// k-quad) and lanes in twos (a lane pair), so each 16-byte group is one
@@ -38,6 +34,10 @@ pub(crate) enum Format {
     /// pair(2p + 1, 2q), pair(2p + 1, 2q + 1)]`. `MR`/`NR` must be even;
     /// the slot count of a k range is rounded up to even (a whole quad).
     /// Only for bf16 inputs.
+    #[cfg_attr(
+        not(target_arch = "aarch64"),
+        expect(dead_code, reason = "aarch64's BFMMLA layout")
+    )]
     Bf16Quads,
 }
 
