@@ -154,3 +154,160 @@ fn kernel(slots: usize, a: &[f32], b: &[f32], tile: &mut [f32], accumulate: bool
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! `BFMMLA` against a scalar model of the Arm ARM's `BFMatMulAdd` /
+    //! `BFDotAdd` (FPCR.EBF = 0): round to odd, denormals flushed. Bit-exact,
+    //! so it pins down both the packing layout and the numerics the module
+    //! docs state.
+
+    use super::{MR, NR, NeonBf16, kernel};
+
+    /// Round to odd to f32 of the exact value `s + e` (`s` the f64 sum,
+    /// `e` its error), denormal results flushed to zero; finite inputs
+    /// within f32's range.
+    fn round_odd(s: f64, e: f64) -> f32 {
+        if s.abs() < f32::MIN_POSITIVE as f64 {
+            return if s < 0.0 || (s == 0.0 && e < 0.0) {
+                -0.0
+            } else {
+                0.0
+            };
+        }
+        let mut f = s as f32;
+        if (f as f64).abs() > s.abs() {
+            f = f32::from_bits(f.to_bits() - 1); // toward zero
+        }
+        let r = (s - f as f64) + e;
+        if r == 0.0 {
+            return f;
+        }
+        if (r < 0.0) != (f < 0.0) {
+            // The exact value lies below f in magnitude.
+            f = f32::from_bits(f.to_bits() - 1);
+        }
+        f32::from_bits(f.to_bits() | 1)
+    }
+
+    /// `RO(x + y)` for f32 `x`, `y` (TwoSum gives the exact remainder).
+    fn add_odd(x: f32, y: f32) -> f32 {
+        let (x, y) = (x as f64, y as f64);
+        let s = x + y;
+        let bb = s - x;
+        let e = (x - (s - bb)) + (y - bb);
+        round_odd(s, e)
+    }
+
+    /// bf16 bits to f32, denormals flushed.
+    fn bf(bits: u16) -> f32 {
+        let x = f32::from_bits(u32::from(bits) << 16);
+        if x.is_subnormal() {
+            0.0 * x.signum()
+        } else {
+            x
+        }
+    }
+
+    /// `BFDotAdd(c, a0, a1, b0, b1)` with FPCR.EBF = 0.
+    fn bfdotadd(c: f32, a: [u16; 2], b: [u16; 2]) -> f32 {
+        let p0 = round_odd(bf(a[0]) as f64 * bf(b[0]) as f64, 0.0);
+        let p1 = round_odd(bf(a[1]) as f64 * bf(b[1]) as f64, 0.0);
+        let c = if c.is_subnormal() { 0.0 } else { c };
+        add_odd(c, add_odd(p0, p1))
+    }
+
+    struct Gen(u64);
+    impl Gen {
+        fn next(&mut self) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            self.0 >> 16
+        }
+        /// bf16 bits: mostly varied magnitudes (2^-20..2^20, so sums
+        /// cancel and round at every position), some subnormals and zeros.
+        fn bf16(&mut self) -> u16 {
+            let r = self.next();
+            let sign = ((r & 1) as u16) << 15;
+            match (r >> 1) % 16 {
+                0 => sign | ((r >> 8) as u16 & 0x7F), // subnormal or zero
+                1 => sign,
+                _ => sign | ((127 - 20 + (r >> 8) % 41) as u16) << 7 | ((r >> 20) as u16 & 0x7F),
+            }
+        }
+    }
+
+    #[test]
+    fn bfmmla_matches_the_arm_pseudocode() {
+        let Some(_) = NeonBf16::try_new() else {
+            eprintln!("no FEAT_BF16: skipped (run under qemu -cpu max)");
+            return;
+        };
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        println!("seed {seed}");
+        let mut g = Gen(seed);
+        for round in 0..200 {
+            let quads = 1 + round % 7;
+            let kk = 4 * quads;
+            // Logical A (MR x kk), B (kk x NR), and their packed forms.
+            let a: Vec<u16> = (0..MR * kk).map(|_| g.bf16()).collect();
+            let b: Vec<u16> = (0..kk * NR).map(|_| g.bf16()).collect();
+            let pair = |x: &[u16], ld: usize, lane: usize, s: usize, lane_major: bool| {
+                let at = |d: usize| {
+                    if lane_major {
+                        x[lane * ld + d]
+                    } else {
+                        x[d * ld + lane]
+                    }
+                };
+                f32::from_bits(u32::from(at(2 * s)) | u32::from(at(2 * s + 1)) << 16)
+            };
+            let pack = |w: usize, get: &dyn Fn(usize, usize) -> f32| {
+                let mut out = vec![0.0f32; 2 * quads * w];
+                for q in 0..quads {
+                    for p in 0..w / 2 {
+                        let o = 2 * q * w + 4 * p;
+                        out[o] = get(2 * p, 2 * q);
+                        out[o + 1] = get(2 * p, 2 * q + 1);
+                        out[o + 2] = get(2 * p + 1, 2 * q);
+                        out[o + 3] = get(2 * p + 1, 2 * q + 1);
+                    }
+                }
+                out
+            };
+            let ap = pack(MR, &|lane, s| pair(&a, kk, lane, s, true));
+            let bp = pack(NR, &|lane, s| pair(&b, NR, lane, s, false));
+            let accumulate = round % 2 == 1;
+            let start: Vec<f32> = (0..MR * NR).map(|_| bf(g.bf16()) * 3.0).collect();
+            let mut tile = if accumulate {
+                start.clone()
+            } else {
+                vec![f32::NAN; MR * NR]
+            };
+            // SAFETY: the token above proves NEON and FEAT_BF16.
+            unsafe { kernel(2 * quads, &ap, &bp, &mut tile, accumulate) };
+            for i in 0..MR {
+                for j in 0..NR {
+                    let mut c = if accumulate { start[i * NR + j] } else { 0.0 };
+                    for s in 0..kk / 2 {
+                        let ar = [a[i * kk + 2 * s], a[i * kk + 2 * s + 1]];
+                        let bc = [b[2 * s * NR + j], b[(2 * s + 1) * NR + j]];
+                        c = bfdotadd(c, ar, bc);
+                    }
+                    let got = tile[i * NR + j];
+                    assert!(
+                        got == c,
+                        "seed {seed} round {round}: C[{i},{j}] = {got:e} ({:#x}), model {c:e} ({:#x})",
+                        got.to_bits(),
+                        c.to_bits()
+                    );
+                }
+            }
+        }
+    }
+}
