@@ -38,6 +38,13 @@ use kernel::Microkernel;
 /// (already rounded) inputs. Inf and NaN in A or B reach every output they
 /// touch. Zero-sized shapes are valid (`k = 0` gives `act(beta C + bias)`).
 ///
+/// bf16 inputs on a bf16 dot kernel (`vdpbf16ps` where it is the faster
+/// choice, `BFMMLA` on `neonbf16`) have subnormal inputs and partial sums
+/// below 2^-126 flushed to zero. `BFMMLA` also rounds each pair sum and
+/// each accumulation to odd (one ulp, not half), which keeps it within the
+/// bound above with `c = 2` but not bit-identical to the f32-FMA kernels,
+/// and gives the default NaN for every NaN.
+///
 /// # Errors
 ///
 /// Before anything is written (C is untouched on every `Err`):
