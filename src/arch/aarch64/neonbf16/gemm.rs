@@ -8,10 +8,12 @@
 //! transpose) into a 2 x 2 f32 block `[c(0,0), c(0,1), c(1,0), c(1,1)]`:
 //! 16 multiply-adds, four times `FMLA`'s 4. The 8 x 12 tile is 4 row pairs
 //! x 6 column pairs = 24 accumulators; per k-quad 4 q of A and 6 q of B are
-//! loaded (30 of 32 registers live) for 24 `BFMMLA`. This is the shape
-//! Arm's own bf16 GEMM kernels use on Neoverse V1/N2 (24 accumulators hide
-//! `BFMMLA`'s latency on 2 to 4 vector pipes). Not measured: aarch64 runs
-//! under qemu here, which says nothing about speed.
+//! loaded for 24 `BFMMLA` (24 accumulators + 6 B + 2 A live at a time:
+//! all 32 registers; the compiled loop is 10 q loads and 24 `BFMMLA`, no
+//! spills). 24 independent
+//! accumulators cover `BFMMLA`'s latency on cores with 2 to 4 vector pipes
+//! (Neoverse N2/V1/V2), and one 16-byte load feeds 2.4 instructions. Not
+//! measured: aarch64 runs under qemu here, which says nothing about speed.
 //!
 //! # Numerics (where this kernel departs from the f32-FMA kernels)
 //!
