@@ -273,15 +273,19 @@ pub(crate) fn run<K: Microkernel, T: Element, C: Element>(
     if m == 0 || n == 0 {
         return 0;
     }
-    // Balanced blocks, enough of them to keep every thread busy.
+    // Balanced blocks: MR-row panels spread evenly over `mb` blocks (sizes
+    // differ by at most one panel), and `mb` a multiple of the thread count
+    // so that the round-robin below gives every thread the same share.
     let nb = div_ceil(n, NC_MAX);
     let nc = div_ceil(div_ceil(n, nb), K::NR) * K::NR;
+    let nb = div_ceil(n, nc);
+    let panels = div_ceil(m, K::MR);
     let mut mb = div_ceil(m, MC_MAX);
-    if mb * nb < 2 * threads {
-        mb = div_ceil(2 * threads, nb).min(div_ceil(m, K::MR));
+    if threads > 1 {
+        mb = div_ceil(mb, threads) * threads;
     }
-    let mc = div_ceil(div_ceil(m, mb), K::MR) * K::MR;
-    let mb = div_ceil(m, mc);
+    let mb = mb.min(panels).max(1);
+    let rows_of = |ib: usize| (ib * panels / mb * K::MR).min(m);
     let items = mb * nb;
     let threads = threads.min(items).max(1);
     let cptr = CPtr {
@@ -295,10 +299,11 @@ pub(crate) fn run<K: Microkernel, T: Element, C: Element>(
         let mut nonfinite = 0;
         for item in (t..items).step_by(threads) {
             // LOOP 5 (jc) and LOOP 3 (ic), flattened into work items.
-            let (ic, jc) = ((item % mb) * mc, (item / mb) * nc);
+            let (ib, jc) = (item % mb, (item / mb) * nc);
+            let (ic, ic_end) = (rows_of(ib), rows_of(ib + 1));
             let blk = Block {
                 i0: ic,
-                m: mc.min(m - ic),
+                m: ic_end - ic,
                 j0: jc,
                 n: nc.min(n - jc),
             };

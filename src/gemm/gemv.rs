@@ -21,8 +21,9 @@ use crate::element::Element;
 /// The largest m this path takes.
 pub(crate) const GEMV_MAX_M: usize = 16;
 
-/// Floats of accumulators per column chunk: 24 KiB, half of L1d.
-const ACC_FLOATS: usize = 6 * 1024;
+/// Floats of accumulators plus four widened B rows per column chunk:
+/// 40 KiB, inside a 48 KiB L1d.
+const CHUNK_FLOATS: usize = 10 * 1024;
 
 /// Whether this path applies (and wins) for these operands.
 pub(crate) fn applies<T: Element>(a: &MatRef<'_, T>, b: &MatRef<'_, T>) -> bool {
@@ -49,7 +50,7 @@ pub(crate) fn run<K: Microkernel, T: Element, C: Element>(
             xt[l * m + r] = a.at(r, l).to_f32();
         }
     }
-    let nb = (ACC_FLOATS / m).clamp(16, 4096) / 16 * 16;
+    let nb = (CHUNK_FLOATS / (m + 4)).clamp(16, 4096) / 16 * 16;
     let chunks = n.div_ceil(nb);
     // Balance: each thread one contiguous range of columns.
     let threads = threads.min(chunks.max(n.div_ceil(256))).max(1);
@@ -64,18 +65,34 @@ pub(crate) fn run<K: Microkernel, T: Element, C: Element>(
     let work = |t: usize| -> usize {
         let (lo, hi) = ((t * per).min(n), ((t + 1) * per).min(n));
         let mut acc = vec![0.0f32; m * nb.min(hi - lo)];
-        let mut tmp = vec![0.0f32; nb.min(hi - lo)];
+        let mut tmp = vec![0.0f32; 4 * nb.min(hi - lo)];
         let mut bad = 0;
         for j0 in (lo..hi).step_by(nb) {
             let w = nb.min(hi - j0);
             let acc = &mut acc[..m * w];
             acc.fill(0.0);
-            let tmp = &mut tmp[..w];
             let mut rows: Vec<&mut [f32]> = acc.chunks_mut(w).collect();
-            for l in 0..k {
+            let mut l = 0;
+            // Four rows of B per pass over the accumulators.
+            while l + 4 <= k {
+                let (t0, rest) = tmp.split_at_mut(w);
+                let (t1, rest) = rest.split_at_mut(w);
+                let (t2, t3) = rest.split_at_mut(w);
+                for (q, t) in [&mut *t0, &mut *t1, &mut *t2, &mut t3[..w]]
+                    .into_iter()
+                    .enumerate()
+                {
+                    let off = (l + q) * b.rs + j0 * b.cs;
+                    kern.widen(&b.data[off..off + w], t);
+                }
+                kern.axpy_rows4(&xt[l * m..(l + 4) * m], [t0, t1, t2, &t3[..w]], &mut rows);
+                l += 4;
+            }
+            for l in l..k {
                 let off = l * b.rs + j0 * b.cs;
-                kern.widen(&b.data[off..off + w], tmp);
-                kern.axpy_rows(&xt[l * m..(l + 1) * m], tmp, &mut rows);
+                let t = &mut tmp[..w];
+                kern.widen(&b.data[off..off + w], t);
+                kern.axpy_rows(&xt[l * m..(l + 1) * m], t, &mut rows);
             }
             for (r, row) in rows.iter().enumerate() {
                 for (q, piece) in row.chunks(MAX_NR).enumerate() {

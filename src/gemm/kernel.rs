@@ -97,6 +97,11 @@ pub(crate) trait Microkernel: Copy + Send + Sync {
     /// The small-m path's inner loop: `y[r][j] += x[r] * b[j]` for every row
     /// `r` (`y[r].len() == b.len()`), with the ISA's FMA when it has one.
     fn axpy_rows(self, x: &[f32], b: &[f32], y: &mut [&mut [f32]]);
+
+    /// Four steps of [`Microkernel::axpy_rows`] in one pass over `y`:
+    /// `x` holds `x[q * m + r]` for step `q` and row `r`; the same roundings,
+    /// in the same order, as four calls, with a quarter of the `y` traffic.
+    fn axpy_rows4(self, x: &[f32], b: [&[f32]; 4], y: &mut [&mut [f32]]);
 }
 
 /// The f32 microkernel written once: LLVM keeps the `MR x NR` accumulators in
@@ -148,6 +153,29 @@ pub(crate) fn generic_axpy_rows(
     }
 }
 
+/// Four fused steps of [`generic_axpy_rows`] (see
+/// [`Microkernel::axpy_rows4`]).
+#[inline(always)]
+pub(crate) fn generic_axpy_rows4(
+    x: &[f32],
+    b: [&[f32]; 4],
+    y: &mut [&mut [f32]],
+    madd: impl Fn(f32, f32, f32) -> f32,
+) {
+    let m = y.len();
+    for (r, yr) in y.iter_mut().enumerate() {
+        let (x0, x1, x2, x3) = (x[r], x[m + r], x[2 * m + r], x[3 * m + r]);
+        let n = yr.len();
+        let (b0, b1, b2, b3) = (&b[0][..n], &b[1][..n], &b[2][..n], &b[3][..n]);
+        for j in 0..n {
+            let t = madd(x0, b0[j], yr[j]);
+            let t = madd(x1, b1[j], t);
+            let t = madd(x2, b2[j], t);
+            yr[j] = madd(x3, b3[j], t);
+        }
+    }
+}
+
 /// The portable microkernel: what the scalar ISA (and any ISA without its
 /// own kernel, e.g. aarch64 until NEON kernels land) runs. Separate multiply
 /// and add: a software `fma` would be far slower.
@@ -166,5 +194,9 @@ impl Microkernel for ScalarKernel {
 
     fn axpy_rows(self, x: &[f32], b: &[f32], y: &mut [&mut [f32]]) {
         generic_axpy_rows(x, b, y, |a, b, c| a * b + c);
+    }
+
+    fn axpy_rows4(self, x: &[f32], b: [&[f32]; 4], y: &mut [&mut [f32]]) {
+        generic_axpy_rows4(x, b, y, |a, b, c| a * b + c);
     }
 }

@@ -5,7 +5,9 @@ use core::arch::x86_64::*;
 
 use super::super::Avx2;
 use crate::element::{Element, Slice};
-use crate::gemm::kernel::{Format, Microkernel, generic_axpy_rows, generic_kernel};
+use crate::gemm::kernel::{
+    Format, Microkernel, generic_axpy_rows, generic_axpy_rows4, generic_kernel,
+};
 
 /// The AVX2 f32-FMA microkernel.
 #[derive(Clone, Copy, Debug)]
@@ -40,6 +42,12 @@ impl Microkernel for Avx2F32 {
         // SAFETY: as above.
         unsafe { axpy_rows(x, b, y) }
     }
+
+    #[inline(always)]
+    fn axpy_rows4(self, x: &[f32], b: [&[f32]; 4], y: &mut [&mut [f32]]) {
+        // SAFETY: as above.
+        unsafe { axpy_rows4(x, b, y) }
+    }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -50,6 +58,11 @@ fn kernel(slots: usize, a: &[f32], b: &[f32], tile: &mut [f32], accumulate: bool
 #[target_feature(enable = "avx2,fma,f16c")]
 fn axpy_rows(x: &[f32], b: &[f32], y: &mut [&mut [f32]]) {
     generic_axpy_rows(x, b, y, f32::mul_add);
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn axpy_rows4(x: &[f32], b: [&[f32]; 4], y: &mut [&mut [f32]]) {
+    generic_axpy_rows4(x, b, y, f32::mul_add);
 }
 
 /// Widens a contiguous run: f16 through `vcvtph2ps`, bf16 by a shift.

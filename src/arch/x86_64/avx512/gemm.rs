@@ -6,7 +6,7 @@ use core::arch::x86_64::*;
 
 use super::super::Avx512;
 use crate::element::{Element, Slice};
-use crate::gemm::kernel::{Format, Microkernel, generic_axpy_rows};
+use crate::gemm::kernel::{Format, Microkernel, generic_axpy_rows, generic_axpy_rows4};
 
 /// The AVX-512 f32-FMA microkernel.
 #[derive(Clone, Copy, Debug)]
@@ -40,6 +40,12 @@ impl Microkernel for Avx512F32 {
     fn axpy_rows(self, x: &[f32], b: &[f32], y: &mut [&mut [f32]]) {
         // SAFETY: as above.
         unsafe { axpy_rows(x, b, y) }
+    }
+
+    #[inline(always)]
+    fn axpy_rows4(self, x: &[f32], b: [&[f32]; 4], y: &mut [&mut [f32]]) {
+        // SAFETY: as above.
+        unsafe { axpy_rows4(x, b, y) }
     }
 }
 
@@ -87,6 +93,11 @@ fn kernel(slots: usize, a: &[f32], b: &[f32], tile: &mut [f32], accumulate: bool
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")]
 fn axpy_rows(x: &[f32], b: &[f32], y: &mut [&mut [f32]]) {
     generic_axpy_rows(x, b, y, f32::mul_add);
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")]
+fn axpy_rows4(x: &[f32], b: [&[f32]; 4], y: &mut [&mut [f32]]) {
+    generic_axpy_rows4(x, b, y, f32::mul_add);
 }
 
 /// Widens a contiguous run: f16 through `vcvtph2ps`, bf16 by a shift

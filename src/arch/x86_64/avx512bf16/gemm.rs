@@ -48,7 +48,12 @@ impl Microkernel for Avx512Dot {
 
     #[inline(always)]
     fn axpy_rows(self, x: &[f32], b: &[f32], y: &mut [&mut [f32]]) {
-        super::super::avx512::gemm::Avx512F32(self.0.avx512()).axpy_rows(x, b, y);
+        base::Avx512F32(self.0.avx512()).axpy_rows(x, b, y);
+    }
+
+    #[inline(always)]
+    fn axpy_rows4(self, x: &[f32], b: [&[f32]; 4], y: &mut [&mut [f32]]) {
+        base::Avx512F32(self.0.avx512()).axpy_rows4(x, b, y);
     }
 }
 
