@@ -4,7 +4,7 @@
 //! packed `kc x NR` panel of B (`B~`) into an `MR x NR` f32 tile. Everything
 //! else (the five BLIS loops, packing with zero-padded edges, the epilogue,
 //! threads, the small-m path) is written once in `blis.rs` / `gemv.rs` and
-//! calls the trait. A new ISA (e.g. NEON) is one small file: a zero-sized
+//! calls the trait. A new ISA is one small file: a zero-sized
 //! type holding its token, `MR`, `NR`, a [`Format`], and a `#[target_feature]`
 //! kernel, usually [`generic_kernel`] instantiated with the ISA's features
 //! enabled; `widen`/`narrow_f16`/`madd` have portable defaults that an ISA
@@ -177,7 +177,7 @@ pub(crate) fn generic_axpy_rows4(
 }
 
 /// The portable microkernel: what the scalar ISA (and any ISA without its
-/// own kernel, e.g. aarch64 until NEON kernels land) runs. Separate multiply
+/// own kernel) runs. Separate multiply
 /// and add: a software `fma` would be far slower.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ScalarKernel;

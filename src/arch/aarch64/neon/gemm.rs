@@ -29,7 +29,7 @@
 use core::arch::aarch64::*;
 
 use super::super::Neon;
-use crate::gemm::kernel::{Format, Microkernel, generic_axpy_rows};
+use crate::gemm::kernel::{Format, Microkernel, generic_axpy_rows, generic_axpy_rows4};
 
 /// The NEON f32-FMLA microkernel.
 #[derive(Clone, Copy, Debug)]
@@ -51,6 +51,12 @@ impl Microkernel for NeonF32 {
     fn axpy_rows(self, x: &[f32], b: &[f32], y: &mut [&mut [f32]]) {
         // SAFETY: as above.
         unsafe { axpy_rows(x, b, y) }
+    }
+
+    #[inline(always)]
+    fn axpy_rows4(self, x: &[f32], b: [&[f32]; 4], y: &mut [&mut [f32]]) {
+        // SAFETY: as above.
+        unsafe { axpy_rows4(x, b, y) }
     }
 }
 
@@ -114,4 +120,10 @@ fn kernel(slots: usize, a: &[f32], b: &[f32], tile: &mut [f32], accumulate: bool
 #[target_feature(enable = "neon")]
 fn axpy_rows(x: &[f32], b: &[f32], y: &mut [&mut [f32]]) {
     generic_axpy_rows(x, b, y, f32::mul_add);
+}
+
+/// Four fused steps of `axpy_rows` (the small-m path's main loop).
+#[target_feature(enable = "neon")]
+fn axpy_rows4(x: &[f32], b: [&[f32]; 4], y: &mut [&mut [f32]]) {
+    generic_axpy_rows4(x, b, y, f32::mul_add);
 }

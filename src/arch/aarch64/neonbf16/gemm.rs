@@ -75,6 +75,11 @@ impl Microkernel for NeonBfmmla {
     fn axpy_rows(self, x: &[f32], b: &[f32], y: &mut [&mut [f32]]) {
         NeonF32(self.0.neon()).axpy_rows(x, b, y);
     }
+
+    #[inline(always)]
+    fn axpy_rows4(self, x: &[f32], b: [&[f32]; 4], y: &mut [&mut [f32]]) {
+        NeonF32(self.0.neon()).axpy_rows4(x, b, y);
+    }
 }
 
 const MR: usize = 8;
