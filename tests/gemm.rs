@@ -318,13 +318,14 @@ fn check_case<T: Element, C: Element>(
     report
 }
 
-/// Every backend, plus the two bf16 kernels of `avx512bf16`/`amx` forced
-/// (`vdpbf16ps` and widening), so both are tested whichever the CPU prefers.
+/// Every backend, plus the two bf16 kernels of `avx512bf16`/`amx`/`neonbf16`
+/// forced (`vdpbf16ps` or `BFMMLA`, and widening), so both are tested
+/// whichever the CPU prefers.
 fn variants() -> Vec<(Backend, Option<bool>)> {
     let mut v = Vec::new();
     for b in backends() {
         v.push((b, None));
-        if matches!(b.isa(), Isa::Avx512Bf16 | Isa::Amx) {
+        if matches!(b.isa(), Isa::Avx512Bf16 | Isa::Amx | Isa::NeonBf16) {
             v.push((b, Some(true)));
             v.push((b, Some(false)));
         }
@@ -337,7 +338,10 @@ fn variants() -> Vec<(Backend, Option<bool>)> {
 fn shapes_sweep<T: Element, C: Element>(name: &str) {
     let mut rng = Rng::fresh(name);
     let ms: Vec<usize> = (0..=9).chain([15, 16, 17, 31, 33]).collect();
-    let ns: Vec<usize> = (0..=9).chain([15, 16, 17, 31, 32, 33, 48, 65]).collect();
+    // Every n % 12 and n % 16, and 2 * NR + 1 for NR = 12 (NEON) and 16.
+    let ns: Vec<usize> = (0..=9)
+        .chain([11, 12, 13, 15, 16, 17, 23, 24, 25, 31, 32, 33, 48, 65])
+        .collect();
     let ks = [0usize, 1, 2, 3, 7, 16, 33, 255, 256, 257, 520];
     for (backend, dot) in variants() {
         for (t, &k) in ks.iter().enumerate() {
@@ -711,8 +715,14 @@ proptest::proptest! {
     }
 }
 
+/// Whether a kernel (by its report name) is a bf16 dot kernel, which
+/// flushes subnormal inputs (`vdpbf16ps`, `BFMMLA`).
+fn is_dot_kernel(name: &str) -> bool {
+    name.contains("dpbf16") || name.contains("bfmmla")
+}
+
 /// bf16 subnormal inputs: exact on the widening kernels, flushed to zero by
-/// `vdpbf16ps` (documented on the dot kernel).
+/// `vdpbf16ps` and `BFMMLA` (documented on the dot kernels).
 #[test]
 fn bf16_subnormal_inputs() {
     let tiny = bf16::from_bits(0x0001); // 2^-133
@@ -721,7 +731,7 @@ fn bf16_subnormal_inputs() {
     for (backend, dot) in variants() {
         for m in [1usize, 20] {
             let mut c = vec![f32::NAN; m];
-            backend
+            let report = backend
                 .gemm(
                     MatRef::row_major(&a[..m * 2], m, 2).unwrap(),
                     MatRef::row_major(&b[..2], 2, 1).unwrap(),
@@ -730,13 +740,68 @@ fn bf16_subnormal_inputs() {
                 )
                 .unwrap();
             let exact = 2.0 * tiny.to_f32();
+            // Forced, or the backend's default for bf16.
+            let flushes = dot == Some(true) || (dot.is_none() && is_dot_kernel(report.kernel));
             for &x in &c {
-                if dot == Some(true) {
-                    assert_eq!(x, 0.0, "{} m={m}: vdpbf16ps flushes", backend.isa());
+                if flushes {
+                    assert_eq!(x, 0.0, "{} m={m}: the dot kernel flushes", backend.isa());
                 } else {
                     assert_eq!(x, exact, "{} m={m} dot={dot:?}", backend.isa());
                 }
             }
+        }
+    }
+}
+
+/// Each backend runs its own microkernel (a dispatch slip to another ISA's,
+/// or to the portable one, would pass every accuracy test): the report
+/// names it. On `neonbf16`, bf16 takes `BFMMLA` unless widening is forced,
+/// f16 and f32 the NEON FMLA kernel.
+#[test]
+fn each_backend_runs_its_kernel() {
+    let (m, n, k) = (20, 30, 40); // above the small-m path
+    fn name<T: Element>(
+        backend: Backend,
+        dot: Option<bool>,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> &'static str {
+        let a = vec![T::from_f32(1.0); m * k];
+        let b = vec![T::from_f32(1.0); k * n];
+        let mut c = vec![0.0f32; m * n];
+        let r = backend
+            .gemm(
+                MatRef::row_major(&a, m, k).unwrap(),
+                MatRef::row_major(&b, k, n).unwrap(),
+                MatMut::row_major(&mut c, m, n).unwrap(),
+                &Gemm::new().dot_kernel(dot),
+            )
+            .unwrap();
+        assert!(c.iter().all(|&x| x == k as f32), "{}", backend.isa());
+        r.kernel
+    }
+    for (backend, dot) in variants() {
+        let names = [
+            name::<bf16>(backend, dot, m, n, k),
+            name::<f16>(backend, dot, m, n, k),
+            name::<f32>(backend, dot, m, n, k),
+        ];
+        let fmla = "neon-f32fmla-8x12";
+        let want: Option<[&str; 3]> = match backend.isa() {
+            Isa::Scalar => Some(["scalar-4x8"; 3]),
+            Isa::Neon => Some([fmla; 3]),
+            Isa::NeonBf16 if dot == Some(false) => Some([fmla; 3]),
+            Isa::NeonBf16 => Some(["neonbf16-bfmmla-8x12", fmla, fmla]),
+            _ => None,
+        };
+        match want {
+            Some(w) => assert_eq!(names, w, "{} dot={dot:?}", backend.isa()),
+            None => assert!(
+                names.iter().all(|x| *x != "scalar-4x8"),
+                "{}: {names:?}",
+                backend.isa()
+            ),
         }
     }
 }

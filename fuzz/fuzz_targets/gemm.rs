@@ -91,6 +91,10 @@ fn run<T: Element, C: Element>(bytes: &mut Bytes) {
         if matches!(isa, Isa::Avx512Bf16 | Isa::Amx) {
             variants.push((be, Some(true)));
         }
+        if matches!(isa, Isa::NeonBf16) {
+            // BFMMLA is the default there; also run the widening kernel.
+            variants.push((be, Some(false)));
+        }
     }
     for (backend, dot) in variants {
         let mut g = Gemm::new()

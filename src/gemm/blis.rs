@@ -34,8 +34,8 @@ use super::view::{MatMut, MatRef};
 use crate::element::{DType, Element, Slice, SliceMut};
 
 /// Depth of a packed block: a `KC x NR` micro-panel of B~ (32 KiB for
-/// NR = 32 f32) stays in L1 (48 KiB here) while LOOP 1 runs over it. Even,
-/// so a bf16 pair never straddles two blocks.
+/// NR = 32 f32) stays in L1 (48 KiB here) while LOOP 1 runs over it. A
+/// multiple of 4, so a bf16 pair or quad never straddles two blocks.
 pub(crate) const KC: usize = 256;
 /// Upper bound for the rows of an A~ block: `MC x KC` f32 = 168 KiB for
 /// MC = 168, well inside a 2 MiB L2 with room for B~ micro-panels.
@@ -50,7 +50,7 @@ const fn div_ceil(a: usize, b: usize) -> usize {
 
 /// Slots of one k range of `len` values.
 const fn slots(len: usize, format: Format) -> usize {
-    div_ceil(len, format.k_per_slot())
+    format.slots(len)
 }
 
 /// Total slots of a whole k, block by block.
@@ -138,9 +138,9 @@ fn pack_panel<K: Microkernel, T: Element>(
                 }
             }
         }
-        Format::Bf16Pairs => {
+        Format::Bf16Pairs | Format::Bf16Quads => {
             let Slice::Bf16(data) = T::slice(v.data) else {
-                unreachable!("Bf16Pairs kernels are only chosen for bf16 inputs")
+                unreachable!("bf16 pair kernels are only chosen for bf16 inputs")
             };
             let bits = |lane: usize, d: usize| -> u32 {
                 if lane < lanes && d < depth {
@@ -149,10 +149,26 @@ fn pack_panel<K: Microkernel, T: Element>(
                     0
                 }
             };
-            for s in 0..nslots {
-                for lane in 0..w {
-                    let pair = bits(lane, 2 * s) | bits(lane, 2 * s + 1) << 16;
-                    dst[s * w + lane] = f32::from_bits(pair);
+            let pair = |lane: usize, s: usize| {
+                f32::from_bits(bits(lane, 2 * s) | bits(lane, 2 * s + 1) << 16)
+            };
+            if K::FORMAT == Format::Bf16Pairs {
+                for s in 0..nslots {
+                    for lane in 0..w {
+                        dst[s * w + lane] = pair(lane, s);
+                    }
+                }
+            } else {
+                // One 2 x 4 bf16 block per (quad, lane pair); see `Format`.
+                debug_assert!(w.is_multiple_of(2) && nslots.is_multiple_of(2));
+                for q in 0..nslots / 2 {
+                    for p in 0..w / 2 {
+                        let o = 2 * q * w + 4 * p;
+                        dst[o] = pair(2 * p, 2 * q);
+                        dst[o + 1] = pair(2 * p, 2 * q + 1);
+                        dst[o + 2] = pair(2 * p + 1, 2 * q);
+                        dst[o + 3] = pair(2 * p + 1, 2 * q + 1);
+                    }
                 }
             }
         }

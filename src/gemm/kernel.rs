@@ -4,7 +4,7 @@
 //! packed `kc x NR` panel of B (`B~`) into an `MR x NR` f32 tile. Everything
 //! else (the five BLIS loops, packing with zero-padded edges, the epilogue,
 //! threads, the small-m path) is written once in `blis.rs` / `gemv.rs` and
-//! calls the trait. A new ISA (e.g. NEON) is one small file: a zero-sized
+//! calls the trait. A new ISA is one small file: a zero-sized
 //! type holding its token, `MR`, `NR`, a [`Format`], and a `#[target_feature]`
 //! kernel, usually [`generic_kernel`] instantiated with the ISA's features
 //! enabled; `widen`/`narrow_f16`/`madd` have portable defaults that an ISA
@@ -25,11 +25,20 @@ pub(crate) enum Format {
     F32,
     /// Two bf16 per slot (k = 2s in the low 16 bits, 2s + 1 in the high),
     /// `A~` slot `s` of row `i` at `s * MR + i`. Only for bf16 inputs.
-    #[cfg_attr(
-        not(target_arch = "x86_64"),
-        expect(dead_code, reason = "no BFDOT/BFMMLA kernel on aarch64 yet")
-    )]
     Bf16Pairs,
+    /// Bf16 pairs as in [`Format::Bf16Pairs`], but slots come in twos (one
+    /// k-quad) and lanes in twos (a lane pair), so each 16-byte group is one
+    /// `BFMMLA` operand: a 2 x 4 row-major bf16 block. For quad `q` (slots
+    /// `2q`, `2q + 1`, at `2q * MR` in `A~`) and lane pair `p`, the four
+    /// slots at `2q * MR + 4p` are `[pair(2p, 2q), pair(2p, 2q + 1),
+    /// pair(2p + 1, 2q), pair(2p + 1, 2q + 1)]`. `MR`/`NR` must be even;
+    /// the slot count of a k range is rounded up to even (a whole quad).
+    /// Only for bf16 inputs.
+    #[cfg_attr(
+        not(target_arch = "aarch64"),
+        expect(dead_code, reason = "aarch64's BFMMLA layout")
+    )]
+    Bf16Quads,
 }
 
 impl Format {
@@ -37,7 +46,16 @@ impl Format {
     pub(crate) const fn k_per_slot(self) -> usize {
         match self {
             Format::F32 => 1,
-            Format::Bf16Pairs => 2,
+            Format::Bf16Pairs | Format::Bf16Quads => 2,
+        }
+    }
+
+    /// Slots of a k range of `len` values (padded with zeros to a whole slot,
+    /// and to a whole quad for [`Format::Bf16Quads`]).
+    pub(crate) const fn slots(self, len: usize) -> usize {
+        match self {
+            Format::Bf16Quads => len.div_ceil(4) * 2,
+            _ => len.div_ceil(self.k_per_slot()),
         }
     }
 }
@@ -159,7 +177,7 @@ pub(crate) fn generic_axpy_rows4(
 }
 
 /// The portable microkernel: what the scalar ISA (and any ISA without its
-/// own kernel, e.g. aarch64 until NEON kernels land) runs. Separate multiply
+/// own kernel) runs. Separate multiply
 /// and add: a software `fma` would be far slower.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ScalarKernel;

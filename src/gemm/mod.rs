@@ -38,6 +38,13 @@ use kernel::Microkernel;
 /// (already rounded) inputs. Inf and NaN in A or B reach every output they
 /// touch. Zero-sized shapes are valid (`k = 0` gives `act(beta C + bias)`).
 ///
+/// bf16 inputs on a bf16 dot kernel (`vdpbf16ps` where it is the faster
+/// choice, `BFMMLA` on `neonbf16`) have subnormal inputs and partial sums
+/// below 2^-126 flushed to zero. `BFMMLA` also rounds each pair sum and
+/// each accumulation to odd (one ulp, not half), which keeps it within the
+/// bound above with `c = 2` but not bit-identical to the f32-FMA kernels,
+/// and gives the default NaN for every NaN.
+///
 /// # Errors
 ///
 /// Before anything is written (C is untouched on every `Err`):
@@ -202,8 +209,9 @@ pub(crate) trait KernelOp {
 }
 
 /// Calls `op` with the microkernel this ISA runs for `dtype` inputs.
-/// `dot` overrides the choice between `vdpbf16ps` and widening for bf16 on
-/// `avx512bf16`/`amx` (`None`: the measured per-vendor default).
+/// `dot` overrides the choice between the bf16 dot kernel (`vdpbf16ps` on
+/// `avx512bf16`/`amx`, `BFMMLA` on `neonbf16`) and widening for bf16
+/// (`None`: the per-CPU default).
 pub(crate) fn with_kernel<O: KernelOp>(
     token: Token,
     dtype: DType,
@@ -220,8 +228,11 @@ pub(crate) fn with_kernel<O: KernelOp>(
         Token::Avx512Bf16(t) => bf16_choice(t, dtype, dot, op),
         #[cfg(target_arch = "x86_64")]
         Token::Amx(t) => bf16_choice(t.avx512bf16(), dtype, dot, op),
-        // aarch64 runs the portable kernel until NEON microkernels land.
-        #[allow(unreachable_patterns, reason = "the ISAs without a kernel yet")]
+        #[cfg(target_arch = "aarch64")]
+        Token::Neon(t) => op.run(crate::arch::aarch64::neon::gemm::NeonF32(t)),
+        #[cfg(target_arch = "aarch64")]
+        Token::NeonBf16(t) => neon_bf16_choice(t, dtype, dot, op),
+        #[allow(unreachable_patterns, reason = "scalar, and ISAs without a kernel")]
         _ => op.run(kernel::ScalarKernel),
     }
 }
@@ -241,6 +252,23 @@ fn bf16_choice<O: KernelOp>(
         op.run(Avx512Dot(t))
     } else {
         op.run(crate::arch::x86_64::avx512::gemm::Avx512F32(t.avx512()))
+    }
+}
+
+/// `neonbf16`: `BFMMLA` for bf16 inputs unless `dot == Some(false)`
+/// (see `arch::aarch64::neonbf16::gemm` for its numerics), NEON FMLA
+/// otherwise.
+#[cfg(target_arch = "aarch64")]
+fn neon_bf16_choice<O: KernelOp>(
+    t: crate::arch::aarch64::NeonBf16,
+    dtype: DType,
+    dot: Option<bool>,
+    op: O,
+) -> O::Output {
+    if dtype == DType::Bf16 && dot != Some(false) {
+        op.run(crate::arch::aarch64::neonbf16::gemm::NeonBfmmla(t))
+    } else {
+        op.run(crate::arch::aarch64::neon::gemm::NeonF32(t.neon()))
     }
 }
 

@@ -159,9 +159,10 @@ impl<'a> Gemm<'a> {
         self
     }
 
-    /// Forces (`Some(true)`) or forbids (`Some(false)`) the `vdpbf16ps`
-    /// microkernel for bf16 inputs on `avx512bf16`/`amx`; `None` (default)
-    /// takes the per-CPU choice. For tests and benchmarks.
+    /// Forces (`Some(true)`) or forbids (`Some(false)`) the bf16 dot
+    /// microkernel for bf16 inputs (`vdpbf16ps` on `avx512bf16`/`amx`,
+    /// `BFMMLA` on `neonbf16`); `None` (default) takes the per-CPU choice.
+    /// For tests and benchmarks.
     #[doc(hidden)]
     pub const fn dot_kernel(mut self, dot: Option<bool>) -> Self {
         self.dot = dot;

@@ -3,6 +3,7 @@
 //!
 //! [`F32Simd`]: crate::arch::simd::F32Simd
 
+pub(crate) mod gemm;
 mod simd;
 
 use super::Neon;

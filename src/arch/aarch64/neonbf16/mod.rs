@@ -1,1 +1,3 @@
 //! FEAT_BF16 kernels: only what differs from `neon` (BFCVT, BFDOT, BFMMLA).
+
+pub(crate) mod gemm;
