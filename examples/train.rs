@@ -14,7 +14,7 @@ fn main() -> Result<(), halfkern::Error> {
     let src = [
         1.0f32,
         1.0 + 1.0 / 256.0,
-        3.141_592_7,
+        core::f32::consts::PI,
         65_520.0,
         1e-8,
         f32::NAN,

@@ -157,17 +157,55 @@ fn check_lengths(op: &'static str, src: usize, dst: usize) -> Result<(), Error> 
 
 /// One conversion on one thread, on the ISA `token` proves.
 fn run_convert(token: Token, src: Slice<'_>, dst: SliceMut<'_>) {
+    #[cfg(target_arch = "aarch64")]
+    use crate::arch::aarch64 as arm;
+    #[cfg(target_arch = "x86_64")]
+    use crate::arch::x86_64 as x86;
     match token {
         Token::Scalar => crate::arch::scalar::convert(src, dst),
-        #[allow(unreachable_patterns, reason = "filled in as SIMD kernels land")]
-        _ => crate::arch::scalar::convert(src, dst),
+        #[cfg(target_arch = "x86_64")]
+        Token::Avx2(t) => x86::avx2::convert(t, src, dst),
+        #[cfg(target_arch = "x86_64")]
+        Token::Avx512(t) => x86::avx512::convert(t, src, dst),
+        #[cfg(target_arch = "x86_64")]
+        Token::Avx512Bf16(t) => x86::avx512::convert(t.avx512(), src, dst),
+        #[cfg(target_arch = "x86_64")]
+        Token::Amx(t) => x86::avx512::convert(t.avx512bf16().avx512(), src, dst),
+        #[cfg(target_arch = "aarch64")]
+        Token::Neon(t) => arm::neon::convert(t, src, dst),
+        #[cfg(target_arch = "aarch64")]
+        Token::NeonBf16(t) => arm::neon::convert(t.neon(), src, dst),
     }
 }
 
 /// One stochastic conversion on one thread; `first` is `src[0]`'s global index.
 fn run_stochastic(token: Token, src: &[f32], dst: SliceMut<'_>, seed: u64, first: u64) {
+    #[cfg(target_arch = "aarch64")]
+    use crate::arch::aarch64 as arm;
+    #[cfg(target_arch = "x86_64")]
+    use crate::arch::x86_64 as x86;
+    match token {
+        #[cfg(target_arch = "x86_64")]
+        Token::Avx2(t) => x86::avx2::convert_stochastic(t, src, dst, seed, first),
+        #[cfg(target_arch = "x86_64")]
+        Token::Avx512(t) => x86::avx512::convert_stochastic(t, src, dst, seed, first),
+        #[cfg(target_arch = "x86_64")]
+        Token::Avx512Bf16(t) => x86::avx512::convert_stochastic(t.avx512(), src, dst, seed, first),
+        #[cfg(target_arch = "x86_64")]
+        Token::Amx(t) => {
+            x86::avx512::convert_stochastic(t.avx512bf16().avx512(), src, dst, seed, first)
+        }
+        #[cfg(target_arch = "aarch64")]
+        Token::Neon(t) => arm::neon::convert_stochastic(t, src, dst, seed, first),
+        #[cfg(target_arch = "aarch64")]
+        Token::NeonBf16(t) => arm::neon::convert_stochastic(t.neon(), src, dst, seed, first),
+        Token::Scalar => scalar_stochastic(src, dst, seed, first),
+    }
+}
+
+/// The scalar oracle's stochastic loops.
+fn scalar_stochastic(src: &[f32], dst: SliceMut<'_>, seed: u64, first: u64) {
     use crate::arch::scalar::convert::slices::{f32_to_bf16_sr_slice, f32_to_f16_sr_slice};
-    let _ = token;
     match dst {
         SliceMut::F32(d) => d.copy_from_slice(src),
         SliceMut::Bf16(d) => f32_to_bf16_sr_slice(src, d, seed, first),

@@ -60,7 +60,7 @@ mod sealed {
     impl Sealed for half::f16 {}
 }
 
-/// An element type halfkern computes on: `f32`, [`bf16`] or [`f16`].
+/// An element type halfkern computes on: `f32`, [`bf16`] or [`f16`](struct@f16).
 /// Sealed: the kernels exist for exactly these three.
 pub trait Element: sealed::Sealed + Copy + Default + Send + Sync + 'static {
     /// The runtime tag of this type.

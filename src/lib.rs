@@ -3,7 +3,7 @@
 //! SIMD kernels for half-precision numerics on CPUs, chosen at run time, and
 //! a safe mixed-precision training step on top of them.
 //!
-//! - [`convert`] / [`convert_stochastic`]: `f32`, [`bf16`] and [`f16`] slices
+//! - [`convert`] / [`convert_stochastic`]: `f32`, [`bf16`] and [`f16`](struct@f16) slices
 //!   into each other, bit-identical on every ISA.
 //! - [`gemm()`] / [`gemm_packed`]: `C <- act(inv_scale * (alpha * A B) + beta * C + bias)`
 //!   over [`MatRef`]/[`MatMut`] views, products summed in f32 (see [`mod@gemm`]).
@@ -66,7 +66,8 @@ pub use isa::{Backend, Isa};
 /// exported so tests, fuzzers and users can check results against them.
 pub mod oracle {
     pub use crate::arch::scalar::convert::{
-        bf16_to_f16, bf16_to_f32, f16_to_bf16, f16_to_f32, f32_to_bf16, f32_to_bf16_sr_bits,
-        f32_to_f16, f32_to_f16_sr_bits, sr_bits, sr_key,
+        bf16_to_f16, bf16_to_f32, bf16_to_f32_bits, f16_to_bf16, f16_to_f32, f16_to_f32_bits,
+        f32_to_bf16, f32_to_bf16_bits, f32_to_bf16_sr_bits, f32_to_f16, f32_to_f16_bits,
+        f32_to_f16_sr_bits, sr_bits, sr_key,
     };
 }

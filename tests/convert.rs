@@ -422,7 +422,7 @@ fn forcing_an_isa_the_machine_lacks_is_an_error_not_a_fallback() {
                 cases.push(("missing", missing.name().to_owned()));
             }
             for (case, isa) in cases {
-                let out = std::process::Command::new(std::env::current_exe().unwrap())
+                let out = common::self_command()
                     .args([
                         "--exact",
                         "forcing_an_isa_the_machine_lacks_is_an_error_not_a_fallback",
@@ -433,9 +433,11 @@ fn forcing_an_isa_the_machine_lacks_is_an_error_not_a_fallback() {
                     .output()
                     .unwrap();
                 let log = String::from_utf8_lossy(&out.stdout);
+                let err = String::from_utf8_lossy(&out.stderr);
                 assert!(
                     out.status.success() && log.contains("1 passed"),
-                    "{case}: {log}"
+                    "{case}: {:?}\n{log}\n{err}",
+                    out.status
                 );
             }
         }

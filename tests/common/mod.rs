@@ -3,6 +3,7 @@
 //! values every kernel must get right, and output poisoning.
 //!
 //! - `HALFKERN_TEST_SEED=<u64>` replays a run.
+//! - `HALFKERN_REQUIRE=<isa,..>` fails the run if a listed ISA is missing.
 //! - `HALFKERN_TEST_STRIDE=<n>` samples exhaustive sweeps (every n-th input);
 //!   CI sets it under qemu, where a 2^32 sweep would take hours.
 
@@ -11,7 +12,19 @@
 use halfkern::{Backend, Isa};
 
 /// Every backend this machine can run, scalar first.
+///
+/// `HALFKERN_REQUIRE=amx,avx512bf16` turns a missing ISA into a failure, so
+/// a run on a machine that should have it cannot pass by skipping it.
 pub fn backends() -> Vec<Backend> {
+    if let Ok(required) = std::env::var("HALFKERN_REQUIRE") {
+        for name in required.split(',').filter(|s| !s.trim().is_empty()) {
+            let isa: Isa = name.parse().expect("HALFKERN_REQUIRE names a known ISA");
+            assert!(
+                isa.is_available(),
+                "HALFKERN_REQUIRE: {isa} is not available here"
+            );
+        }
+    }
     let all: Vec<Backend> = Isa::available()
         .into_iter()
         .map(|isa| Backend::new(isa).expect("available ISA has a backend"))
@@ -150,4 +163,21 @@ pub fn special_f32() -> Vec<f32> {
 /// element, or writes one it should not, is caught.
 pub fn poison<T: Copy>(dst: &mut [T], value: T) {
     dst.fill(value);
+}
+
+/// A command that re-runs this test binary, for tests that need a fresh
+/// process (e.g. a different `HALFKERN_ISA`). Under emulation the binary
+/// cannot be exec'd directly: CI names the runner in `HALFKERN_TEST_RUNNER`
+/// (e.g. `qemu-aarch64 -L /usr/aarch64-linux-gnu -cpu max`).
+pub fn self_command() -> std::process::Command {
+    let exe = std::env::current_exe().expect("test binary path");
+    match std::env::var("HALFKERN_TEST_RUNNER") {
+        Ok(runner) if !runner.trim().is_empty() => {
+            let mut words = runner.split_whitespace();
+            let mut cmd = std::process::Command::new(words.next().unwrap());
+            cmd.args(words).arg(exe);
+            cmd
+        }
+        _ => std::process::Command::new(exe),
+    }
 }

@@ -50,6 +50,7 @@ pulp::simd_type! {
 
 impl Avx512 {
     /// Every AVX-512 CPU we target also proves AVX2 + FMA + F16C.
+    #[allow(dead_code, reason = "for kernels where 8 lanes beat 16")]
     #[inline(always)]
     pub(crate) fn avx2(self) -> Avx2 {
         // SAFETY: `Avx512`'s feature set is a superset of `Avx2`'s.
@@ -63,5 +64,24 @@ impl Avx512Bf16 {
     pub(crate) fn avx512(self) -> Avx512 {
         // SAFETY: `Avx512Bf16`'s feature set is a superset of `Avx512`'s.
         unsafe { Avx512::new_unchecked() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn avx2_implements_f32simd() {
+        if let Some(t) = Avx2::try_new() {
+            crate::arch::simd::tests::check(t);
+        }
+    }
+
+    #[test]
+    fn avx512_implements_f32simd() {
+        if let Some(t) = Avx512::try_new() {
+            crate::arch::simd::tests::check(t);
+        }
     }
 }

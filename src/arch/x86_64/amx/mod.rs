@@ -11,6 +11,8 @@ use std::sync::OnceLock;
 
 use super::Avx512Bf16;
 
+pub(crate) mod tile;
+
 /// Proof that AMX-BF16 tiles may be used by this process: the CPU has
 /// AMX-TILE and AMX-BF16, the OS saves tile state, and Linux granted
 /// permission. Also proves [`Avx512Bf16`].

@@ -1,0 +1,70 @@
+#!/usr/bin/env python3
+"""halfkern's bf16 GEMM against torch.matmul (oneDNN) on the same host, in one run.
+
+Usage (on the Intel host, from the repo root, with a gemm_speed binary built
+on the dev machine and carried along):
+
+    python3 scripts/amx_vs_torch.py carry/gemm_speed [--isa amx] [--threads 1,16]
+
+Both sides compute C[f32 or bf16] = A[bf16] @ B[bf16] for square n, row-major
+inputs, packing included, and report the median of timed repetitions after
+warm-up. Prints a Markdown table (GFLOP/s and the ratio halfkern / torch).
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import time
+
+
+def torch_gflops(n, threads, reps):
+    import torch
+
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(n)
+    a = torch.randn(n, n, generator=g).to(torch.bfloat16)
+    b = torch.randn(n, n, generator=g).to(torch.bfloat16)
+    for _ in range(3):
+        torch.matmul(a, b)
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        torch.matmul(a, b)
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def halfkern_gflops(binary, isa, n, threads, reps):
+    env = dict(os.environ, RAYON_NUM_THREADS=str(threads), HALFKERN_ISA=isa)
+    out = subprocess.run(
+        [binary, "--n", str(n), "--threads", str(threads), "--reps", str(reps), "--json"],
+        env=env, capture_output=True, text=True, check=True,
+    )
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    return rows[-1]["gflops"]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("binary")
+    ap.add_argument("--isa", default="amx")
+    ap.add_argument("--threads", default="1,16")
+    ap.add_argument("--sizes", default="512,1024,2048,4096")
+    args = ap.parse_args()
+    import torch
+
+    print(f"torch {torch.__version__}, oneDNN {torch.backends.mkldnn.is_available()}, "
+          f"{os.cpu_count()} cpus")
+    print(f"| threads | n | torch bf16 GFLOP/s | halfkern {args.isa} GFLOP/s | ratio |")
+    print("|---|---|---|---|---|")
+    for threads in [int(t) for t in args.threads.split(",")]:
+        for n in [int(s) for s in args.sizes.split(",")]:
+            reps = max(3, min(50, int(4e10 / (2 * n**3) * threads)))
+            t = torch_gflops(n, threads, reps)
+            h = halfkern_gflops(args.binary, args.isa, n, threads, reps)
+            print(f"| {threads} | {n} | {t:.0f} | {h:.0f} | {h / t:.2f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,302 @@
+//! [`F32Simd`] for [`Avx512`]: 16 f32 lanes in a `__m512`, `__mmask16`
+//! masks, masked loads/stores for tails, F16C-style `vcvtph2ps`/`vcvtps2ph`
+//! for f16.
+
+use core::arch::x86_64::*;
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+
+use crate::arch::simd::F32Simd;
+use crate::arch::x86_64::Avx512;
+
+/// Calls value intrinsics inside a method of `impl F32Simd for Avx512`.
+macro_rules! v {
+    ($e:expr) => {{
+        // SAFETY: only used in methods taking an `Avx512` token by value,
+        // which proves AVX-512 F/BW/VL/DQ + AVX2 + FMA + F16C at run time;
+        // the intrinsics here take and return values only.
+        unsafe { $e }
+    }};
+}
+
+/// The mask of the first `n < 16` lanes.
+#[inline(always)]
+fn first(n: usize) -> __mmask16 {
+    debug_assert!(n < 16);
+    ((1u32 << n) - 1) as __mmask16
+}
+
+impl F32Simd for Avx512 {
+    const LANES: usize = 16;
+    type F = __m512;
+    type U = __m512i;
+    type M = __mmask16;
+    type Acc = (__m512d, __m512d);
+
+    #[inline(always)]
+    fn splat(self, x: f32) -> __m512 {
+        v!(_mm512_set1_ps(x))
+    }
+    #[inline(always)]
+    fn load(self, src: &[f32]) -> __m512 {
+        let src = &src[..16];
+        // SAFETY: `src` holds 16 f32 (checked above), all that is read;
+        // AVX-512F is proven by the token; `loadu` needs no alignment.
+        unsafe { _mm512_loadu_ps(src.as_ptr()) }
+    }
+    #[inline(always)]
+    fn store(self, v: __m512, dst: &mut [f32]) {
+        let dst = &mut dst[..16];
+        // SAFETY: `dst` holds 16 f32 (checked above), all that is written.
+        unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), v) }
+    }
+    #[inline(always)]
+    fn load_tail(self, src: &[f32]) -> __m512 {
+        let src = &src[..src.len().min(15)];
+        // SAFETY: the mask enables lanes 0..src.len(), all inside `src`;
+        // masked-off lanes are not accessed and cannot fault.
+        unsafe { _mm512_maskz_loadu_ps(first(src.len()), src.as_ptr()) }
+    }
+    #[inline(always)]
+    fn store_tail(self, v: __m512, dst: &mut [f32]) {
+        let n = dst.len().min(15);
+        let dst = &mut dst[..n];
+        // SAFETY: the mask enables lanes 0..dst.len(), all inside `dst`;
+        // masked-off lanes are not written.
+        unsafe { _mm512_mask_storeu_ps(dst.as_mut_ptr(), first(dst.len()), v) }
+    }
+
+    #[inline(always)]
+    fn add(self, a: __m512, b: __m512) -> __m512 {
+        v!(_mm512_add_ps(a, b))
+    }
+    #[inline(always)]
+    fn sub(self, a: __m512, b: __m512) -> __m512 {
+        v!(_mm512_sub_ps(a, b))
+    }
+    #[inline(always)]
+    fn mul(self, a: __m512, b: __m512) -> __m512 {
+        v!(_mm512_mul_ps(a, b))
+    }
+    #[inline(always)]
+    fn div(self, a: __m512, b: __m512) -> __m512 {
+        v!(_mm512_div_ps(a, b))
+    }
+    #[inline(always)]
+    fn fma(self, a: __m512, b: __m512, c: __m512) -> __m512 {
+        v!(_mm512_fmadd_ps(a, b, c))
+    }
+    #[inline(always)]
+    fn min(self, a: __m512, b: __m512) -> __m512 {
+        v!(_mm512_min_ps(a, b))
+    }
+    #[inline(always)]
+    fn max(self, a: __m512, b: __m512) -> __m512 {
+        v!(_mm512_max_ps(a, b))
+    }
+    #[inline(always)]
+    fn abs(self, a: __m512) -> __m512 {
+        v!(_mm512_abs_ps(a))
+    }
+    #[inline(always)]
+    fn neg(self, a: __m512) -> __m512 {
+        v!(_mm512_xor_ps(a, _mm512_set1_ps(-0.0)))
+    }
+    #[inline(always)]
+    fn sqrt(self, a: __m512) -> __m512 {
+        v!(_mm512_sqrt_ps(a))
+    }
+    #[inline(always)]
+    fn lt(self, a: __m512, b: __m512) -> __mmask16 {
+        v!(_mm512_cmp_ps_mask::<_CMP_LT_OQ>(a, b))
+    }
+    #[inline(always)]
+    fn select(self, m: __mmask16, a: __m512, b: __m512) -> __m512 {
+        v!(_mm512_mask_blend_ps(m, b, a))
+    }
+    #[inline(always)]
+    fn reduce_sum(self, v: __m512) -> f32 {
+        v!(_mm512_reduce_add_ps(v))
+    }
+
+    #[inline(always)]
+    fn acc_zero(self) -> (__m512d, __m512d) {
+        v!((_mm512_setzero_pd(), _mm512_setzero_pd()))
+    }
+    #[inline(always)]
+    fn acc_add(self, acc: (__m512d, __m512d), v: __m512) -> (__m512d, __m512d) {
+        v!({
+            let lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+            let hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps::<1>(v));
+            (_mm512_add_pd(acc.0, lo), _mm512_add_pd(acc.1, hi))
+        })
+    }
+    #[inline(always)]
+    fn acc_sum(self, acc: (__m512d, __m512d)) -> f64 {
+        v!(_mm512_reduce_add_pd(_mm512_add_pd(acc.0, acc.1)))
+    }
+
+    #[inline(always)]
+    fn nonfinite(self, v: __m512) -> __mmask16 {
+        let exp = self.u_splat(0x7F80_0000);
+        self.u_eq(self.u_and(self.to_bits(v), exp), exp)
+    }
+    #[inline(always)]
+    fn any(self, m: __mmask16) -> bool {
+        m != 0
+    }
+    #[inline(always)]
+    fn count(self, m: __mmask16) -> u32 {
+        m.count_ones()
+    }
+
+    #[inline(always)]
+    fn u_splat(self, x: u32) -> __m512i {
+        v!(_mm512_set1_epi32(x as i32))
+    }
+    #[inline(always)]
+    fn iota(self) -> __m512i {
+        v!(_mm512_setr_epi32(
+            0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15
+        ))
+    }
+    #[inline(always)]
+    fn to_bits(self, v: __m512) -> __m512i {
+        v!(_mm512_castps_si512(v))
+    }
+    #[inline(always)]
+    fn bits_to_f(self, u: __m512i) -> __m512 {
+        v!(_mm512_castsi512_ps(u))
+    }
+    #[inline(always)]
+    fn u_add(self, a: __m512i, b: __m512i) -> __m512i {
+        v!(_mm512_add_epi32(a, b))
+    }
+    #[inline(always)]
+    fn u_sub(self, a: __m512i, b: __m512i) -> __m512i {
+        v!(_mm512_sub_epi32(a, b))
+    }
+    #[inline(always)]
+    fn u_mul(self, a: __m512i, b: __m512i) -> __m512i {
+        v!(_mm512_mullo_epi32(a, b))
+    }
+    #[inline(always)]
+    fn u_and(self, a: __m512i, b: __m512i) -> __m512i {
+        v!(_mm512_and_si512(a, b))
+    }
+    #[inline(always)]
+    fn u_or(self, a: __m512i, b: __m512i) -> __m512i {
+        v!(_mm512_or_si512(a, b))
+    }
+    #[inline(always)]
+    fn u_xor(self, a: __m512i, b: __m512i) -> __m512i {
+        v!(_mm512_xor_si512(a, b))
+    }
+    #[inline(always)]
+    fn u_shr(self, a: __m512i, n: u32) -> __m512i {
+        v!(_mm512_srl_epi32(a, _mm_cvtsi32_si128(n as i32)))
+    }
+    #[inline(always)]
+    fn u_shl(self, a: __m512i, n: u32) -> __m512i {
+        v!(_mm512_sll_epi32(a, _mm_cvtsi32_si128(n as i32)))
+    }
+    #[inline(always)]
+    fn u_shrv(self, a: __m512i, n: __m512i) -> __m512i {
+        v!(_mm512_srlv_epi32(a, n))
+    }
+    #[inline(always)]
+    fn u_shlv(self, a: __m512i, n: __m512i) -> __m512i {
+        v!(_mm512_sllv_epi32(a, n))
+    }
+    #[inline(always)]
+    fn u_gt(self, a: __m512i, b: __m512i) -> __mmask16 {
+        v!(_mm512_cmpgt_epu32_mask(a, b))
+    }
+    #[inline(always)]
+    fn u_eq(self, a: __m512i, b: __m512i) -> __mmask16 {
+        v!(_mm512_cmpeq_epi32_mask(a, b))
+    }
+    #[inline(always)]
+    fn u_select(self, m: __mmask16, a: __m512i, b: __m512i) -> __m512i {
+        v!(_mm512_mask_blend_epi32(m, b, a))
+    }
+
+    #[inline(always)]
+    fn load_u16(self, src: &[u16]) -> __m512i {
+        let src = &src[..16];
+        // SAFETY: `src` holds 16 u16 = 32 bytes (checked above), all that
+        // is read; AVX-512F is proven by the token.
+        unsafe { _mm512_cvtepu16_epi32(_mm256_loadu_si256(src.as_ptr().cast())) }
+    }
+    #[inline(always)]
+    fn load_u16_tail(self, src: &[u16]) -> __m512i {
+        let src = &src[..src.len().min(15)];
+        // SAFETY: the mask enables the 16-bit lanes 0..src.len(), all
+        // inside `src`; masked-off lanes are not accessed. BW+VL proven.
+        unsafe {
+            _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(
+                first(src.len()),
+                src.as_ptr().cast(),
+            ))
+        }
+    }
+    #[inline(always)]
+    fn store_u16(self, v: __m512i, dst: &mut [u16]) {
+        let dst = &mut dst[..16];
+        let h = v!(_mm512_cvtepi32_epi16(v));
+        // SAFETY: `dst` holds 16 u16 = 32 bytes (checked above), all that
+        // is written.
+        unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), h) }
+    }
+    #[inline(always)]
+    fn store_u16_tail(self, v: __m512i, dst: &mut [u16]) {
+        let h = v!(_mm512_cvtepi32_epi16(v));
+        store_u16_masked(self, h, dst)
+    }
+
+    // vcvtph2ps/vcvtps2ph convert exactly as `half` does (see the AVX2
+    // shim); the exhaustive tests prove it on every run.
+    #[inline(always)]
+    fn load_f16(self, src: &[f16]) -> __m512 {
+        let src: &[u16] = &src.reinterpret_cast()[..16];
+        // SAFETY: `src` holds 16 u16 = 32 bytes (checked above), all that
+        // is read; AVX-512F is proven by the token.
+        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(src.as_ptr().cast())) }
+    }
+    #[inline(always)]
+    fn load_f16_tail(self, src: &[f16]) -> __m512 {
+        let src: &[u16] = src.reinterpret_cast();
+        let src = &src[..src.len().min(15)];
+        // SAFETY: as in `load_u16_tail`.
+        unsafe {
+            _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(
+                first(src.len()),
+                src.as_ptr().cast(),
+            ))
+        }
+    }
+    #[inline(always)]
+    fn store_f16(self, v: __m512, dst: &mut [f16]) {
+        let dst: &mut [u16] = &mut dst.reinterpret_cast_mut()[..16];
+        let h = v!(_mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v));
+        // SAFETY: `dst` holds 16 u16 = 32 bytes (checked above), all that
+        // is written.
+        unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), h) }
+    }
+    #[inline(always)]
+    fn store_f16_tail(self, v: __m512, dst: &mut [f16]) {
+        let h = v!(_mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v));
+        store_u16_masked(self, h, dst.reinterpret_cast_mut())
+    }
+}
+
+/// Stores the first `dst.len() < 16` u16 lanes of `h` into `dst`.
+#[inline(always)]
+fn store_u16_masked(_: Avx512, h: __m256i, dst: &mut [u16]) {
+    let n = dst.len().min(15);
+    let dst = &mut dst[..n];
+    // SAFETY: the token proves AVX-512 BW+VL; the mask enables the lanes
+    // 0..dst.len(), all inside `dst`; masked-off lanes are not written.
+    unsafe { _mm256_mask_storeu_epi16(dst.as_mut_ptr().cast(), first(dst.len()), h) }
+}
