@@ -36,8 +36,15 @@ fn variants<T: Element>() -> Vec<(String, Backend, Option<bool>)> {
 }
 
 fn threads_of(t: usize) -> Threads {
-    if t == 1 { Threads::Single } else { Threads::Count(t) }
+    if t == 1 {
+        Threads::Single
+    } else {
+        Threads::Count(t)
+    }
 }
+
+/// A peer library's GEMM: `(a, b, c, threads)`.
+type Peer<T> = dyn Fn(&[T], &[T], &mut [f32], usize);
 
 fn one<T: Element + 'static>(
     c: &mut Criterion,
@@ -45,7 +52,7 @@ fn one<T: Element + 'static>(
     m: usize,
     n: usize,
     k: usize,
-    peer: Option<&dyn Fn(&[T], &[T], &mut [f32], usize)>,
+    peer: Option<&Peer<T>>,
 ) {
     let a: Vec<T> = data(m * k, 1);
     let b: Vec<T> = data(k * n, 2);
@@ -77,9 +84,10 @@ fn one<T: Element + 'static>(
             });
         }
         if let Some(peer) = peer {
-            g.bench_function(BenchmarkId::new("gemm-crate-0.19", format!("t{threads}")), |bench| {
-                bench.iter(|| peer(black_box(&a), black_box(&b), &mut out, threads))
-            });
+            g.bench_function(
+                BenchmarkId::new("gemm-crate-0.19", format!("t{threads}")),
+                |bench| bench.iter(|| peer(black_box(&a), black_box(&b), &mut out, threads)),
+            );
         }
     }
     g.finish();
@@ -93,8 +101,24 @@ fn peer_f32(m: usize, n: usize, k: usize) -> impl Fn(&[f32], &[f32], &mut [f32],
         // sizes; the strides below stay inside them.
         unsafe {
             gemm::gemm(
-                m, n, k, c.as_mut_ptr(), 1, n as isize, false, a.as_ptr(), 1, k as isize,
-                b.as_ptr(), 1, n as isize, 0.0, 1.0, false, false, false,
+                m,
+                n,
+                k,
+                c.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a.as_ptr(),
+                1,
+                k as isize,
+                b.as_ptr(),
+                1,
+                n as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
                 par(threads),
             )
         }
@@ -110,8 +134,24 @@ fn peer_f16(m: usize, n: usize, k: usize) -> impl Fn(&[f16], &[f16], &mut [f32],
         // SAFETY: as in `peer_f32`; `out` (m x n f16) lives in `keep`.
         unsafe {
             gemm::gemm(
-                m, n, k, out_ptr as *mut f16, 1, n as isize, false, a.as_ptr(), 1, k as isize,
-                b.as_ptr(), 1, n as isize, f16::ZERO, f16::ONE, false, false, false,
+                m,
+                n,
+                k,
+                out_ptr as *mut f16,
+                1,
+                n as isize,
+                false,
+                a.as_ptr(),
+                1,
+                k as isize,
+                b.as_ptr(),
+                1,
+                n as isize,
+                f16::ZERO,
+                f16::ONE,
+                false,
+                false,
+                false,
                 par(threads),
             )
         }
@@ -119,7 +159,11 @@ fn peer_f16(m: usize, n: usize, k: usize) -> impl Fn(&[f16], &[f16], &mut [f32],
 }
 
 fn par(threads: usize) -> gemm::Parallelism {
-    if threads == 1 { gemm::Parallelism::None } else { gemm::Parallelism::Rayon(threads) }
+    if threads == 1 {
+        gemm::Parallelism::None
+    } else {
+        gemm::Parallelism::Rayon(threads)
+    }
 }
 
 fn square(c: &mut Criterion) {
@@ -143,5 +187,61 @@ fn small_m(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, square, small_m);
+/// The instruction ceilings of this core: 24 independent zmm chains of
+/// `vfmadd231ps` (32 flop each) and of `vdpbf16ps` (64 flop each), no memory.
+#[cfg(target_arch = "x86_64")]
+mod peak {
+    use core::arch::x86_64::*;
+
+    pub const ITERS: u64 = 100_000;
+
+    #[target_feature(enable = "avx512f")]
+    pub fn fma() -> f32 {
+        let mut acc = [_mm512_set1_ps(std::hint::black_box(1.0)); 24];
+        let x = _mm512_set1_ps(std::hint::black_box(0.999));
+        let y = _mm512_set1_ps(std::hint::black_box(1e-3));
+        for _ in 0..ITERS {
+            for a in acc.iter_mut() {
+                *a = _mm512_fmadd_ps(*a, x, y);
+            }
+        }
+        acc.iter().map(|a| _mm512_reduce_add_ps(*a)).sum()
+    }
+
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub fn dot() -> f32 {
+        let mut acc = [_mm512_set1_ps(std::hint::black_box(1.0)); 24];
+        let x = _mm512_cvtne2ps_pbh(_mm512_set1_ps(0.5), _mm512_set1_ps(0.25));
+        for _ in 0..ITERS {
+            for a in acc.iter_mut() {
+                *a = _mm512_dpbf16_ps(*a, x, x);
+            }
+        }
+        acc.iter().map(|a| _mm512_reduce_add_ps(*a)).sum()
+    }
+}
+
+fn peaks(c: &mut Criterion) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut g = c.benchmark_group("peak");
+        g.sample_size(10);
+        g.warm_up_time(Duration::from_millis(300));
+        g.measurement_time(Duration::from_secs(1));
+        if Isa::Avx512.is_available() {
+            g.throughput(Throughput::Elements(peak::ITERS * 24 * 32));
+            // SAFETY: AVX-512 F is available (checked above).
+            g.bench_function("vfmadd231ps-zmm", |b| b.iter(|| unsafe { peak::fma() }));
+        }
+        if Isa::Avx512Bf16.is_available() {
+            g.throughput(Throughput::Elements(peak::ITERS * 24 * 64));
+            // SAFETY: AVX-512 F and AVX512_BF16 are available (checked above).
+            g.bench_function("vdpbf16ps-zmm", |b| b.iter(|| unsafe { peak::dot() }));
+        }
+        g.finish();
+    }
+    let _ = c;
+}
+
+criterion_group!(benches, peaks, square, small_m);
 criterion_main!(benches);

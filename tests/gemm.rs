@@ -6,6 +6,7 @@
 mod common;
 
 use common::{Rng, backends};
+use halfkern::Isa;
 use halfkern::{
     Activation, Backend, Bias, Element, Error, Gemm, MatMut, MatRef, Threads, bf16, f16,
 };
@@ -191,6 +192,8 @@ struct Params {
     bias_col: Vec<f32>,
     act: Activation,
     threads: Threads,
+    /// The hidden kernel override (`vdpbf16ps` forced on or off).
+    dot: Option<bool>,
 }
 
 impl Params {
@@ -204,6 +207,7 @@ impl Params {
             bias_col: vec![0.0; n],
             act: Activation::None,
             threads: Threads::Single,
+            dot: None,
         }
     }
 
@@ -213,6 +217,7 @@ impl Params {
             .beta(self.beta)
             .activation(self.act)
             .threads(self.threads)
+            .dot_kernel(self.dot)
             .bias(match self.bias {
                 BiasKind::None => Bias::None,
                 BiasKind::Row => Bias::PerRow(&self.bias_row),
@@ -246,6 +251,7 @@ fn check_case<T: Element, C: Element>(
     packed: bool,
     what: &str,
 ) -> halfkern::GemmReport {
+    let what = &format!("{what} dot={:?}", p.dot);
     let (m, n) = (a.rows, b.cols);
     let mut c: Mat<C> = Mat::new(rng, m, n, c_layout, 4.0);
     if p.beta == 0.0 {
@@ -261,7 +267,7 @@ fn check_case<T: Element, C: Element>(
     let report = {
         let cv = c.view_mut();
         if packed {
-            let pb = backend.pack_b(b.view()).unwrap();
+            let pb = backend.pack_b_for(b.view(), &g).unwrap();
             backend.gemm_packed(a.view(), &pb, cv, &g)
         } else {
             backend.gemm(a.view(), b.view(), cv, &g)
@@ -312,6 +318,20 @@ fn check_case<T: Element, C: Element>(
     report
 }
 
+/// Every backend, plus the two bf16 kernels of `avx512bf16`/`amx` forced
+/// (`vdpbf16ps` and widening), so both are tested whichever the CPU prefers.
+fn variants() -> Vec<(Backend, Option<bool>)> {
+    let mut v = Vec::new();
+    for b in backends() {
+        v.push((b, None));
+        if matches!(b.isa(), Isa::Avx512Bf16 | Isa::Amx) {
+            v.push((b, Some(true)));
+            v.push((b, Some(false)));
+        }
+    }
+    v
+}
+
 /// Small shapes around the microkernel tile sizes, k across the KC
 /// boundary, every layout and every type pair, on every backend.
 fn shapes_sweep<T: Element, C: Element>(name: &str) {
@@ -319,7 +339,7 @@ fn shapes_sweep<T: Element, C: Element>(name: &str) {
     let ms: Vec<usize> = (0..=9).chain([15, 16, 17, 31, 33]).collect();
     let ns: Vec<usize> = (0..=9).chain([15, 16, 17, 31, 32, 33, 48, 65]).collect();
     let ks = [0usize, 1, 2, 3, 7, 16, 33, 255, 256, 257, 520];
-    for backend in backends() {
+    for (backend, dot) in variants() {
         for (t, &k) in ks.iter().enumerate() {
             for &m in &ms {
                 for &n in &ns {
@@ -334,6 +354,7 @@ fn shapes_sweep<T: Element, C: Element>(name: &str) {
                     let b: Mat<T> = Mat::new(&mut rng, k, n, lb, 2.0);
                     let mut p = Params::plain(m, n);
                     p.beta = [0.0, 1.0, -0.75][rng.below(3)];
+                    p.dot = dot;
                     check_case::<T, C>(backend, &a, &b, lc, &p, &mut rng, false, name);
                 }
             }
@@ -365,7 +386,7 @@ fn shapes_f16_f16() {
 /// Every epilogue option on every backend, types mixed.
 fn epilogues<T: Element, C: Element>(name: &str) {
     let mut rng = Rng::fresh(name);
-    for backend in backends() {
+    for (backend, dot) in variants() {
         for round in 0..60 {
             let (m, n, k) = (1 + rng.below(40), 1 + rng.below(70), rng.below(300));
             let a: Mat<T> = Mat::new_any(&mut rng, m, k, 4, 1.0);
@@ -378,6 +399,7 @@ fn epilogues<T: Element, C: Element>(name: &str) {
             p.bias_row = (0..m).map(|_| rng.unit() * 3.0).collect();
             p.bias_col = (0..n).map(|_| rng.unit() * 3.0).collect();
             p.act = [Activation::None, Activation::Relu, Activation::GeluTanh][rng.below(3)];
+            p.dot = dot;
             let packed = round % 2 == 1;
             check_case::<T, C>(
                 backend,
@@ -414,7 +436,7 @@ fn epilogues_f32() {
 #[test]
 fn nonfinite_inputs_propagate() {
     let mut rng = Rng::fresh("nonfinite_inputs_propagate");
-    for backend in backends() {
+    for (backend, dot) in variants() {
         for round in 0..40 {
             let (m, n, k) = (1 + rng.below(20), 1 + rng.below(40), 1 + rng.below(40));
             let mut a: Mat<bf16> = Mat::new_any(&mut rng, m, k, 4, 1.0);
@@ -430,6 +452,7 @@ fn nonfinite_inputs_propagate() {
             let mut p = Params::plain(m, n);
             p.beta = [0.0, 1.0][round % 2];
             p.inv_scale = Some(0.5);
+            p.dot = dot;
             check_case::<bf16, f32>(
                 backend,
                 &a,
@@ -560,7 +583,8 @@ fn errors_leave_c_untouched() {
         let av = MatRef::row_major(&a, 2, 3).unwrap();
         let bv = MatRef::row_major(&b, 3, 4).unwrap();
         let bad_b = MatRef::row_major(&b, 4, 3).unwrap();
-        let cases: Vec<(MatRef<bf16>, (usize, usize), Gemm, &str)> = vec![
+        type Case<'a> = (MatRef<'a, bf16>, (usize, usize), Gemm<'a>, &'a str);
+        let cases: Vec<Case> = vec![
             (bad_b, (2, 4), Gemm::new(), "a.cols != b.rows"),
             (bv, (4, 2), Gemm::new(), "a.rows != c.rows"),
             (bv, (2, 3), Gemm::new(), "a.rows != c.rows|b.cols != c.cols"),
@@ -680,8 +704,39 @@ proptest::proptest! {
         let b: Mat<bf16> = Mat::new(&mut rng, k, n, LAYOUTS[lb], 1.0);
         let mut p = Params::plain(m, n);
         p.beta = [0.0, 1.0, -2.0][beta];
-        for backend in backends() {
-            check_case::<bf16, f32>(backend, &a, &b, LAYOUTS[lc], &p, &mut rng, false, "proptest");
+        for (backend, dot) in variants() {
+            p.dot = dot;
+            check_case::<bf16, f32>(backend, &a, &b, LAYOUTS[lc], &p, &mut rng, dot.is_some(), "proptest");
+        }
+    }
+}
+
+/// bf16 subnormal inputs: exact on the widening kernels, flushed to zero by
+/// `vdpbf16ps` (documented on the dot kernel).
+#[test]
+fn bf16_subnormal_inputs() {
+    let tiny = bf16::from_bits(0x0001); // 2^-133
+    let a = [tiny; 40];
+    let b = [bf16::ONE; 40];
+    for (backend, dot) in variants() {
+        for m in [1usize, 20] {
+            let mut c = vec![f32::NAN; m];
+            backend
+                .gemm(
+                    MatRef::row_major(&a[..m * 2], m, 2).unwrap(),
+                    MatRef::row_major(&b[..2], 2, 1).unwrap(),
+                    MatMut::row_major(&mut c, m, 1).unwrap(),
+                    &Gemm::new().dot_kernel(dot),
+                )
+                .unwrap();
+            let exact = 2.0 * tiny.to_f32();
+            for &x in &c {
+                if dot == Some(true) {
+                    assert_eq!(x, 0.0, "{} m={m}: vdpbf16ps flushes", backend.isa());
+                } else {
+                    assert_eq!(x, exact, "{} m={m} dot={dot:?}", backend.isa());
+                }
+            }
         }
     }
 }

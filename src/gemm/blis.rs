@@ -31,7 +31,7 @@ use rayon::prelude::*;
 use super::epilogue::Epilogue;
 use super::kernel::{Format, Microkernel};
 use super::view::{MatMut, MatRef};
-use crate::element::{Element, Slice, SliceMut};
+use crate::element::{DType, Element, Slice, SliceMut};
 
 /// Depth of a packed block: a `KC x NR` micro-panel of B~ (32 KiB for
 /// NR = 32 f32) stays in L1 (48 KiB here) while LOOP 1 runs over it. Even,
@@ -78,6 +78,7 @@ impl PackedPanels {
 /// Packs lanes `l0..l0+lanes` (at most `w`) by depth `d0..d0+depth` of `v`
 /// (lane = row of `v`, depth = column) into `dst[s * w + lane]`, zero-padded
 /// to `w` lanes and whole slots.
+#[expect(clippy::too_many_arguments, reason = "internal: a panel's coordinates")]
 fn pack_panel<K: Microkernel, T: Element>(
     kern: K,
     v: MatRef<'_, T>,
@@ -96,7 +97,22 @@ fn pack_panel<K: Microkernel, T: Element>(
             if lanes < w || depth == 0 {
                 dst.fill(0.0);
             }
-            if v.cs == 1 && depth > 1 {
+            if v.cs == 1 && depth > 1 && T::DTYPE != DType::F16 {
+                // Depth contiguous, cheap widening (f32 copy, bf16 shift):
+                // gather lane by lane per slot, so the writes are contiguous
+                // and each lane's reads are one sequential stream.
+                let rows: Vec<&[T]> = (0..lanes)
+                    .map(|lane| {
+                        let off = (l0 + lane) * v.rs + d0;
+                        &v.data[off..off + depth]
+                    })
+                    .collect();
+                for (s, out) in dst.chunks_exact_mut(w).enumerate() {
+                    for (o, row) in out.iter_mut().zip(&rows) {
+                        *o = row[s].to_f32();
+                    }
+                }
+            } else if v.cs == 1 && depth > 1 {
                 // Depth contiguous (A row-major, B column-major): widen each
                 // lane's run, then scatter it with stride `w`.
                 tmp.resize(depth, 0.0);

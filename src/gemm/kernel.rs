@@ -25,6 +25,10 @@ pub(crate) enum Format {
     F32,
     /// Two bf16 per slot (k = 2s in the low 16 bits, 2s + 1 in the high),
     /// `A~` slot `s` of row `i` at `s * MR + i`. Only for bf16 inputs.
+    #[cfg_attr(
+        not(target_arch = "x86_64"),
+        expect(dead_code, reason = "no BFDOT/BFMMLA kernel on aarch64 yet")
+    )]
     Bf16Pairs,
 }
 

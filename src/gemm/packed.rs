@@ -57,10 +57,25 @@ impl Backend {
     ///
     /// None today; `Result` keeps room for allocation limits.
     pub fn pack_b<T: Element>(&self, b: MatRef<'_, T>) -> Result<PackedB<T>, Error> {
+        self.pack_b_for(b, &super::Gemm::new())
+    }
+
+    /// [`Backend::pack_b`] for the kernel `params` selects (its hidden
+    /// `dot_kernel` choice); for tests and benchmarks.
+    ///
+    /// # Errors
+    ///
+    /// As [`Backend::pack_b`].
+    #[doc(hidden)]
+    pub fn pack_b_for<T: Element>(
+        &self,
+        b: MatRef<'_, T>,
+        params: &super::Gemm<'_>,
+    ) -> Result<PackedB<T>, Error> {
         Ok(super::with_kernel(
             self.token,
             T::DTYPE,
-            None,
+            params.dot,
             Pack {
                 b,
                 threads: rayon::current_num_threads(),

@@ -79,14 +79,18 @@ fn kernel(slots: usize, a: &[f32], b: &[f32], tile: &mut [f32], accumulate: bool
         // SAFETY: `__m512` and `__m512bh` are both 64 plain bytes; this
         // reinterprets 16 f32 slots as the 32 bf16 they were packed from
         // (core::arch has no cast intrinsic between them).
-        let (b0, b1): (__m512bh, __m512bh) =
-            unsafe { (core::mem::transmute(b0), core::mem::transmute(b1)) };
+        let (b0, b1): (__m512bh, __m512bh) = unsafe {
+            (
+                core::mem::transmute::<__m512, __m512bh>(b0),
+                core::mem::transmute::<__m512, __m512bh>(b1),
+            )
+        };
         for (i, row) in acc.iter_mut().enumerate() {
             // SAFETY: s * MR + i < slots * MR <= a.len() (asserted above).
             let pair = unsafe { *ap.add(s * MR + i) };
             let av = _mm512_set1_ps(pair);
             // SAFETY: as for `b0` above.
-            let av: __m512bh = unsafe { core::mem::transmute(av) };
+            let av = unsafe { core::mem::transmute::<__m512, __m512bh>(av) };
             row[0] = _mm512_dpbf16_ps(row[0], av, b0);
             row[1] = _mm512_dpbf16_ps(row[1], av, b1);
         }
