@@ -712,7 +712,8 @@ proptest::proptest! {
 }
 
 /// bf16 subnormal inputs: exact on the widening kernels, flushed to zero by
-/// `vdpbf16ps` (documented on the dot kernel).
+/// `vdpbf16ps` and by AMX's `tdpbf16ps` (the `amx` default for bf16; both
+/// documented on their kernels).
 #[test]
 fn bf16_subnormal_inputs() {
     let tiny = bf16::from_bits(0x0001); // 2^-133
@@ -731,12 +732,41 @@ fn bf16_subnormal_inputs() {
                 .unwrap();
             let exact = 2.0 * tiny.to_f32();
             for &x in &c {
-                if dot == Some(true) {
-                    assert_eq!(x, 0.0, "{} m={m}: vdpbf16ps flushes", backend.isa());
+                let tiles = backend.isa() == Isa::Amx && dot.is_none();
+                if dot == Some(true) || tiles {
+                    assert_eq!(
+                        x,
+                        0.0,
+                        "{} m={m}: the dot instruction flushes",
+                        backend.isa()
+                    );
                 } else {
                     assert_eq!(x, exact, "{} m={m} dot={dot:?}", backend.isa());
                 }
             }
         }
+    }
+}
+
+/// On `amx`, bf16 inputs run the tile kernel (so every sweep above tests
+/// it there) and f32 inputs the AVX-512 ones; the forced `dot` choices run
+/// the `avx512bf16` kernels.
+#[test]
+fn amx_runs_tiles_for_bf16_only() {
+    let mut rng = Rng::fresh("amx_runs_tiles_for_bf16_only");
+    for backend in backends().into_iter().filter(|b| b.isa() == Isa::Amx) {
+        let (m, n, k) = (40, 40, 40);
+        let a: Mat<bf16> = Mat::new(&mut rng, m, k, LAYOUTS[0], 1.0);
+        let b: Mat<bf16> = Mat::new(&mut rng, k, n, LAYOUTS[0], 1.0);
+        let mut p = Params::plain(m, n);
+        let r = check_case::<bf16, f32>(backend, &a, &b, LAYOUTS[0], &p, &mut rng, false, "amx");
+        assert!(r.kernel.starts_with("amx"), "bf16 on amx ran {}", r.kernel);
+        p.dot = Some(false);
+        let r = check_case::<bf16, f32>(backend, &a, &b, LAYOUTS[0], &p, &mut rng, false, "amx");
+        assert!(!r.kernel.starts_with("amx"), "forced widening ran {}", r.kernel);
+        let a: Mat<f32> = Mat::new(&mut rng, m, k, LAYOUTS[0], 1.0);
+        let b: Mat<f32> = Mat::new(&mut rng, k, n, LAYOUTS[0], 1.0);
+        let r = check_case::<f32, f32>(backend, &a, &b, LAYOUTS[0], &p, &mut rng, false, "amx");
+        assert!(!r.kernel.starts_with("amx"), "f32 on amx ran {}", r.kernel);
     }
 }

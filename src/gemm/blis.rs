@@ -29,9 +29,10 @@
 use rayon::prelude::*;
 
 use super::epilogue::Epilogue;
-use super::kernel::{Format, Microkernel};
+use super::kernel::{Format, Microkernel, ROW_GROUP};
 use super::view::{MatMut, MatRef};
 use crate::element::{DType, Element, Slice, SliceMut};
+use half::bf16;
 
 /// Depth of a packed block: a `KC x NR` micro-panel of B~ (32 KiB for
 /// NR = 32 f32) stays in L1 (48 KiB here) while LOOP 1 runs over it. Even,
@@ -76,8 +77,9 @@ impl PackedPanels {
 }
 
 /// Packs lanes `l0..l0+lanes` (at most `w`) by depth `d0..d0+depth` of `v`
-/// (lane = row of `v`, depth = column) into `dst[s * w + lane]`, zero-padded
-/// to `w` lanes and whole slots.
+/// (lane = row of `v`, depth = column) into `dst[s * w + lane]` (or the
+/// grouped order of [`Format::Bf16Rows`]), zero-padded to `w` lanes and
+/// whole slots.
 #[expect(clippy::too_many_arguments, reason = "internal: a panel's coordinates")]
 fn pack_panel<K: Microkernel, T: Element>(
     kern: K,
@@ -87,12 +89,13 @@ fn pack_panel<K: Microkernel, T: Element>(
     d0: usize,
     depth: usize,
     w: usize,
+    format: Format,
     dst: &mut [f32],
     tmp: &mut Vec<f32>,
 ) {
-    let nslots = slots(depth, K::FORMAT);
+    let nslots = slots(depth, format);
     let dst = &mut dst[..nslots * w];
-    match K::FORMAT {
+    match format {
         Format::F32 => {
             if lanes < w || depth == 0 {
                 dst.fill(0.0);
@@ -138,9 +141,9 @@ fn pack_panel<K: Microkernel, T: Element>(
                 }
             }
         }
-        Format::Bf16Pairs => {
+        Format::Bf16Pairs | Format::Bf16Rows => {
             let Slice::Bf16(data) = T::slice(v.data) else {
-                unreachable!("Bf16Pairs kernels are only chosen for bf16 inputs")
+                unreachable!("bf16 pair formats are only chosen for bf16 inputs")
             };
             let bits = |lane: usize, d: usize| -> u32 {
                 if lane < lanes && d < depth {
@@ -149,10 +152,57 @@ fn pack_panel<K: Microkernel, T: Element>(
                     0
                 }
             };
-            for s in 0..nslots {
-                for lane in 0..w {
-                    let pair = bits(lane, 2 * s) | bits(lane, 2 * s + 1) << 16;
-                    dst[s * w + lane] = f32::from_bits(pair);
+            let pair = |lo: bf16, hi: bf16| {
+                f32::from_bits(u32::from(lo.to_bits()) | u32::from(hi.to_bits()) << 16)
+            };
+            if format == Format::Bf16Rows {
+                // Lane-major groups of ROW_GROUP slots (see `Format::Bf16Rows`).
+                for (g, group) in dst.chunks_mut(ROW_GROUP * w).enumerate() {
+                    let gs = group.len() / w;
+                    let s0 = g * ROW_GROUP;
+                    for (lane, out) in group.chunks_exact_mut(gs).enumerate() {
+                        if lane < lanes && v.cs == 1 && 2 * (s0 + gs) <= depth {
+                            // Depth contiguous (A row-major): pairs of one run.
+                            let off = (l0 + lane) * v.rs + d0 + 2 * s0;
+                            let run = &data[off..off + 2 * gs];
+                            for (o, p) in out.iter_mut().zip(run.chunks_exact(2)) {
+                                *o = pair(p[0], p[1]);
+                            }
+                        } else {
+                            for (t, o) in out.iter_mut().enumerate() {
+                                let d = 2 * (s0 + t);
+                                *o = f32::from_bits(bits(lane, d) | bits(lane, d + 1) << 16);
+                            }
+                        }
+                    }
+                }
+            } else if v.rs == 1 && lanes > 1 {
+                // Lanes contiguous (B row-major): interleave two depth rows.
+                for (s, out) in dst.chunks_exact_mut(w).enumerate() {
+                    let (d, out) = (d0 + 2 * s, &mut out[..lanes]);
+                    let lo = &data[l0 + d * v.cs..][..lanes];
+                    if 2 * s + 1 < depth {
+                        let hi = &data[l0 + (d + 1) * v.cs..][..lanes];
+                        for ((o, &x), &y) in out.iter_mut().zip(lo).zip(hi) {
+                            *o = pair(x, y);
+                        }
+                    } else {
+                        for (o, &x) in out.iter_mut().zip(lo) {
+                            *o = pair(x, bf16::ZERO);
+                        }
+                    }
+                }
+                if lanes < w {
+                    for out in dst.chunks_exact_mut(w) {
+                        out[lanes..].fill(0.0);
+                    }
+                }
+            } else {
+                for s in 0..nslots {
+                    for lane in 0..w {
+                        let pair = bits(lane, 2 * s) | bits(lane, 2 * s + 1) << 16;
+                        dst[s * w + lane] = f32::from_bits(pair);
+                    }
                 }
             }
         }
@@ -185,6 +235,7 @@ pub(crate) fn pack_b<K: Microkernel, T: Element>(
                 pc,
                 kc,
                 K::NR,
+                K::FORMAT,
                 &mut panel[off..off + len],
                 tmp,
             );
@@ -355,6 +406,7 @@ fn block<K: Microkernel, T: Element, C: Element>(
                 pc,
                 kc,
                 mr,
+                K::FORMAT_A,
                 dst,
                 &mut ws.tmp,
             );

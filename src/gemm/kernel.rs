@@ -30,14 +30,25 @@ pub(crate) enum Format {
         expect(dead_code, reason = "no BFDOT/BFMMLA kernel on aarch64 yet")
     )]
     Bf16Pairs,
+    /// Slots as in [`Format::Bf16Pairs`], but lane-major per group of
+    /// [`ROW_GROUP`] slots (32 k values, one 64-byte AMX tile row): group
+    /// `g` of a panel starts at slot `g * ROW_GROUP * w`, and inside it lane
+    /// `i`'s slots are contiguous at `i * gs`, with `gs = ROW_GROUP` except
+    /// for a shorter last group (`gs = slots - g * ROW_GROUP`), so a panel
+    /// is exactly `slots * w` slots. Only for bf16 inputs, and only for A~
+    /// (see [`Microkernel::FORMAT_A`]).
+    Bf16Rows,
 }
+
+/// Slots per group of [`Format::Bf16Rows`].
+pub(crate) const ROW_GROUP: usize = 16;
 
 impl Format {
     /// k values per slot.
     pub(crate) const fn k_per_slot(self) -> usize {
         match self {
             Format::F32 => 1,
-            Format::Bf16Pairs => 2,
+            Format::Bf16Pairs | Format::Bf16Rows => 2,
         }
     }
 }
@@ -48,8 +59,12 @@ pub(crate) trait Microkernel: Copy + Send + Sync {
     const MR: usize;
     /// Columns of the tile (columns of B per panel).
     const NR: usize;
-    /// The packing format the kernel reads.
+    /// The packing format the kernel reads (B~, and A~ unless
+    /// [`Microkernel::FORMAT_A`] says otherwise).
     const FORMAT: Format;
+    /// The packing format of A~; must have the same
+    /// [`Format::k_per_slot`] as [`Microkernel::FORMAT`].
+    const FORMAT_A: Format = Self::FORMAT;
     /// Shown in [`GemmReport::kernel`](crate::GemmReport).
     const NAME: &'static str;
 

@@ -203,7 +203,8 @@ pub(crate) trait KernelOp {
 
 /// Calls `op` with the microkernel this ISA runs for `dtype` inputs.
 /// `dot` overrides the choice between `vdpbf16ps` and widening for bf16 on
-/// `avx512bf16`/`amx` (`None`: the measured per-vendor default).
+/// `avx512bf16`/`amx` (`None`: the measured per-vendor default, and on
+/// `amx` the tile kernel; `Some` on `amx` runs the `avx512bf16` choice).
 pub(crate) fn with_kernel<O: KernelOp>(
     token: Token,
     dtype: DType,
@@ -219,7 +220,13 @@ pub(crate) fn with_kernel<O: KernelOp>(
         #[cfg(target_arch = "x86_64")]
         Token::Avx512Bf16(t) => bf16_choice(t, dtype, dot, op),
         #[cfg(target_arch = "x86_64")]
-        Token::Amx(t) => bf16_choice(t.avx512bf16(), dtype, dot, op),
+        Token::Amx(t) => {
+            if dtype == DType::Bf16 && dot.is_none() {
+                op.run(crate::arch::x86_64::amx::gemm::AmxBf16(t))
+            } else {
+                bf16_choice(t.avx512bf16(), dtype, dot, op)
+            }
+        }
         // aarch64 runs the portable kernel until NEON microkernels land.
         #[allow(unreachable_patterns, reason = "the ISAs without a kernel yet")]
         _ => op.run(kernel::ScalarKernel),

@@ -161,7 +161,8 @@ impl<'a> Gemm<'a> {
 
     /// Forces (`Some(true)`) or forbids (`Some(false)`) the `vdpbf16ps`
     /// microkernel for bf16 inputs on `avx512bf16`/`amx`; `None` (default)
-    /// takes the per-CPU choice. For tests and benchmarks.
+    /// takes the per-CPU choice (on `amx`: the tile kernel; `Some` there
+    /// runs the `avx512bf16` kernels instead). For tests and benchmarks.
     #[doc(hidden)]
     pub const fn dot_kernel(mut self, dot: Option<bool>) -> Self {
         self.dot = dot;
