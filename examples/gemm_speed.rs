@@ -5,6 +5,9 @@
 //! cargo run --release --example gemm_speed -- --n 2048 --threads 1 --reps 10 --json
 //! ```
 //!
+//! `--packed` packs B once beforehand ([`halfkern::PackedB`], as for
+//! weights) and times `gemm_packed` instead.
+//!
 //! The ISA is the process-wide one (`HALFKERN_ISA` forces it); threads come
 //! from rayon's global pool (`RAYON_NUM_THREADS`), capped by `--threads`.
 //! With `--json` it prints one line
@@ -13,10 +16,11 @@
 
 use std::time::Instant;
 
-use halfkern::{Gemm, MatMut, MatRef, Threads, bf16};
+use halfkern::{Gemm, MatMut, MatRef, PackedB, Threads, bf16};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let (mut n, mut threads, mut reps, mut json) = (1024usize, 1usize, 10usize, false);
+    let (mut n, mut threads, mut reps) = (1024usize, 1usize, 10usize);
+    let (mut json, mut packed) = (false, false);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || -> Result<usize, Box<dyn std::error::Error>> {
@@ -27,6 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--threads" => threads = value()?,
             "--reps" => reps = value()?.max(1),
             "--json" => json = true,
+            "--packed" => packed = true,
             _ => return Err(format!("unknown argument {arg}; see the file's docs").into()),
         }
     }
@@ -46,13 +51,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         Threads::Count(threads)
     });
+    let pb = PackedB::new(MatRef::row_major(&b, n, n)?)?;
     let mut run = || {
-        halfkern::gemm(
+        let (av, cv) = (
             MatRef::row_major(&a, n, n)?,
-            MatRef::row_major(&b, n, n)?,
             MatMut::row_major(&mut c, n, n)?,
-            &params,
-        )
+        );
+        if packed {
+            halfkern::gemm_packed(av, &pb, cv, &params)
+        } else {
+            halfkern::gemm(av, MatRef::row_major(&b, n, n)?, cv, &params)
+        }
     };
     let report = run()?;
     run()?;
@@ -67,7 +76,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let gflops = 2.0 * (n as f64).powi(3) / median / 1e9;
     if json {
         println!(
-            "{{\"isa\":\"{}\",\"kernel\":\"{}\",\"threads\":{},\"n\":{n},\"gflops\":{gflops:.1}}}",
+            "{{\"isa\":\"{}\",\"kernel\":\"{}\",\"threads\":{},\"n\":{n},\"packed\":{packed},\"gflops\":{gflops:.1}}}",
             report.isa, report.kernel, report.threads
         );
     } else {

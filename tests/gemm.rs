@@ -763,7 +763,11 @@ fn amx_runs_tiles_for_bf16_only() {
         assert!(r.kernel.starts_with("amx"), "bf16 on amx ran {}", r.kernel);
         p.dot = Some(false);
         let r = check_case::<bf16, f32>(backend, &a, &b, LAYOUTS[0], &p, &mut rng, false, "amx");
-        assert!(!r.kernel.starts_with("amx"), "forced widening ran {}", r.kernel);
+        assert!(
+            !r.kernel.starts_with("amx"),
+            "forced widening ran {}",
+            r.kernel
+        );
         let a: Mat<f32> = Mat::new(&mut rng, m, k, LAYOUTS[0], 1.0);
         let b: Mat<f32> = Mat::new(&mut rng, k, n, LAYOUTS[0], 1.0);
         let r = check_case::<f32, f32>(backend, &a, &b, LAYOUTS[0], &p, &mut rng, false, "amx");

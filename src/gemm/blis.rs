@@ -60,17 +60,45 @@ pub(crate) const fn total_slots(k: usize, format: Format) -> usize {
     full * slots(KC, format) + slots(k % KC, format)
 }
 
+/// f32 slots per 64-byte cache line.
+const LINE: usize = 16;
+
+/// `v` resized so that `len` slots fit from a 64-byte-aligned start, and
+/// those slots. Packed panels and the tile workspace start on a cache line
+/// so that no 64-byte AMX tile row or zmm load straddles two lines (each
+/// such access costs two); a misaligned start is only slower.
+fn aligned(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    v.resize(len + LINE, 0.0);
+    let off = v.as_ptr().align_offset(64).min(LINE);
+    &mut v[off..off + len]
+}
+
 /// The packed form of B: `ceil(n / NR)` panels of `total_slots(k) * NR`
-/// slots, each block `pc` of a panel contiguous.
-#[derive(Clone, Debug, PartialEq)]
+/// slots, each block `pc` of a panel contiguous, starting at
+/// `buf[start]` (a cache-line boundary, see [`aligned`]).
+#[derive(Clone, Debug)]
 pub(crate) struct PackedPanels {
     pub(crate) format: Format,
     pub(crate) nr: usize,
     pub(crate) kc: usize,
-    pub(crate) data: Vec<f32>,
+    buf: Vec<f32>,
+    start: usize,
+    len: usize,
+}
+
+impl PartialEq for PackedPanels {
+    fn eq(&self, other: &Self) -> bool {
+        (self.format, self.nr, self.kc) == (other.format, other.nr, other.kc)
+            && self.data() == other.data()
+    }
 }
 
 impl PackedPanels {
+    /// The packed slots.
+    pub(crate) fn data(&self) -> &[f32] {
+        &self.buf[self.start..self.start + self.len]
+    }
+
     fn panel_len(&self, k: usize) -> usize {
         total_slots(k, self.format) * self.nr
     }
@@ -218,7 +246,8 @@ pub(crate) fn pack_b<K: Microkernel, T: Element>(
     let (k, n) = (b.rows, b.cols);
     let per_panel = total_slots(k, K::FORMAT) * K::NR;
     let panels = div_ceil(n, K::NR);
-    let mut data = vec![0.0f32; per_panel * panels];
+    let mut buf = Vec::new();
+    let data = aligned(&mut buf, per_panel * panels);
     let bt = b.t(); // lanes = columns of B, depth = k
     let pack_one = |(p, panel): (usize, &mut [f32]), tmp: &mut Vec<f32>| {
         let j0 = p * K::NR;
@@ -260,11 +289,15 @@ pub(crate) fn pack_b<K: Microkernel, T: Element>(
                 .for_each(|x| pack_one(x, &mut tmp));
         }
     }
+    let len = per_panel * panels;
+    let start = buf.as_ptr().align_offset(64).min(LINE);
     PackedPanels {
         format: K::FORMAT,
         nr: K::NR,
         kc: KC,
-        data,
+        buf,
+        start,
+        len,
     }
 }
 
@@ -383,7 +416,7 @@ fn block<K: Microkernel, T: Element, C: Element>(
     let n_panels = div_ceil(blk.n, nr);
     let tile = mr * nr;
     let panel_len = packed.panel_len(k);
-    ws.acc.resize(m_panels * n_panels * tile, 0.0);
+    let acc_all = aligned(&mut ws.acc, m_panels * n_panels * tile);
     let mut nonfinite = 0;
     let blocks_k = div_ceil(k, KC).max(1);
     let mut b_off = 0; // slot offset of block pc inside a B~ panel
@@ -394,10 +427,10 @@ fn block<K: Microkernel, T: Element, C: Element>(
         let nslots = slots(kc, K::FORMAT);
         let (first, last) = (q == 0, q + 1 == blocks_k);
         // Pack A~: MR-row panels of this MC x KC block.
-        ws.a.resize(m_panels * nslots * mr, 0.0);
+        let a_all = aligned(&mut ws.a, m_panels * nslots * mr);
         for p in 0..m_panels {
             let lanes = mr.min(blk.m - p * mr);
-            let dst = &mut ws.a[p * nslots * mr..(p + 1) * nslots * mr];
+            let dst = &mut a_all[p * nslots * mr..(p + 1) * nslots * mr];
             pack_panel(
                 kern,
                 a,
@@ -415,12 +448,12 @@ fn block<K: Microkernel, T: Element, C: Element>(
         for jp in 0..n_panels {
             let gp = blk.j0 / nr + jp;
             let b0 = gp * panel_len + b_off * nr;
-            let bp = &packed.data[b0..b0 + nslots * nr];
+            let bp = &packed.data()[b0..b0 + nslots * nr];
             // LOOP 1: ir over the block's rows by MR.
             for ip in 0..m_panels {
-                let ap = &ws.a[ip * nslots * mr..(ip + 1) * nslots * mr];
+                let ap = &a_all[ip * nslots * mr..(ip + 1) * nslots * mr];
                 let t0 = (jp * m_panels + ip) * tile;
-                let acc = &mut ws.acc[t0..t0 + tile];
+                let acc = &mut acc_all[t0..t0 + tile];
                 if nslots > 0 {
                     kern.kernel(nslots, ap, bp, acc, !first);
                 } else {
