@@ -722,7 +722,7 @@ fn bf16_subnormal_inputs() {
     for (backend, dot) in variants() {
         for m in [1usize, 20] {
             let mut c = vec![f32::NAN; m];
-            backend
+            let report = backend
                 .gemm(
                     MatRef::row_major(&a[..m * 2], m, 2).unwrap(),
                     MatRef::row_major(&b[..2], 2, 1).unwrap(),
@@ -732,7 +732,7 @@ fn bf16_subnormal_inputs() {
                 .unwrap();
             let exact = 2.0 * tiny.to_f32();
             for &x in &c {
-                let tiles = backend.isa() == Isa::Amx && dot.is_none();
+                let tiles = report.kernel.starts_with("amx");
                 if dot == Some(true) || tiles {
                     assert_eq!(
                         x,
@@ -750,7 +750,7 @@ fn bf16_subnormal_inputs() {
 
 /// On `amx`, bf16 inputs run the tile kernel (so every sweep above tests
 /// it there) and f32 inputs the AVX-512 ones; the forced `dot` choices run
-/// the `avx512bf16` kernels.
+/// the `avx512bf16` kernels, and m = 1 the streaming path.
 #[test]
 fn amx_runs_tiles_for_bf16_only() {
     let mut rng = Rng::fresh("amx_runs_tiles_for_bf16_only");
@@ -772,5 +772,11 @@ fn amx_runs_tiles_for_bf16_only() {
         let b: Mat<f32> = Mat::new(&mut rng, k, n, LAYOUTS[0], 1.0);
         let r = check_case::<f32, f32>(backend, &a, &b, LAYOUTS[0], &p, &mut rng, false, "amx");
         assert!(!r.kernel.starts_with("amx"), "f32 on amx ran {}", r.kernel);
+        // Small m streams B (the gemv path) instead of padding a tile.
+        let a: Mat<bf16> = Mat::new(&mut rng, 1, k, LAYOUTS[0], 1.0);
+        let b: Mat<bf16> = Mat::new(&mut rng, k, n, LAYOUTS[0], 1.0);
+        let p = Params::plain(1, n);
+        let r = check_case::<bf16, f32>(backend, &a, &b, LAYOUTS[0], &p, &mut rng, false, "amx");
+        assert_eq!(r.kernel, "gemv", "m = 1 on amx");
     }
 }

@@ -199,6 +199,12 @@ impl Backend {
 pub(crate) trait KernelOp {
     type Output;
     fn run<K: Microkernel>(self, kern: K) -> Self::Output;
+    /// Whether this op takes the small-m path (see `gemv`) on an
+    /// [`kernel::Format::F32`] kernel: where an ISA would pick a kernel that
+    /// cannot (AMX), it picks one that can.
+    fn small_m(&self) -> bool {
+        false
+    }
 }
 
 /// Calls `op` with the microkernel this ISA runs for `dtype` inputs.
@@ -221,7 +227,9 @@ pub(crate) fn with_kernel<O: KernelOp>(
         Token::Avx512Bf16(t) => bf16_choice(t, dtype, dot, op),
         #[cfg(target_arch = "x86_64")]
         Token::Amx(t) => {
-            if dtype == DType::Bf16 && dot.is_none() {
+            // Tiles for bf16, except where streaming B beats packing it
+            // (small m: a 32-row tile would be mostly padding).
+            if dtype == DType::Bf16 && dot.is_none() && !op.small_m() {
                 op.run(crate::arch::x86_64::amx::gemm::AmxBf16(t))
             } else {
                 bf16_choice(t.avx512bf16(), dtype, dot, op)
@@ -262,6 +270,9 @@ struct Unpacked<'a, 'p, T: Element, C: Element> {
 
 impl<T: Element, C: Element> KernelOp for Unpacked<'_, '_, T, C> {
     type Output = GemmReport;
+    fn small_m(&self) -> bool {
+        gemv::applies(&self.a, &self.b)
+    }
     fn run<K: Microkernel>(self, kern: K) -> GemmReport {
         let (k, n) = (self.b.rows, self.b.cols);
         let (nonfinite, name) =

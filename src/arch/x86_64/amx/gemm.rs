@@ -12,6 +12,11 @@
 //! within the crate's bound (each output is an f32 sum in k order, two
 //! products per rounding). Inf and NaN propagate as in IEEE arithmetic.
 //!
+//! The `amx` backend runs this kernel for bf16 inputs except where the
+//! small-m path applies (m <= 16, row-major B: streaming B beats packing it
+//! for a 32-row tile that would be mostly padding); f32 and f16 inputs run
+//! the `avx512bf16` backend's kernels.
+//!
 //! Tile state is per thread. Each thread that runs this kernel configures
 //! its tiles once (all eight as 16 rows x 64 bytes, see [`tile`]) on first
 //! use and keeps the configuration until it exits (a thread-local
@@ -189,40 +194,6 @@ unsafe fn groups(_tiles: &TileGuard, a: *const f32, b: *const f32, n: usize) {
     unsafe {
         asm!(
             "2:",
-            // The A group after next (A~ streams from L2; the next panel
-            // follows this one, and a prefetch past the end never faults).
-            "prefetcht0 [{a} + 4096]",
-            "prefetcht0 [{a} + 4160]",
-            "prefetcht0 [{a} + 4224]",
-            "prefetcht0 [{a} + 4288]",
-            "prefetcht0 [{a} + 4352]",
-            "prefetcht0 [{a} + 4416]",
-            "prefetcht0 [{a} + 4480]",
-            "prefetcht0 [{a} + 4544]",
-            "prefetcht0 [{a} + 4608]",
-            "prefetcht0 [{a} + 4672]",
-            "prefetcht0 [{a} + 4736]",
-            "prefetcht0 [{a} + 4800]",
-            "prefetcht0 [{a} + 4864]",
-            "prefetcht0 [{a} + 4928]",
-            "prefetcht0 [{a} + 4992]",
-            "prefetcht0 [{a} + 5056]",
-            "prefetcht0 [{a} + 5120]",
-            "prefetcht0 [{a} + 5184]",
-            "prefetcht0 [{a} + 5248]",
-            "prefetcht0 [{a} + 5312]",
-            "prefetcht0 [{a} + 5376]",
-            "prefetcht0 [{a} + 5440]",
-            "prefetcht0 [{a} + 5504]",
-            "prefetcht0 [{a} + 5568]",
-            "prefetcht0 [{a} + 5632]",
-            "prefetcht0 [{a} + 5696]",
-            "prefetcht0 [{a} + 5760]",
-            "prefetcht0 [{a} + 5824]",
-            "prefetcht0 [{a} + 5888]",
-            "prefetcht0 [{a} + 5952]",
-            "prefetcht0 [{a} + 6016]",
-            "prefetcht0 [{a} + 6080]",
             "tileloadd tmm4, [{a} + {sa}*1]",
             "tileloadd tmm6, [{b} + {sb}*1]",
             "tileloadd tmm7, [{b} + {sb}*1 + 64]",
