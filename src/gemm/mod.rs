@@ -202,6 +202,13 @@ pub(crate) trait KernelOp {
     /// Whether this op takes the small-m path (see `gemv`) on an
     /// [`kernel::Format::F32`] kernel: where an ISA would pick a kernel that
     /// cannot (AMX), it picks one that can.
+    #[cfg_attr(
+        not(target_arch = "x86_64"),
+        expect(
+            dead_code,
+            reason = "only x86-64 has a kernel without the small-m path"
+        )
+    )]
     fn small_m(&self) -> bool {
         false
     }
