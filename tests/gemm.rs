@@ -338,7 +338,7 @@ fn shapes_sweep<T: Element, C: Element>(name: &str) {
     let mut rng = Rng::fresh(name);
     let ms: Vec<usize> = (0..=9).chain([15, 16, 17, 31, 33]).collect();
     let ns: Vec<usize> = (0..=9).chain([15, 16, 17, 31, 32, 33, 48, 65]).collect();
-    let ks = [0usize, 1, 2, 3, 7, 16, 33, 255, 256, 257, 520];
+    let ks = [0usize, 1, 2, 3, 7, 16, 33, 255, 256, 257, 513, 520];
     for (backend, dot) in variants() {
         for (t, &k) in ks.iter().enumerate() {
             for &m in &ms {

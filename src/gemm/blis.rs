@@ -54,7 +54,8 @@ const fn slots(len: usize, format: Format) -> usize {
     div_ceil(len, format.k_per_slot())
 }
 
-/// Total slots of a whole k, block by block.
+/// Total slots of a whole k, block by block (the same for every even
+/// block depth, so for every kernel's [`Microkernel::KC`]).
 pub(crate) const fn total_slots(k: usize, format: Format) -> usize {
     let full = k / KC;
     full * slots(KC, format) + slots(k % KC, format)
@@ -253,8 +254,8 @@ pub(crate) fn pack_b<K: Microkernel, T: Element>(
         let j0 = p * K::NR;
         let lanes = K::NR.min(n - j0);
         let mut off = 0;
-        for pc in (0..k).step_by(KC) {
-            let kc = KC.min(k - pc);
+        for pc in (0..k).step_by(K::KC) {
+            let kc = K::KC.min(k - pc);
             let len = slots(kc, K::FORMAT) * K::NR;
             pack_panel(
                 kern,
@@ -294,7 +295,7 @@ pub(crate) fn pack_b<K: Microkernel, T: Element>(
     PackedPanels {
         format: K::FORMAT,
         nr: K::NR,
-        kc: KC,
+        kc: K::KC,
         buf,
         start,
         len,
@@ -336,7 +337,7 @@ pub(crate) fn run<K: Microkernel, T: Element, C: Element>(
     debug_assert_eq!((a.cols, c.rows, c.cols), (k, m, n));
     debug_assert_eq!(
         (packed.format, packed.nr, packed.kc),
-        (K::FORMAT, K::NR, KC)
+        (K::FORMAT, K::NR, K::KC)
     );
     if m == 0 || n == 0 {
         return 0;
@@ -418,12 +419,12 @@ fn block<K: Microkernel, T: Element, C: Element>(
     let panel_len = packed.panel_len(k);
     let acc_all = aligned(&mut ws.acc, m_panels * n_panels * tile);
     let mut nonfinite = 0;
-    let blocks_k = div_ceil(k, KC).max(1);
+    let blocks_k = div_ceil(k, K::KC).max(1);
     let mut b_off = 0; // slot offset of block pc inside a B~ panel
     // LOOP 4: pc over k by KC.
     for q in 0..blocks_k {
-        let pc = q * KC;
-        let kc = KC.min(k - pc.min(k));
+        let pc = q * K::KC;
+        let kc = K::KC.min(k - pc.min(k));
         let nslots = slots(kc, K::FORMAT);
         let (first, last) = (q == 0, q + 1 == blocks_k);
         // Pack A~: MR-row panels of this MC x KC block.

@@ -65,6 +65,9 @@ pub(crate) trait Microkernel: Copy + Send + Sync {
     /// The packing format of A~; must have the same
     /// [`Format::k_per_slot`] as [`Microkernel::FORMAT`].
     const FORMAT_A: Format = Self::FORMAT;
+    /// Depth of a packed block (LOOP 4's step); even, so a bf16 pair never
+    /// straddles two blocks. Default: see `blis::KC`.
+    const KC: usize = super::blis::KC;
     /// Shown in [`GemmReport::kernel`](crate::GemmReport).
     const NAME: &'static str;
 

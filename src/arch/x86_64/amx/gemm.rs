@@ -53,6 +53,10 @@ impl Microkernel for AmxBf16 {
     const FORMAT: Format = Format::Bf16Pairs;
     const FORMAT_A: Format = Format::Bf16Rows;
     const NAME: &'static str = "amx-tdpbf16-32x32";
+    // Twice the default depth: the 32 x 32 f32 block of C goes through the
+    // workspace (4 tile loads, 4 stores) once per 512 k instead of per 256,
+    // and the `KC x NR` bf16 micro-panel of B~ (32 KiB) still fits L1.
+    const KC: usize = 512;
 
     #[inline(always)]
     fn kernel(self, slots: usize, a: &[f32], b: &[f32], tile: &mut [f32], accumulate: bool) {
