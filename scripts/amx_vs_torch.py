@@ -60,7 +60,7 @@ def main():
     print("|---|---|---|---|---|")
     for threads in [int(t) for t in args.threads.split(",")]:
         for n in [int(s) for s in args.sizes.split(",")]:
-            reps = max(3, min(50, int(4e10 / (2 * n**3) * threads)))
+            reps = max(5, min(50, int(2e11 / (2 * n**3) * threads)))
             t = torch_gflops(n, threads, reps)
             h = halfkern_gflops(args.binary, args.isa, n, threads, reps)
             print(f"| {threads} | {n} | {t:.0f} | {h:.0f} | {h / t:.2f}x |", flush=True)

@@ -342,7 +342,7 @@ fn shapes_sweep<T: Element, C: Element>(name: &str) {
     let ns: Vec<usize> = (0..=9)
         .chain([11, 12, 13, 15, 16, 17, 23, 24, 25, 31, 32, 33, 48, 65])
         .collect();
-    let ks = [0usize, 1, 2, 3, 7, 16, 33, 255, 256, 257, 520];
+    let ks = [0usize, 1, 2, 3, 7, 16, 33, 255, 256, 257, 513, 520];
     for (backend, dot) in variants() {
         for (t, &k) in ks.iter().enumerate() {
             for &m in &ms {
@@ -722,7 +722,8 @@ fn is_dot_kernel(name: &str) -> bool {
 }
 
 /// bf16 subnormal inputs: exact on the widening kernels, flushed to zero by
-/// `vdpbf16ps` and `BFMMLA` (documented on the dot kernels).
+/// `vdpbf16ps`, `BFMMLA` and AMX's `tdpbf16ps` (the `amx` default for bf16;
+/// each documented on its kernel).
 #[test]
 fn bf16_subnormal_inputs() {
     let tiny = bf16::from_bits(0x0001); // 2^-133
@@ -803,5 +804,38 @@ fn each_backend_runs_its_kernel() {
                 backend.isa()
             ),
         }
+    }
+}
+
+/// On `amx`, bf16 inputs run the tile kernel (so every sweep above tests
+/// it there) and f32 inputs the AVX-512 ones; the forced `dot` choices run
+/// the `avx512bf16` kernels, and m = 1 the streaming path.
+#[test]
+fn amx_runs_tiles_for_bf16_only() {
+    let mut rng = Rng::fresh("amx_runs_tiles_for_bf16_only");
+    for backend in backends().into_iter().filter(|b| b.isa() == Isa::Amx) {
+        let (m, n, k) = (40, 40, 40);
+        let a: Mat<bf16> = Mat::new(&mut rng, m, k, LAYOUTS[0], 1.0);
+        let b: Mat<bf16> = Mat::new(&mut rng, k, n, LAYOUTS[0], 1.0);
+        let mut p = Params::plain(m, n);
+        let r = check_case::<bf16, f32>(backend, &a, &b, LAYOUTS[0], &p, &mut rng, false, "amx");
+        assert!(r.kernel.starts_with("amx"), "bf16 on amx ran {}", r.kernel);
+        p.dot = Some(false);
+        let r = check_case::<bf16, f32>(backend, &a, &b, LAYOUTS[0], &p, &mut rng, false, "amx");
+        assert!(
+            !r.kernel.starts_with("amx"),
+            "forced widening ran {}",
+            r.kernel
+        );
+        let a: Mat<f32> = Mat::new(&mut rng, m, k, LAYOUTS[0], 1.0);
+        let b: Mat<f32> = Mat::new(&mut rng, k, n, LAYOUTS[0], 1.0);
+        let r = check_case::<f32, f32>(backend, &a, &b, LAYOUTS[0], &p, &mut rng, false, "amx");
+        assert!(!r.kernel.starts_with("amx"), "f32 on amx ran {}", r.kernel);
+        // Small m streams B (the gemv path) instead of padding a tile.
+        let a: Mat<bf16> = Mat::new(&mut rng, 1, k, LAYOUTS[0], 1.0);
+        let b: Mat<bf16> = Mat::new(&mut rng, k, n, LAYOUTS[0], 1.0);
+        let p = Params::plain(1, n);
+        let r = check_case::<bf16, f32>(backend, &a, &b, LAYOUTS[0], &p, &mut rng, false, "amx");
+        assert_eq!(r.kernel, "gemv", "m = 1 on amx");
     }
 }

@@ -29,9 +29,10 @@
 use rayon::prelude::*;
 
 use super::epilogue::Epilogue;
-use super::kernel::{Format, Microkernel};
+use super::kernel::{Format, Microkernel, ROW_GROUP};
 use super::view::{MatMut, MatRef};
 use crate::element::{DType, Element, Slice, SliceMut};
+use half::bf16;
 
 /// Depth of a packed block: a `KC x NR` micro-panel of B~ (32 KiB for
 /// NR = 32 f32) stays in L1 (48 KiB here) while LOOP 1 runs over it. A
@@ -53,31 +54,61 @@ const fn slots(len: usize, format: Format) -> usize {
     format.slots(len)
 }
 
-/// Total slots of a whole k, block by block.
+/// Total slots of a whole k, block by block (the same for every even
+/// block depth, so for every kernel's [`Microkernel::KC`]).
 pub(crate) const fn total_slots(k: usize, format: Format) -> usize {
     let full = k / KC;
     full * slots(KC, format) + slots(k % KC, format)
 }
 
+/// f32 slots per 64-byte cache line.
+const LINE: usize = 16;
+
+/// `v` resized so that `len` slots fit from a 64-byte-aligned start, and
+/// those slots. Packed panels and the tile workspace start on a cache line
+/// so that no 64-byte AMX tile row or zmm load straddles two lines (each
+/// such access costs two); a misaligned start is only slower.
+fn aligned(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    v.resize(len + LINE, 0.0);
+    let off = v.as_ptr().align_offset(64).min(LINE);
+    &mut v[off..off + len]
+}
+
 /// The packed form of B: `ceil(n / NR)` panels of `total_slots(k) * NR`
-/// slots, each block `pc` of a panel contiguous.
-#[derive(Clone, Debug, PartialEq)]
+/// slots, each block `pc` of a panel contiguous, starting at
+/// `buf[start]` (a cache-line boundary, see [`aligned`]).
+#[derive(Clone, Debug)]
 pub(crate) struct PackedPanels {
     pub(crate) format: Format,
     pub(crate) nr: usize,
     pub(crate) kc: usize,
-    pub(crate) data: Vec<f32>,
+    buf: Vec<f32>,
+    start: usize,
+    len: usize,
+}
+
+impl PartialEq for PackedPanels {
+    fn eq(&self, other: &Self) -> bool {
+        (self.format, self.nr, self.kc) == (other.format, other.nr, other.kc)
+            && self.data() == other.data()
+    }
 }
 
 impl PackedPanels {
+    /// The packed slots.
+    pub(crate) fn data(&self) -> &[f32] {
+        &self.buf[self.start..self.start + self.len]
+    }
+
     fn panel_len(&self, k: usize) -> usize {
         total_slots(k, self.format) * self.nr
     }
 }
 
 /// Packs lanes `l0..l0+lanes` (at most `w`) by depth `d0..d0+depth` of `v`
-/// (lane = row of `v`, depth = column) into `dst[s * w + lane]`, zero-padded
-/// to `w` lanes and whole slots.
+/// (lane = row of `v`, depth = column) into `dst[s * w + lane]` (or the
+/// grouped order of [`Format::Bf16Rows`]), zero-padded to `w` lanes and
+/// whole slots.
 #[expect(clippy::too_many_arguments, reason = "internal: a panel's coordinates")]
 fn pack_panel<K: Microkernel, T: Element>(
     kern: K,
@@ -87,12 +118,13 @@ fn pack_panel<K: Microkernel, T: Element>(
     d0: usize,
     depth: usize,
     w: usize,
+    format: Format,
     dst: &mut [f32],
     tmp: &mut Vec<f32>,
 ) {
-    let nslots = slots(depth, K::FORMAT);
+    let nslots = slots(depth, format);
     let dst = &mut dst[..nslots * w];
-    match K::FORMAT {
+    match format {
         Format::F32 => {
             if lanes < w || depth == 0 {
                 dst.fill(0.0);
@@ -138,9 +170,9 @@ fn pack_panel<K: Microkernel, T: Element>(
                 }
             }
         }
-        Format::Bf16Pairs | Format::Bf16Quads => {
+        Format::Bf16Pairs | Format::Bf16Quads | Format::Bf16Rows => {
             let Slice::Bf16(data) = T::slice(v.data) else {
-                unreachable!("bf16 pair kernels are only chosen for bf16 inputs")
+                unreachable!("bf16 pair formats are only chosen for bf16 inputs")
             };
             let bits = |lane: usize, d: usize| -> u32 {
                 if lane < lanes && d < depth {
@@ -149,18 +181,36 @@ fn pack_panel<K: Microkernel, T: Element>(
                     0
                 }
             };
-            let pair = |lane: usize, s: usize| {
-                f32::from_bits(bits(lane, 2 * s) | bits(lane, 2 * s + 1) << 16)
+            let pair = |lo: bf16, hi: bf16| {
+                f32::from_bits(u32::from(lo.to_bits()) | u32::from(hi.to_bits()) << 16)
             };
-            if K::FORMAT == Format::Bf16Pairs {
-                for s in 0..nslots {
-                    for lane in 0..w {
-                        dst[s * w + lane] = pair(lane, s);
+            if format == Format::Bf16Rows {
+                // Lane-major groups of ROW_GROUP slots (see `Format::Bf16Rows`).
+                for (g, group) in dst.chunks_mut(ROW_GROUP * w).enumerate() {
+                    let gs = group.len() / w;
+                    let s0 = g * ROW_GROUP;
+                    for (lane, out) in group.chunks_exact_mut(gs).enumerate() {
+                        if lane < lanes && v.cs == 1 && 2 * (s0 + gs) <= depth {
+                            // Depth contiguous (A row-major): pairs of one run.
+                            let off = (l0 + lane) * v.rs + d0 + 2 * s0;
+                            let run = &data[off..off + 2 * gs];
+                            for (o, p) in out.iter_mut().zip(run.chunks_exact(2)) {
+                                *o = pair(p[0], p[1]);
+                            }
+                        } else {
+                            for (t, o) in out.iter_mut().enumerate() {
+                                let d = 2 * (s0 + t);
+                                *o = f32::from_bits(bits(lane, d) | bits(lane, d + 1) << 16);
+                            }
+                        }
                     }
                 }
-            } else {
+            } else if format == Format::Bf16Quads {
                 // One 2 x 4 bf16 block per (quad, lane pair); see `Format`.
                 debug_assert!(w.is_multiple_of(2) && nslots.is_multiple_of(2));
+                let pair = |lane: usize, s: usize| {
+                    f32::from_bits(bits(lane, 2 * s) | bits(lane, 2 * s + 1) << 16)
+                };
                 for q in 0..nslots / 2 {
                     for p in 0..w / 2 {
                         let o = 2 * q * w + 4 * p;
@@ -168,6 +218,34 @@ fn pack_panel<K: Microkernel, T: Element>(
                         dst[o + 1] = pair(2 * p, 2 * q + 1);
                         dst[o + 2] = pair(2 * p + 1, 2 * q);
                         dst[o + 3] = pair(2 * p + 1, 2 * q + 1);
+                    }
+                }
+            } else if v.rs == 1 && lanes > 1 {
+                // Lanes contiguous (B row-major): interleave two depth rows.
+                for (s, out) in dst.chunks_exact_mut(w).enumerate() {
+                    let (d, out) = (d0 + 2 * s, &mut out[..lanes]);
+                    let lo = &data[l0 + d * v.cs..][..lanes];
+                    if 2 * s + 1 < depth {
+                        let hi = &data[l0 + (d + 1) * v.cs..][..lanes];
+                        for ((o, &x), &y) in out.iter_mut().zip(lo).zip(hi) {
+                            *o = pair(x, y);
+                        }
+                    } else {
+                        for (o, &x) in out.iter_mut().zip(lo) {
+                            *o = pair(x, bf16::ZERO);
+                        }
+                    }
+                }
+                if lanes < w {
+                    for out in dst.chunks_exact_mut(w) {
+                        out[lanes..].fill(0.0);
+                    }
+                }
+            } else {
+                for s in 0..nslots {
+                    for lane in 0..w {
+                        let pair = bits(lane, 2 * s) | bits(lane, 2 * s + 1) << 16;
+                        dst[s * w + lane] = f32::from_bits(pair);
                     }
                 }
             }
@@ -184,14 +262,15 @@ pub(crate) fn pack_b<K: Microkernel, T: Element>(
     let (k, n) = (b.rows, b.cols);
     let per_panel = total_slots(k, K::FORMAT) * K::NR;
     let panels = div_ceil(n, K::NR);
-    let mut data = vec![0.0f32; per_panel * panels];
+    let mut buf = Vec::new();
+    let data = aligned(&mut buf, per_panel * panels);
     let bt = b.t(); // lanes = columns of B, depth = k
     let pack_one = |(p, panel): (usize, &mut [f32]), tmp: &mut Vec<f32>| {
         let j0 = p * K::NR;
         let lanes = K::NR.min(n - j0);
         let mut off = 0;
-        for pc in (0..k).step_by(KC) {
-            let kc = KC.min(k - pc);
+        for pc in (0..k).step_by(K::KC) {
+            let kc = K::KC.min(k - pc);
             let len = slots(kc, K::FORMAT) * K::NR;
             pack_panel(
                 kern,
@@ -201,6 +280,7 @@ pub(crate) fn pack_b<K: Microkernel, T: Element>(
                 pc,
                 kc,
                 K::NR,
+                K::FORMAT,
                 &mut panel[off..off + len],
                 tmp,
             );
@@ -225,11 +305,15 @@ pub(crate) fn pack_b<K: Microkernel, T: Element>(
                 .for_each(|x| pack_one(x, &mut tmp));
         }
     }
+    let len = per_panel * panels;
+    let start = buf.as_ptr().align_offset(64).min(LINE);
     PackedPanels {
         format: K::FORMAT,
         nr: K::NR,
-        kc: KC,
-        data,
+        kc: K::KC,
+        buf,
+        start,
+        len,
     }
 }
 
@@ -268,7 +352,7 @@ pub(crate) fn run<K: Microkernel, T: Element, C: Element>(
     debug_assert_eq!((a.cols, c.rows, c.cols), (k, m, n));
     debug_assert_eq!(
         (packed.format, packed.nr, packed.kc),
-        (K::FORMAT, K::NR, KC)
+        (K::FORMAT, K::NR, K::KC)
     );
     if m == 0 || n == 0 {
         return 0;
@@ -353,21 +437,21 @@ fn block<K: Microkernel, T: Element, C: Element>(
     let n_panels = div_ceil(blk.n, nr);
     let tile = mr * nr;
     let panel_len = packed.panel_len(k);
-    ws.acc.resize(m_panels * n_panels * tile, 0.0);
+    let acc_all = aligned(&mut ws.acc, m_panels * n_panels * tile);
     let mut nonfinite = 0;
-    let blocks_k = div_ceil(k, KC).max(1);
+    let blocks_k = div_ceil(k, K::KC).max(1);
     let mut b_off = 0; // slot offset of block pc inside a B~ panel
     // LOOP 4: pc over k by KC.
     for q in 0..blocks_k {
-        let pc = q * KC;
-        let kc = KC.min(k - pc.min(k));
+        let pc = q * K::KC;
+        let kc = K::KC.min(k - pc.min(k));
         let nslots = slots(kc, K::FORMAT);
         let (first, last) = (q == 0, q + 1 == blocks_k);
         // Pack A~: MR-row panels of this MC x KC block.
-        ws.a.resize(m_panels * nslots * mr, 0.0);
+        let a_all = aligned(&mut ws.a, m_panels * nslots * mr);
         for p in 0..m_panels {
             let lanes = mr.min(blk.m - p * mr);
-            let dst = &mut ws.a[p * nslots * mr..(p + 1) * nslots * mr];
+            let dst = &mut a_all[p * nslots * mr..(p + 1) * nslots * mr];
             pack_panel(
                 kern,
                 a,
@@ -376,6 +460,7 @@ fn block<K: Microkernel, T: Element, C: Element>(
                 pc,
                 kc,
                 mr,
+                K::FORMAT_A,
                 dst,
                 &mut ws.tmp,
             );
@@ -384,12 +469,12 @@ fn block<K: Microkernel, T: Element, C: Element>(
         for jp in 0..n_panels {
             let gp = blk.j0 / nr + jp;
             let b0 = gp * panel_len + b_off * nr;
-            let bp = &packed.data[b0..b0 + nslots * nr];
+            let bp = &packed.data()[b0..b0 + nslots * nr];
             // LOOP 1: ir over the block's rows by MR.
             for ip in 0..m_panels {
-                let ap = &ws.a[ip * nslots * mr..(ip + 1) * nslots * mr];
+                let ap = &a_all[ip * nslots * mr..(ip + 1) * nslots * mr];
                 let t0 = (jp * m_panels + ip) * tile;
-                let acc = &mut ws.acc[t0..t0 + tile];
+                let acc = &mut acc_all[t0..t0 + tile];
                 if nslots > 0 {
                     kern.kernel(nslots, ap, bp, acc, !first);
                 } else {

@@ -25,6 +25,10 @@ pub(crate) enum Format {
     F32,
     /// Two bf16 per slot (k = 2s in the low 16 bits, 2s + 1 in the high),
     /// `A~` slot `s` of row `i` at `s * MR + i`. Only for bf16 inputs.
+    #[cfg_attr(
+        not(target_arch = "x86_64"),
+        expect(dead_code, reason = "the vdpbf16ps and AMX B~ layout")
+    )]
     Bf16Pairs,
     /// Bf16 pairs as in [`Format::Bf16Pairs`], but slots come in twos (one
     /// k-quad) and lanes in twos (a lane pair), so each 16-byte group is one
@@ -34,19 +38,26 @@ pub(crate) enum Format {
     /// pair(2p + 1, 2q), pair(2p + 1, 2q + 1)]`. `MR`/`NR` must be even;
     /// the slot count of a k range is rounded up to even (a whole quad).
     /// Only for bf16 inputs.
-    #[cfg_attr(
-        not(target_arch = "aarch64"),
-        expect(dead_code, reason = "aarch64's BFMMLA layout")
-    )]
     Bf16Quads,
+    /// Slots as in [`Format::Bf16Pairs`], but lane-major per group of
+    /// [`ROW_GROUP`] slots (32 k values, one 64-byte AMX tile row): group
+    /// `g` of a panel starts at slot `g * ROW_GROUP * w`, and inside it lane
+    /// `i`'s slots are contiguous at `i * gs`, with `gs = ROW_GROUP` except
+    /// for a shorter last group (`gs = slots - g * ROW_GROUP`), so a panel
+    /// is exactly `slots * w` slots. Only for bf16 inputs, and only for A~
+    /// (see [`Microkernel::FORMAT_A`]).
+    Bf16Rows,
 }
+
+/// Slots per group of [`Format::Bf16Rows`].
+pub(crate) const ROW_GROUP: usize = 16;
 
 impl Format {
     /// k values per slot.
     pub(crate) const fn k_per_slot(self) -> usize {
         match self {
             Format::F32 => 1,
-            Format::Bf16Pairs | Format::Bf16Quads => 2,
+            Format::Bf16Pairs | Format::Bf16Quads | Format::Bf16Rows => 2,
         }
     }
 
@@ -66,8 +77,15 @@ pub(crate) trait Microkernel: Copy + Send + Sync {
     const MR: usize;
     /// Columns of the tile (columns of B per panel).
     const NR: usize;
-    /// The packing format the kernel reads.
+    /// The packing format the kernel reads (B~, and A~ unless
+    /// [`Microkernel::FORMAT_A`] says otherwise).
     const FORMAT: Format;
+    /// The packing format of A~; must have the same
+    /// [`Format::k_per_slot`] as [`Microkernel::FORMAT`].
+    const FORMAT_A: Format = Self::FORMAT;
+    /// Depth of a packed block (LOOP 4's step); even, so a bf16 pair never
+    /// straddles two blocks. Default: see `blis::KC`.
+    const KC: usize = super::blis::KC;
     /// Shown in [`GemmReport::kernel`](crate::GemmReport).
     const NAME: &'static str;
 

@@ -206,12 +206,26 @@ impl Backend {
 pub(crate) trait KernelOp {
     type Output;
     fn run<K: Microkernel>(self, kern: K) -> Self::Output;
+    /// Whether this op takes the small-m path (see `gemv`) on an
+    /// [`kernel::Format::F32`] kernel: where an ISA would pick a kernel that
+    /// cannot (AMX), it picks one that can.
+    #[cfg_attr(
+        not(target_arch = "x86_64"),
+        expect(
+            dead_code,
+            reason = "only x86-64 has a kernel without the small-m path"
+        )
+    )]
+    fn small_m(&self) -> bool {
+        false
+    }
 }
 
 /// Calls `op` with the microkernel this ISA runs for `dtype` inputs.
 /// `dot` overrides the choice between the bf16 dot kernel (`vdpbf16ps` on
 /// `avx512bf16`/`amx`, `BFMMLA` on `neonbf16`) and widening for bf16
-/// (`None`: the per-CPU default).
+/// (`None`: the per-CPU default, and on `amx` the tile kernel; `Some` on
+/// `amx` runs the `avx512bf16` choice).
 pub(crate) fn with_kernel<O: KernelOp>(
     token: Token,
     dtype: DType,
@@ -227,7 +241,15 @@ pub(crate) fn with_kernel<O: KernelOp>(
         #[cfg(target_arch = "x86_64")]
         Token::Avx512Bf16(t) => bf16_choice(t, dtype, dot, op),
         #[cfg(target_arch = "x86_64")]
-        Token::Amx(t) => bf16_choice(t.avx512bf16(), dtype, dot, op),
+        Token::Amx(t) => {
+            // Tiles for bf16, except where streaming B beats packing it
+            // (small m: a 32-row tile would be mostly padding).
+            if dtype == DType::Bf16 && dot.is_none() && !op.small_m() {
+                op.run(crate::arch::x86_64::amx::gemm::AmxBf16(t))
+            } else {
+                bf16_choice(t.avx512bf16(), dtype, dot, op)
+            }
+        }
         #[cfg(target_arch = "aarch64")]
         Token::Neon(t) => op.run(crate::arch::aarch64::neon::gemm::NeonF32(t)),
         #[cfg(target_arch = "aarch64")]
@@ -283,6 +305,9 @@ struct Unpacked<'a, 'p, T: Element, C: Element> {
 
 impl<T: Element, C: Element> KernelOp for Unpacked<'_, '_, T, C> {
     type Output = GemmReport;
+    fn small_m(&self) -> bool {
+        gemv::applies(&self.a, &self.b)
+    }
     fn run<K: Microkernel>(self, kern: K) -> GemmReport {
         let (k, n) = (self.b.rows, self.b.cols);
         let (nonfinite, name) =

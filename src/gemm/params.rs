@@ -161,8 +161,9 @@ impl<'a> Gemm<'a> {
 
     /// Forces (`Some(true)`) or forbids (`Some(false)`) the bf16 dot
     /// microkernel for bf16 inputs (`vdpbf16ps` on `avx512bf16`/`amx`,
-    /// `BFMMLA` on `neonbf16`); `None` (default) takes the per-CPU choice.
-    /// For tests and benchmarks.
+    /// `BFMMLA` on `neonbf16`); `None` (default) takes the per-CPU choice (on
+    /// `amx`: the tile kernel; `Some` there runs the `avx512bf16` kernels
+    /// instead). For tests and benchmarks.
     #[doc(hidden)]
     pub const fn dot_kernel(mut self, dot: Option<bool>) -> Self {
         self.dot = dot;

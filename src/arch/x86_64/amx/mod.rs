@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 
 use super::Avx512Bf16;
 
+pub(crate) mod gemm;
 pub(crate) mod tile;
 
 /// Proof that AMX-BF16 tiles may be used by this process: the CPU has

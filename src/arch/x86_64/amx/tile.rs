@@ -15,6 +15,7 @@
 use core::arch::asm;
 use core::marker::PhantomData;
 
+#[cfg(test)]
 use half::bf16;
 
 use super::Amx;
@@ -24,8 +25,10 @@ pub(crate) const MR: usize = 32;
 /// Columns of C per microkernel call (two 16-column tiles).
 pub(crate) const NR: usize = 32;
 /// Depth of one k-block: 32 bf16 = 64 bytes per tile row.
+#[cfg(test)] // the GEMM kernel is gemm.rs; this is its proven reference
 pub(crate) const KB: usize = 32;
 /// bf16 elements of one packed A (or B) k-block: two 16 x 32 tiles.
+#[cfg(test)] // the GEMM kernel is gemm.rs; this is its proven reference
 pub(crate) const BLOCK_ELEMS: usize = 2 * 16 * KB;
 
 /// The 64-byte LDTILECFG operand (palette 1).
@@ -92,6 +95,7 @@ impl Drop for TileGuard {
 /// Numerics (Intel SDM, TDPBF16PS): bf16 products summed in f32 with
 /// round-to-nearest-even; denormal inputs and results are flushed to zero
 /// regardless of MXCSR.
+#[cfg(test)] // the GEMM kernel is gemm.rs; this is its proven reference
 pub(crate) fn microkernel(
     _tiles: &TileGuard,
     a: &[bf16],
@@ -177,6 +181,7 @@ pub(crate) fn microkernel(
 
 /// Packs rows `0..32` x depth `0..32*k_blocks` of A, read through `at(row,
 /// k)` (zero outside the matrix), into the layout [`microkernel`] reads.
+#[cfg(test)] // the GEMM kernel is gemm.rs; this is its proven reference
 pub(crate) fn pack_a(dst: &mut [bf16], k_blocks: usize, at: impl Fn(usize, usize) -> bf16) {
     for kb in 0..k_blocks {
         let block = &mut dst[kb * BLOCK_ELEMS..(kb + 1) * BLOCK_ELEMS];
@@ -190,6 +195,7 @@ pub(crate) fn pack_a(dst: &mut [bf16], k_blocks: usize, at: impl Fn(usize, usize
 
 /// Packs depth `0..32*k_blocks` x columns `0..32` of B, read through
 /// `at(k, col)`, into the VNNI layout [`microkernel`] reads.
+#[cfg(test)] // the GEMM kernel is gemm.rs; this is its proven reference
 pub(crate) fn pack_b(dst: &mut [bf16], k_blocks: usize, at: impl Fn(usize, usize) -> bf16) {
     for kb in 0..k_blocks {
         let block = &mut dst[kb * BLOCK_ELEMS..(kb + 1) * BLOCK_ELEMS];

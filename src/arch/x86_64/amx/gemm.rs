@@ -1,0 +1,229 @@
+//! AMX-BF16 GEMM microkernel: a 32 x 32 tile of C computed as 2 x 2 AMX
+//! tiles with `tdpbf16ps`, over A~ in [`Format::Bf16Rows`] (each 32-deep
+//! group is 32 rows of 64 bytes: two A tiles) and B~ in the same
+//! [`Format::Bf16Pairs`] layout the `vdpbf16ps` kernel reads (with NR = 32 a
+//! slot row is 128 bytes, so the two 16-column B tiles of a group are loaded
+//! with stride 128 at offsets 0 and 64: no AMX-specific B packing).
+//!
+//! Numerics: `tdpbf16ps` multiplies bf16 pairs exactly and adds them to the
+//! f32 accumulator with round-to-nearest-even, **ignoring MXCSR**: denormal
+//! inputs (bf16 subnormals in A or B) count as zero and denormal results
+//! are flushed to zero, always (Intel SDM, TDPBF16PS). Every other result is
+//! within the crate's bound (each output is an f32 sum in k order, two
+//! products per rounding). Inf and NaN propagate as in IEEE arithmetic.
+//!
+//! The `amx` backend runs this kernel for bf16 inputs except where the
+//! small-m path applies (m <= 16, row-major B: streaming B beats packing it
+//! for a 32-row tile that would be mostly padding); f32 and f16 inputs run
+//! the `avx512bf16` backend's kernels.
+//!
+//! Tile state is per thread. Each thread that runs this kernel configures
+//! its tiles once (all eight as 16 rows x 64 bytes, see [`tile`]) on first
+//! use and keeps the configuration until it exits (a thread-local
+//! [`TileGuard`]); `ldtilecfg` per call would cost more than it protects.
+//! Code that reprograms the tiles of a thread between two halfkern calls on
+//! that thread would make the results wrong, never unsafe: any palette-1
+//! configuration moves at most 16 rows of 64 bytes per tile, which is what
+//! every load and store below stays inside, and released tiles fault
+//! (SIGILL) instead of touching memory.
+
+use core::arch::asm;
+use core::cell::OnceCell;
+
+use super::Amx;
+use super::tile::{self, TileGuard};
+use crate::arch::x86_64::avx512bf16::gemm::Avx512Dot;
+use crate::element::Element;
+use crate::gemm::kernel::{Format, Microkernel, ROW_GROUP};
+
+/// Rows of a tile of C: two 16-row AMX tiles.
+const MR: usize = 32;
+/// Columns of a tile of C: two 16-column AMX tiles.
+const NR: usize = 32;
+/// Slots (bf16 pairs) of one packed group of A~ or B~ (32 k values).
+const GROUP_SLOTS: usize = ROW_GROUP * MR;
+
+/// The AMX-BF16 microkernel (bf16 inputs only).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AmxBf16(pub(crate) Amx);
+
+impl Microkernel for AmxBf16 {
+    const MR: usize = MR;
+    const NR: usize = NR;
+    const FORMAT: Format = Format::Bf16Pairs;
+    const FORMAT_A: Format = Format::Bf16Rows;
+    const NAME: &'static str = "amx-tdpbf16-32x32";
+    // Twice the default depth: the 32 x 32 f32 block of C goes through the
+    // workspace (4 tile loads, 4 stores) once per 512 k instead of per 256,
+    // and the `KC x NR` bf16 micro-panel of B~ (32 KiB) still fits L1.
+    const KC: usize = 512;
+
+    #[inline(always)]
+    fn kernel(self, slots: usize, a: &[f32], b: &[f32], tile: &mut [f32], accumulate: bool) {
+        TILES.with(|t| {
+            let guard = t.get_or_init(|| TileGuard::new(self.0));
+            kernel(guard, slots, a, b, tile, accumulate);
+        });
+    }
+
+    // Packing and the epilogue are the avx512bf16 kernel's (no tiles there).
+    #[inline(always)]
+    fn widen<T: Element>(self, src: &[T], dst: &mut [f32]) {
+        Avx512Dot(self.0.avx512bf16()).widen(src, dst);
+    }
+
+    #[inline(always)]
+    fn narrow_f16(self, src: &[f32], dst: &mut [half::f16]) {
+        Avx512Dot(self.0.avx512bf16()).narrow_f16(src, dst);
+    }
+
+    #[inline(always)]
+    fn axpy_rows(self, x: &[f32], b: &[f32], y: &mut [&mut [f32]]) {
+        Avx512Dot(self.0.avx512bf16()).axpy_rows(x, b, y);
+    }
+
+    #[inline(always)]
+    fn axpy_rows4(self, x: &[f32], b: [&[f32]; 4], y: &mut [&mut [f32]]) {
+        Avx512Dot(self.0.avx512bf16()).axpy_rows4(x, b, y);
+    }
+}
+
+thread_local! {
+    /// This thread's tile configuration, made on first use (module docs).
+    static TILES: OnceCell<TileGuard> = const { OnceCell::new() };
+}
+
+/// Bytes per row of the f32 tile of C.
+const C_STRIDE: usize = NR * 4;
+/// Bytes per tile row of A~ (one lane's 16 slots of a group).
+const A_STRIDE: usize = ROW_GROUP * 4;
+/// Bytes per tile row of B~ (one slot row of 32 lanes).
+const B_STRIDE: usize = NR * 4;
+
+/// `tile = (accumulate ? tile : 0) + A~ B~` over `slots` slots. The C tiles
+/// `tmm0..tmm3` stay in tile registers from the first `asm!` block to the
+/// last: the compiler never allocates tile registers itself, and nothing
+/// called in between (a copy into the tail buffers) uses AMX.
+#[inline(always)]
+fn kernel(
+    _tiles: &TileGuard,
+    slots: usize,
+    a: &[f32],
+    b: &[f32],
+    tile: &mut [f32],
+    accumulate: bool,
+) {
+    assert!(a.len() >= slots * MR && b.len() >= slots * NR && tile.len() >= MR * NR);
+    let c = tile.as_mut_ptr();
+    if accumulate {
+        // SAFETY: `_tiles` proves this thread's tiles are configured (at
+        // most 16 rows x 64 bytes each, see the module docs). Each load
+        // reads 16 rows of 64 bytes at stride 128 from inside the 32 x 32
+        // f32 `tile` (asserted above): rows 0..16 / 16..32, columns 0..16 /
+        // 16..32.
+        unsafe {
+            asm!(
+                "tileloadd tmm0, [{c} + {s}*1]",
+                "tileloadd tmm1, [{c} + {s}*1 + 64]",
+                "tileloadd tmm2, [{c} + {s}*1 + 2048]",
+                "tileloadd tmm3, [{c} + {s}*1 + 2112]",
+                c = in(reg) c,
+                s = in(reg) C_STRIDE,
+                options(nostack, readonly),
+            );
+        }
+    } else {
+        // SAFETY: tiles are configured (`_tiles`); TILEZERO touches no memory.
+        unsafe {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                options(nostack, nomem),
+            );
+        }
+    }
+    let full = slots / ROW_GROUP;
+    let tail = slots % ROW_GROUP;
+    // SAFETY: `full` groups of `GROUP_SLOTS` f32 slots are inside `a` and
+    // `b` (slots * 32 <= len, asserted above).
+    unsafe { groups(_tiles, a.as_ptr(), b.as_ptr(), full) };
+    if tail > 0 {
+        // The short last group: copy it into full, zero-padded groups (zero
+        // pairs add nothing) so the tiles keep one configuration.
+        let mut at = Group([0.0; GROUP_SLOTS]);
+        let mut bt = Group([0.0; GROUP_SLOTS]);
+        let a_tail = &a[full * GROUP_SLOTS..full * GROUP_SLOTS + tail * MR];
+        for (lane, run) in a_tail.chunks_exact(tail).enumerate() {
+            at.0[lane * ROW_GROUP..lane * ROW_GROUP + tail].copy_from_slice(run);
+        }
+        let b_tail = &b[full * GROUP_SLOTS..full * GROUP_SLOTS + tail * NR];
+        bt.0[..tail * NR].copy_from_slice(b_tail);
+        // SAFETY: one group of `GROUP_SLOTS` slots in each local buffer.
+        unsafe { groups(_tiles, at.0.as_ptr(), bt.0.as_ptr(), 1) };
+    }
+    // SAFETY: tiles are configured (`_tiles`); each store writes 16 rows of
+    // 64 bytes at stride 128 inside the 32 x 32 f32 `tile`, borrowed
+    // mutably (asserted above).
+    unsafe {
+        asm!(
+            "tilestored [{c} + {s}*1], tmm0",
+            "tilestored [{c} + {s}*1 + 64], tmm1",
+            "tilestored [{c} + {s}*1 + 2048], tmm2",
+            "tilestored [{c} + {s}*1 + 2112], tmm3",
+            c = in(reg) c,
+            s = in(reg) C_STRIDE,
+            options(nostack),
+        );
+    }
+}
+
+/// One packed group, aligned to a cache line.
+#[repr(C, align(64))]
+struct Group([f32; GROUP_SLOTS]);
+
+/// `tmm0..tmm3 += A~ B~` over `n` packed groups.
+///
+/// # Safety
+///
+/// `a` and `b` must each be valid for reads of `n * GROUP_SLOTS` f32, and
+/// this thread's tiles configured (the guard's proof).
+#[inline(always)]
+unsafe fn groups(_tiles: &TileGuard, a: *const f32, b: *const f32, n: usize) {
+    if n == 0 {
+        return;
+    }
+    // SAFETY: tiles are configured (`_tiles`). Per group the loop reads A
+    // rows 0..16 and 16..32 (16 x 64 bytes each at stride 64: bytes
+    // 0..2048) and B columns 0..16 and 16..32 (16 x 64 bytes at stride 128,
+    // offsets 0 and 64: bytes 0..2048), then advances both by one group
+    // (2048 bytes), `n` times: inside what the caller guarantees. It writes
+    // only tiles and its own registers.
+    unsafe {
+        asm!(
+            "2:",
+            "tileloadd tmm4, [{a} + {sa}*1]",
+            "tileloadd tmm6, [{b} + {sb}*1]",
+            "tileloadd tmm7, [{b} + {sb}*1 + 64]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tileloadd tmm5, [{a} + {sa}*1 + 1024]",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            "add {a}, 2048",
+            "add {b}, 2048",
+            "dec {n}",
+            "jnz 2b",
+            a = inout(reg) a => _,
+            b = inout(reg) b => _,
+            n = inout(reg) n => _,
+            sa = in(reg) A_STRIDE,
+            sb = in(reg) B_STRIDE,
+            options(nostack, readonly),
+        );
+    }
+}
+
+// The group arithmetic above assumes these.
+const _: () = assert!(GROUP_SLOTS * 4 == 2048 && tile::MR == MR && tile::NR == NR);
