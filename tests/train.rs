@@ -1056,3 +1056,79 @@ fn check_stats_count_nonfinite_and_sum_the_finite_squares() {
         }
     }
 }
+
+/// `check_unscaled` takes gradients the engine already unscaled (a GEMM's
+/// `unscale` epilogue): with a power-of-two scale it lands on exactly the
+/// bits `unscale_and_check` gives for the scaled gradients, reports the
+/// same norm, and skips (changing nothing) on an inf/NaN.
+#[test]
+fn check_unscaled_matches_unscale_and_check() {
+    let mut rng = Rng::fresh("check_unscaled_matches_unscale_and_check");
+    let lens = [0usize, 1, 17, 40];
+    for backend in backends() {
+        for opt in optimizers() {
+            let init: Vec<Vec<f32>> = lens
+                .iter()
+                .map(|&n| (0..n).map(|_| rng.unit()).collect())
+                .collect();
+            let mut model_a: Vec<Vec<bf16>> = init
+                .iter()
+                .map(|w| w.iter().map(|&x| bf16::from_f32(x)).collect())
+                .collect();
+            let mut model_b = model_a.clone();
+            let build = || {
+                Trainer::builder(opt)
+                    .backend(backend)
+                    .clip_grad_norm(0.7)
+                    .build(&init)
+                    .unwrap()
+            };
+            let (mut ta, mut tb) = (build(), build());
+            for step in 0..4 {
+                let scale = ta.scale();
+                assert_eq!(scale, tb.scale());
+                let mut scaled: Vec<Vec<f32>> =
+                    lens.iter().map(|&n| grads(&mut rng, n, scale)).collect();
+                if step == 2 {
+                    scaled[2][5] = f32::NAN;
+                }
+                let inv = ta.scaler().inv_scale();
+                let unscaled: Vec<Vec<f32>> = scaled
+                    .iter()
+                    .map(|g| g.iter().map(|&x| x * inv).collect())
+                    .collect();
+                let before = snapshot(&tb, &model_b);
+                let ra = ta
+                    .begin()
+                    .unscale_and_check(&scaled)
+                    .unwrap()
+                    .apply(&mut model_a)
+                    .unwrap();
+                let rb = tb
+                    .begin()
+                    .check_unscaled(&unscaled)
+                    .unwrap()
+                    .apply(&mut model_b)
+                    .unwrap();
+                let isa = backend.isa();
+                assert_eq!(ra.applied, step != 2, "{isa} step {step}");
+                assert_eq!(ra.applied, rb.applied, "{isa} step {step}");
+                assert_eq!(ra.nonfinite, rb.nonfinite, "{isa} step {step}");
+                assert_eq!(ra.scale_after, rb.scale_after, "{isa} step {step}");
+                if ra.applied {
+                    assert_eq!(ra.grad_norm, rb.grad_norm, "{isa} step {step}");
+                    assert_eq!(ra.clip_coef, rb.clip_coef, "{isa} step {step}");
+                } else {
+                    assert!(
+                        snapshot(&tb, &model_b) == before,
+                        "{isa}: skip changed state"
+                    );
+                }
+                assert!(
+                    snapshot(&ta, &model_a) == snapshot(&tb, &model_b),
+                    "{isa} {opt:?} step {step}"
+                );
+            }
+        }
+    }
+}

@@ -13,10 +13,10 @@
 //! computes with, the activations, and the activation gradients. What is
 //! always f32: the products' accumulation (inside `halfkern::gemm`), the
 //! logits and the loss, the weight gradients (the weight-gradient GEMMs
-//! write them in f32, still multiplied by the loss scale:
-//! `halfkern::train::Trainer` unscales and checks them in its own fused
-//! pass, so the GEMM's `unscale` epilogue would unscale twice), the master
-//! weights where the precision has them, and the AdamW moments.
+//! write them in f32 and unscale them in their epilogue, so
+//! `halfkern::train`'s `check_unscaled` only counts inf/NaN and sums squares,
+//! and the update uses them as they are), the master weights where the
+//! precision has them, and the AdamW moments.
 
 use std::time::Instant;
 
@@ -615,6 +615,7 @@ impl<'d, T: Element> Run<'d, T> {
         // loss scale before it is rounded to T, which is the whole point of
         // loss scaling: small gradients stay above f16's underflow.
         let scale = self.trainer.scale();
+        let inv_scale = self.trainer.scaler().inv_scale();
         let b = &mut self.buf;
         let mut loss = 0.0f64;
         for (row, &i) in batch.iter().enumerate() {
@@ -637,19 +638,29 @@ impl<'d, T: Element> Run<'d, T> {
         let loss = (loss / m as f64) as f32;
         halfkern::convert(&b.dlogits[..m * CLASSES], &mut b.dz3[..m * CLASSES])?;
 
-        // Backward. Weight gradients: f32 outputs, still scaled; bias
-        // gradients: the same with a row of ones (the column sums of dz as
-        // a 1 x m times m x n product). Activation gradients are in T.
+        // Backward. Weight gradients: f32 outputs, unscaled in the GEMM's
+        // epilogue; bias gradients: the same with a row of ones (the column
+        // sums of dz as a 1 x m times m x n product). Activation gradients
+        // are in T, still scaled (that is what keeps f16's small values).
         let [_, l2, l3] = &self.layers;
         let [gw1, gb1, gw2, gb2, gw3, gb3] = &mut b.grads;
-        // The trainer unscales and checks the gradients itself (fused into
-        // its update), so the weight-gradient products write them scaled.
-        let scaled = Epilogue::default();
+        // The scale is a power of two, so unscaling is exact unless it
+        // underflows; an overflow shows up as inf, which the trainer's
+        // check counts (the GEMM report says the same, per product).
+        let unscaled = Epilogue {
+            unscale: Some(inv_scale),
+            ..Epilogue::default()
+        };
         let ones = view(&b.ones[..m], 1, m)?;
 
         let dz3 = view(&b.dz3[..m * CLASSES], m, CLASSES)?;
-        gemm(view(&b.h2[..m * HIDDEN], m, HIDDEN)?.t(), dz3, gw3, scaled)?;
-        gemm(ones, dz3, gb3, scaled)?;
+        gemm(
+            view(&b.h2[..m * HIDDEN], m, HIDDEN)?.t(),
+            dz3,
+            gw3,
+            unscaled,
+        )?;
+        gemm(ones, dz3, gb3, unscaled)?;
         gemm(
             dz3,
             view(&l3.w, l3.fan_in, l3.fan_out)?.t(),
@@ -659,8 +670,13 @@ impl<'d, T: Element> Run<'d, T> {
         relu_backward(&mut b.dz2[..m * HIDDEN], &b.h2[..m * HIDDEN]);
 
         let dz2 = view(&b.dz2[..m * HIDDEN], m, HIDDEN)?;
-        gemm(view(&b.h1[..m * HIDDEN], m, HIDDEN)?.t(), dz2, gw2, scaled)?;
-        gemm(ones, dz2, gb2, scaled)?;
+        gemm(
+            view(&b.h1[..m * HIDDEN], m, HIDDEN)?.t(),
+            dz2,
+            gw2,
+            unscaled,
+        )?;
+        gemm(ones, dz2, gb2, unscaled)?;
         gemm(
             dz2,
             view(&l2.w, l2.fan_in, l2.fan_out)?.t(),
@@ -670,8 +686,13 @@ impl<'d, T: Element> Run<'d, T> {
         relu_backward(&mut b.dz1[..m * HIDDEN], &b.h1[..m * HIDDEN]);
 
         let dz1 = view(&b.dz1[..m * HIDDEN], m, HIDDEN)?;
-        gemm(view(&x[..m * FEATURES], m, FEATURES)?.t(), dz1, gw1, scaled)?;
-        gemm(ones, dz1, gb1, scaled)?;
+        gemm(
+            view(&x[..m * FEATURES], m, FEATURES)?.t(),
+            dz1,
+            gw1,
+            unscaled,
+        )?;
+        gemm(ones, dz1, gb1, unscaled)?;
         if self.precision == Precision::F16 {
             for dz in [
                 &b.dz3[..m * CLASSES],
@@ -690,7 +711,7 @@ impl<'d, T: Element> Run<'d, T> {
         let report = self
             .trainer
             .begin()
-            .unscale_and_check(&self.buf.grads)?
+            .check_unscaled(&self.buf.grads)?
             .apply(&mut params)?;
         let applied = report.applied;
         Ok(StepOutcome { loss, applied })

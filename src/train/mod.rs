@@ -16,6 +16,10 @@
 //!    decision needs every tensor before any update, the update unscales on
 //!    the fly anyway, and f16 gradients unscaled in place would lose their
 //!    small values (the very ones loss scaling protects).
+//!    [`Step::check_unscaled`] is the same check for gradients the engine
+//!    already unscaled, typically in a weight-gradient GEMM's epilogue
+//!    ([`Gemm::unscale`](crate::Gemm::unscale)); the update then uses them
+//!    as they are.
 //! 3. [`Step::apply`]: if every gradient was finite, one fused SIMD pass per
 //!    tensor reads the gradient (f32, bf16 or f16), unscales it, multiplies
 //!    by the clip coefficient, updates the f32 master weight and moments,

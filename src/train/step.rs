@@ -199,6 +199,9 @@ pub struct Scaled(());
 pub struct Checked<'g, G, A> {
     grads: &'g [A],
     stats: GradStats,
+    /// What the update multiplies the gradients by: `1/scale`, or 1 for
+    /// gradients the engine already unscaled ([`Step::check_unscaled`]).
+    inv_scale: f32,
     _g: PhantomData<G>,
 }
 
@@ -428,17 +431,49 @@ impl<'t> Step<'t, Scaled> {
         self,
         grads: &'g [A],
     ) -> Result<Step<'t, Checked<'g, G, A>>, Error> {
+        let inv = self.trainer.scaler.inv_scale();
+        self.check(grads, inv)
+    }
+
+    /// Checks gradients the engine has already multiplied by
+    /// `1/loss_scale()`: typically the output of a weight-gradient
+    /// [`gemm`](crate::gemm()) with
+    /// [`Gemm::unscale`](crate::Gemm::unscale)`(1.0 / step.loss_scale())`,
+    /// which unscales in the GEMM's epilogue so no pass of its own is
+    /// needed. Counts the inf/NaN values (an overflow the GEMM reported
+    /// shows up here as inf) and sums the squares for clipping, writes
+    /// nothing; [`Step::apply`] then uses the gradients as they are.
+    ///
+    /// # Errors
+    ///
+    /// As [`Step::unscale_and_check`].
+    pub fn check_unscaled<'g, G: Element, A: AsRef<[G]>>(
+        self,
+        grads: &'g [A],
+    ) -> Result<Step<'t, Checked<'g, G, A>>, Error> {
+        self.check(grads, 1.0)
+    }
+
+    fn check<'g, G: Element, A: AsRef<[G]>>(
+        self,
+        grads: &'g [A],
+        inv_scale: f32,
+    ) -> Result<Step<'t, Checked<'g, G, A>>, Error> {
         let tr = &*self.trainer;
         tr.check_shapes("grads", grads.iter().map(|g| g.as_ref().len()))?;
-        let inv = tr.scaler.inv_scale();
         let stats = grads.iter().fold(GradStats::ZERO, |acc, g| {
-            acc.merge(kernel::stats(tr.backend.token, G::slice(g.as_ref()), inv))
+            acc.merge(kernel::stats(
+                tr.backend.token,
+                G::slice(g.as_ref()),
+                inv_scale,
+            ))
         });
         Ok(Step {
             trainer: self.trainer,
             state: Checked {
                 grads,
                 stats,
+                inv_scale,
                 _g: PhantomData,
             },
         })
@@ -496,7 +531,7 @@ impl<'t, 'g, G: Element, A: AsRef<[G]>> Step<'t, Checked<'g, G, A>> {
         let lens: Vec<usize> = params.iter_mut().map(|p| p.as_mut().len()).collect();
         tr.check_shapes("params", lens.into_iter())?;
         let scale_before = tr.scaler.scale();
-        let inv_scale = tr.scaler.inv_scale();
+        let inv_scale = state.inv_scale;
         let stats = state.stats;
         // A sum that is not finite can only come from a bad all-reduce
         // input; it must not reach the weights either.
