@@ -460,7 +460,7 @@ mod tests {
         let mut g = [2.0f32, -4.0, f32::INFINITY, 1e34, f32::NAN, 0.0];
         let s = b.unscale(&mut g, 65536.0).unwrap();
         assert_eq!(s.nonfinite, 3); // inf, NaN, and 1e34 * 2^16
-        assert_eq!(s.sum_sq, (131_072.0f64).powi(2) + (262_144.0f64).powi(2));
+        assert_eq!(s.sum_sq, 131_072.0f64 * 131_072.0 + 262_144.0 * 262_144.0);
         assert_eq!(g[0], 131_072.0);
         assert!(g[3].is_infinite());
 
