@@ -598,3 +598,68 @@ pub(crate) fn step_seed(seed: u64, t: u64, i: u64) -> u64 {
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::{AdamW, Sgd};
+    use half::f16;
+
+    /// A few steps on the scalar path, small enough for Miri (CI runs the
+    /// `scalar` lib tests there): SGD moves by `lr * g`, a NaN step is
+    /// skipped bit-identically, AdamW's first step moves each weight by
+    /// about `lr` against its gradient's sign, and a checkpoint restores.
+    #[test]
+    fn scalar_steps_skip_and_restore() {
+        let w0 = [vec![1.0f32, -2.0, 0.5], vec![4.0]];
+        let mut model: Vec<Vec<f16>> = w0
+            .iter()
+            .map(|w| w.iter().map(|&x| f16::from_f32(x)).collect())
+            .collect();
+        let mut t = Trainer::builder(Sgd::new(0.5))
+            .backend(Backend::scalar())
+            .build(&w0)
+            .unwrap();
+        let s = t.scale();
+        let g = [vec![s, -s, 0.0], vec![2.0 * s]];
+        let r = t
+            .begin()
+            .unscale_and_check(&g)
+            .unwrap()
+            .apply(&mut model)
+            .unwrap();
+        assert!(r.applied && r.nonfinite == 0 && r.step == 1);
+        assert_eq!(t.master(0).unwrap(), &[0.5, -1.5, 0.5]);
+        assert_eq!(t.master(1).unwrap(), &[3.0]);
+        assert_eq!(model[0][1], f16::from_f32(-1.5));
+
+        let saved = t.to_bytes();
+        let before = (model.clone(), t.master(0).unwrap().to_vec(), t.steps());
+        let g = [vec![0.0, f32::NAN, 0.0], vec![0.0]];
+        let r = t
+            .begin()
+            .unscale_and_check(&g)
+            .unwrap()
+            .apply(&mut model)
+            .unwrap();
+        assert!(!r.applied && r.nonfinite == 1 && r.scale_after == s / 2.0);
+        assert_eq!(
+            (model.clone(), t.master(0).unwrap().to_vec(), t.steps()),
+            before
+        );
+        t.restore(&saved).unwrap();
+        assert_eq!(t.scale(), s);
+
+        let mut a = Trainer::builder(AdamW::new(0.01).weight_decay(0.0))
+            .backend(Backend::scalar())
+            .scaler(crate::train::LossScaler::disabled())
+            .build(&w0)
+            .unwrap();
+        let g = [vec![3.0f32, -0.25, 0.0], vec![1e-3]];
+        assert!(a.step(&g, &mut model).unwrap().applied);
+        let m = a.master(0).unwrap();
+        assert!((m[0] - 0.99).abs() < 1e-6 && (m[1] + 1.99).abs() < 1e-6);
+        assert_eq!(m[2], 0.5);
+        assert!((a.master(1).unwrap()[0] - 3.99).abs() < 1e-5);
+    }
+}
