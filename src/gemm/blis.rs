@@ -68,8 +68,14 @@ const LINE: usize = 16;
 /// those slots. Packed panels and the tile workspace start on a cache line
 /// so that no 64-byte AMX tile row or zmm load straddles two lines (each
 /// such access costs two); a misaligned start is only slower.
+///
+/// Only grows `v`: every user writes all the slots it reads (packing pads
+/// with zeros itself, the first k block overwrites the tile workspace), so
+/// a reused buffer is never cleared.
 fn aligned(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
-    v.resize(len + LINE, 0.0);
+    if v.len() < len + LINE {
+        v.resize(len + LINE, 0.0);
+    }
     let off = v.as_ptr().align_offset(64).min(LINE);
     &mut v[off..off + len]
 }
@@ -253,16 +259,80 @@ fn pack_panel<K: Microkernel, T: Element>(
     }
 }
 
-/// Packs all of `b` (`k x n`) for kernel `K`, over up to `threads` threads.
+/// Scratch buffers kept per thread between calls: a fresh multi-MiB `Vec`
+/// per call costs a page fault per 4 KiB and a zero fill, which measured
+/// up to a quarter of a 16-thread AMX GEMM at n = 2048 (B~ packed on the
+/// calling thread). Only buffers up to [`SCRATCH_MAX`] are kept.
+mod scratch {
+    use std::cell::Cell;
+
+    /// Largest buffer kept for reuse: 16 Mi f32 slots (64 MiB), B~ of a
+    /// 4096 x 4096 bf16 B.
+    pub(super) const SCRATCH_MAX: usize = 16 << 20;
+
+    thread_local! {
+        static PACKED_B: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+        static WORKSPACE: Cell<Option<super::Workspace>> = const { Cell::new(None) };
+    }
+
+    /// This thread's B~ scratch (empty if none, or if a caller on this
+    /// thread holds it).
+    pub(super) fn take_b() -> Vec<f32> {
+        PACKED_B.with(Cell::take)
+    }
+
+    /// Gives a B~ buffer back for the next call on this thread.
+    pub(super) fn give_b(buf: Vec<f32>) {
+        if buf.capacity() <= SCRATCH_MAX {
+            PACKED_B.with(|c| c.set(buf));
+        }
+    }
+
+    pub(super) fn take_workspace() -> super::Workspace {
+        WORKSPACE.with(Cell::take).unwrap_or_default()
+    }
+
+    pub(super) fn give_workspace(ws: super::Workspace) {
+        if ws.a.capacity() + ws.acc.capacity() + ws.tmp.capacity() <= SCRATCH_MAX {
+            WORKSPACE.with(|c| c.set(Some(ws)));
+        }
+    }
+}
+
+/// Packs all of `b` (`k x n`) for kernel `K`, over up to `threads` threads,
+/// into a fresh buffer (for [`PackedB`](super::PackedB), which keeps it).
 pub(crate) fn pack_b<K: Microkernel, T: Element>(
     kern: K,
     b: MatRef<'_, T>,
     threads: usize,
 ) -> PackedPanels {
+    pack_b_into(kern, b, threads, Vec::new())
+}
+
+/// [`pack_b`] into this thread's scratch buffer, for one call; hand it
+/// back with [`recycle`].
+pub(crate) fn pack_b_scratch<K: Microkernel, T: Element>(
+    kern: K,
+    b: MatRef<'_, T>,
+    threads: usize,
+) -> PackedPanels {
+    pack_b_into(kern, b, threads, scratch::take_b())
+}
+
+/// Returns the buffer of a [`pack_b_scratch`] result to this thread.
+pub(crate) fn recycle(packed: PackedPanels) {
+    scratch::give_b(packed.buf);
+}
+
+fn pack_b_into<K: Microkernel, T: Element>(
+    kern: K,
+    b: MatRef<'_, T>,
+    threads: usize,
+    mut buf: Vec<f32>,
+) -> PackedPanels {
     let (k, n) = (b.rows, b.cols);
     let per_panel = total_slots(k, K::FORMAT) * K::NR;
     let panels = div_ceil(n, K::NR);
-    let mut buf = Vec::new();
     let data = aligned(&mut buf, per_panel * panels);
     let bt = b.t(); // lanes = columns of B, depth = k
     let pack_one = |(p, panel): (usize, &mut [f32]), tmp: &mut Vec<f32>| {
@@ -379,7 +449,7 @@ pub(crate) fn run<K: Microkernel, T: Element, C: Element>(
     };
     let c_len = c.data.len();
     let work = |t: usize| -> usize {
-        let mut ws = Workspace::default();
+        let mut ws = scratch::take_workspace();
         let mut nonfinite = 0;
         for item in (t..items).step_by(threads) {
             // LOOP 5 (jc) and LOOP 3 (ic), flattened into work items.
@@ -393,6 +463,7 @@ pub(crate) fn run<K: Microkernel, T: Element, C: Element>(
             };
             nonfinite += block(kern, a, packed, k, blk, cptr, c_len, ep, &mut ws);
         }
+        scratch::give_workspace(ws);
         nonfinite
     };
     if threads == 1 {

@@ -315,8 +315,9 @@ impl<T: Element, C: Element> KernelOp for Unpacked<'_, '_, T, C> {
                 let bad = gemv::run(kern, self.a, self.b, self.c, &self.ep, self.threads);
                 (bad, "gemv")
             } else {
-                let packed = blis::pack_b(kern, self.b, self.threads);
+                let packed = blis::pack_b_scratch(kern, self.b, self.threads);
                 let bad = blis::run(kern, self.a, &packed, k, n, self.c, &self.ep, self.threads);
+                blis::recycle(packed);
                 (bad, K::NAME)
             };
         GemmReport {
