@@ -227,3 +227,63 @@ unsafe fn groups(_tiles: &TileGuard, a: *const f32, b: *const f32, n: usize) {
 
 // The group arithmetic above assumes these.
 const _: () = assert!(GROUP_SLOTS * 4 == 2048 && tile::MR == MR && tile::NR == NR);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Kernel-only speed, a probe for AMX hosts rather than a check:
+    /// `./halfkern amx_kernel_speed --ignored --nocapture` (the lib test
+    /// binary). Times the microkernel over packed panels already in cache:
+    /// `bp` B~ micro-panels (KC = 512 deep) times `ap` A~ panels, in the
+    /// BLIS loop order (A~ panels innermost).
+    #[test]
+    #[ignore = "timing probe for AMX hosts"]
+    fn amx_kernel_speed() {
+        let Some(t) = Amx::try_new() else {
+            eprintln!("no AMX here");
+            return;
+        };
+        let kern = AmxBf16(t);
+        let slots = AmxBf16::KC / 2;
+        let groups = slots / ROW_GROUP;
+        let one = f32::from_bits(0x3F80_3F80); // a pair of bf16 ones
+        for (bp, ap) in [(1usize, 1usize), (1, 4), (16, 1), (16, 4), (16, 16)] {
+            let a: Vec<Group> = (0..ap * groups).map(|_| Group([one; GROUP_SLOTS])).collect();
+            let b: Vec<Group> = (0..bp * groups).map(|_| Group([one; GROUP_SLOTS])).collect();
+            let flat = |v: &[Group]| -> &[f32] {
+                // SAFETY: `Group` is `repr(C)` over an f32 array: the groups
+                // are one contiguous run of f32.
+                unsafe { core::slice::from_raw_parts(v.as_ptr().cast(), v.len() * GROUP_SLOTS) }
+            };
+            let (a, b) = (flat(&a), flat(&b));
+            let mut tile: Vec<Group> = (0..2).map(|_| Group([0.0; GROUP_SLOTS])).collect();
+            let tile_f = {
+                let p: *mut f32 = tile.as_mut_ptr().cast();
+                // SAFETY: as above, 2 groups = 1024 f32 = one 32 x 32 tile.
+                unsafe { core::slice::from_raw_parts_mut(p, MR * NR) }
+            };
+            let calls = 4096 / (bp * ap).max(1);
+            let run = |tile: &mut [f32]| {
+                for _ in 0..calls {
+                    for j in 0..bp {
+                        for i in 0..ap {
+                            let (a, b) = (&a[i * slots * MR..], &b[j * slots * NR..]);
+                            kern.kernel(slots, a, b, tile, true);
+                        }
+                    }
+                }
+            };
+            run(tile_f);
+            let t0 = std::time::Instant::now();
+            run(tile_f);
+            let secs = t0.elapsed().as_secs_f64();
+            let flops = (calls * bp * ap) as f64 * 2.0 * (MR * NR * 2 * slots) as f64;
+            eprintln!(
+                "B~ panels {bp:2}, A~ panels {ap:2}: {:.0} GFLOP/s",
+                flops / secs / 1e9
+            );
+            assert!(tile_f.iter().all(|x| x.is_finite()));
+        }
+    }
+}
