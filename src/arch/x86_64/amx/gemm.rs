@@ -249,8 +249,12 @@ mod tests {
         let groups = slots / ROW_GROUP;
         let one = f32::from_bits(0x3F80_3F80); // a pair of bf16 ones
         for (bp, ap) in [(1usize, 1usize), (1, 4), (16, 1), (16, 4), (16, 16)] {
-            let a: Vec<Group> = (0..ap * groups).map(|_| Group([one; GROUP_SLOTS])).collect();
-            let b: Vec<Group> = (0..bp * groups).map(|_| Group([one; GROUP_SLOTS])).collect();
+            let a: Vec<Group> = (0..ap * groups)
+                .map(|_| Group([one; GROUP_SLOTS]))
+                .collect();
+            let b: Vec<Group> = (0..bp * groups)
+                .map(|_| Group([one; GROUP_SLOTS]))
+                .collect();
             let flat = |v: &[Group]| -> &[f32] {
                 // SAFETY: `Group` is `repr(C)` over an f32 array: the groups
                 // are one contiguous run of f32.
