@@ -64,7 +64,7 @@ pub(crate) const fn total_slots(k: usize, format: Format) -> usize {
 /// Rows of B packed per pass over all panels (see `pack_b_into`); a
 /// multiple of 4.
 const PACK_ROWS: usize = 64;
-const _: () = assert!(PACK_ROWS % 4 == 0 && KC % PACK_ROWS == 0);
+const _: () = assert!(PACK_ROWS.is_multiple_of(4));
 
 /// f32 slots per 64-byte cache line.
 const LINE: usize = 16;
