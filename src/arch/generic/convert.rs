@@ -27,6 +27,21 @@ pub(crate) fn convert<S: F32Simd>(s: S, src: Slice<'_>, dst: SliceMut<'_>, strea
 #[inline(always)]
 fn map<S: F32Simd, A: Io, B: Io>(s: S, src: &[A], dst: &mut [B], stream: bool) {
     assert_eq!(src.len(), dst.len());
+    // Ordinary stores up to the first vector-aligned element of `dst`, then
+    // aligned ones: streaming stores need it, and an ordinary store that
+    // straddles two cache lines costs two (malloc's large buffers start 16
+    // bytes past a page). Short slices skip the split.
+    let head = if stream || dst.len() >= 4 * S::LANES {
+        stream_head::<S, B>(dst)
+    } else {
+        0
+    };
+    let (src_head, src) = src.split_at(head);
+    let (dst_head, dst) = dst.split_at_mut(head);
+    for_each_chunk!(S, head, |c| {
+        let v = c.load(s, src_head);
+        c.store(s, v, dst_head);
+    });
     if !stream {
         for_each_chunk!(S, src.len(), |c| {
             let v = c.load(s, src);
@@ -34,15 +49,6 @@ fn map<S: F32Simd, A: Io, B: Io>(s: S, src: &[A], dst: &mut [B], stream: bool) {
         });
         return;
     }
-    // Ordinary stores up to the first vector-aligned element of `dst`, then
-    // streaming stores (their addresses must be aligned).
-    let head = stream_head::<S, B>(dst);
-    let (src_head, src) = src.split_at(head);
-    let (dst_head, dst) = dst.split_at_mut(head);
-    for_each_chunk!(S, head, |c| {
-        let v = c.load(s, src_head);
-        c.store(s, v, dst_head);
-    });
     for_each_chunk!(S, src.len(), |c| {
         let v = c.load(s, src);
         c.stream(s, v, dst);
