@@ -198,5 +198,21 @@ fn convert(c: &mut Criterion) {
     stochastic::<f16>(c, &one, "f32_to_f16_sr", &f);
 }
 
-criterion_group!(benches, convert);
+/// What the memory system allows, for reading the table: plain copies
+/// moving the same bytes per element as the conversions (`copy-4B`: u16 to
+/// u16, a quarter less than bf16 <-> f32's 6; `copy-8B`: f32 to f32, a
+/// third more), one core, at every size.
+fn bounds(c: &mut Criterion) {
+    for (n, size) in SIZES {
+        let mut g = c.benchmark_group(format!("bound/{size}"));
+        g.throughput(Throughput::Elements(n as u64));
+        let (s2, mut d2) = (vec![1u16; n], vec![0u16; n]);
+        g.bench_function("copy-4B", |b| b.iter(|| d2.copy_from_slice(black_box(&s2))));
+        let (s4, mut d4) = (vec![1f32; n], vec![0f32; n]);
+        g.bench_function("copy-8B", |b| b.iter(|| d4.copy_from_slice(black_box(&s4))));
+        g.finish();
+    }
+}
+
+criterion_group!(benches, convert, bounds);
 criterion_main!(benches);
