@@ -353,10 +353,10 @@ fn pack_b_into<K: Microkernel, T: Element>(
     let bt = b.t(); // lanes = columns of B, depth = k
     // Packs the panels from `p0` on into `chunk`, rows of B outermost: each
     // pass packs `PACK_ROWS` rows of B into every panel of the chunk, so a
-    // row-major B is read along its rows. Panel by panel instead walks all
-    // k rows per 32 columns (a page per row), which measured 10 ns per
-    // element on the AMX host. Any multiple of 4 rows starts a whole slot
-    // (and quad) inside its KC block.
+    // row-major B is read along its rows. Panel by panel would walk all k
+    // rows for each NR columns (for a wide B, a new page per row). Any
+    // multiple of 4 rows starts a whole slot (and quad) inside its KC
+    // block.
     let pack_range = |p0: usize, chunk: &mut [f32], tmp: &mut Vec<f32>| {
         let mut block_off = 0;
         for pc in (0..k).step_by(K::KC) {
