@@ -75,17 +75,12 @@ pub(crate) fn run<K: Microkernel, T: Element, C: Element>(
             let mut l = 0;
             // Four rows of B per pass over the accumulators.
             while l + 4 <= k {
-                let (t0, rest) = tmp.split_at_mut(w);
-                let (t1, rest) = rest.split_at_mut(w);
-                let (t2, t3) = rest.split_at_mut(w);
-                for (q, t) in [&mut *t0, &mut *t1, &mut *t2, &mut t3[..w]]
-                    .into_iter()
-                    .enumerate()
-                {
+                let row = |q: usize| {
                     let off = (l + q) * b.rs + j0 * b.cs;
-                    kern.widen(&b.data[off..off + w], t);
-                }
-                kern.axpy_rows4(&xt[l * m..(l + 4) * m], [t0, t1, t2, &t3[..w]], &mut rows);
+                    &b.data[off..off + w]
+                };
+                let x4 = &xt[l * m..(l + 4) * m];
+                kern.axpy_rows4_widen(x4, [row(0), row(1), row(2), row(3)], &mut tmp, &mut rows);
                 l += 4;
             }
             for l in l..k {

@@ -120,6 +120,30 @@ pub(crate) trait Microkernel: Copy + Send + Sync {
     /// `x` holds `x[q * m + r]` for step `q` and row `r`; the same roundings,
     /// in the same order, as four calls, with a quarter of the `y` traffic.
     fn axpy_rows4(self, x: &[f32], b: [&[f32]; 4], y: &mut [&mut [f32]]);
+
+    /// [`Microkernel::axpy_rows4`] over four B rows in their storage type
+    /// (`b[q].len() == y[r].len()`), widened as [`Microkernel::widen`]
+    /// widens them: the same bits. The default widens into `tmp` (at least
+    /// `4 * len` floats) and calls `axpy_rows4`; an ISA that widens in
+    /// registers overrides it, so B crosses the core once.
+    #[inline(always)]
+    fn axpy_rows4_widen<T: Element>(
+        self,
+        x: &[f32],
+        b: [&[T]; 4],
+        tmp: &mut [f32],
+        y: &mut [&mut [f32]],
+    ) {
+        let w = b[0].len();
+        let (t0, rest) = tmp.split_at_mut(w);
+        let (t1, rest) = rest.split_at_mut(w);
+        let (t2, rest) = rest.split_at_mut(w);
+        let t3 = &mut rest[..w];
+        for (src, dst) in b.into_iter().zip([&mut *t0, &mut *t1, &mut *t2, &mut *t3]) {
+            self.widen(src, dst);
+        }
+        self.axpy_rows4(x, [t0, t1, t2, t3], y);
+    }
 }
 
 /// The f32 microkernel written once: LLVM keeps the `MR x NR` accumulators in

@@ -86,6 +86,17 @@ impl Microkernel for AmxBf16 {
     fn axpy_rows4(self, x: &[f32], b: [&[f32]; 4], y: &mut [&mut [f32]]) {
         Avx512Dot(self.0.avx512bf16()).axpy_rows4(x, b, y);
     }
+
+    #[inline(always)]
+    fn axpy_rows4_widen<T: Element>(
+        self,
+        x: &[f32],
+        b: [&[T]; 4],
+        tmp: &mut [f32],
+        y: &mut [&mut [f32]],
+    ) {
+        Avx512Dot(self.0.avx512bf16()).axpy_rows4_widen(x, b, tmp, y);
+    }
 }
 
 thread_local! {

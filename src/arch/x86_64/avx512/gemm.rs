@@ -47,6 +47,18 @@ impl Microkernel for Avx512F32 {
         // SAFETY: as above.
         unsafe { axpy_rows4(x, b, y) }
     }
+
+    #[inline(always)]
+    fn axpy_rows4_widen<T: Element>(
+        self,
+        x: &[f32],
+        b: [&[T]; 4],
+        _tmp: &mut [f32],
+        y: &mut [&mut [f32]],
+    ) {
+        // SAFETY: as above.
+        unsafe { axpy_rows4_widen(x, b, y) }
+    }
 }
 
 const MR: usize = 14;
@@ -98,6 +110,53 @@ fn axpy_rows(x: &[f32], b: &[f32], y: &mut [&mut [f32]]) {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")]
 fn axpy_rows4(x: &[f32], b: [&[f32]; 4], y: &mut [&mut [f32]]) {
     generic_axpy_rows4(x, b, y, f32::mul_add);
+}
+
+/// [`Microkernel::axpy_rows4_widen`]: each 16 columns of the four B rows
+/// are widened in registers (as [`widen`] does: `vcvtph2ps`, a shift, a
+/// load) and added into every row of `y` with four FMAs in k order.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")]
+fn axpy_rows4_widen<T: Element>(x: &[f32], b: [&[T]; 4], y: &mut [&mut [f32]]) {
+    let m = y.len();
+    let n = b[0].len();
+    assert!(x.len() >= 4 * m && b.iter().all(|r| r.len() == n) && y.iter().all(|r| r.len() == n));
+    let mut j = 0;
+    while j + 16 <= n {
+        // SAFETY: j + 16 <= n = every row's length (asserted above): 16
+        // elements read from each B row, 16 f32 read and written in each
+        // row of y, unaligned access.
+        unsafe {
+            let load = |row: &[T]| -> __m512 {
+                let p = row.as_ptr().add(j);
+                match T::slice(row) {
+                    Slice::F32(_) => _mm512_loadu_ps(p.cast()),
+                    Slice::F16(_) => _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())),
+                    Slice::Bf16(_) => _mm512_castsi512_ps(_mm512_slli_epi32::<16>(
+                        _mm512_cvtepu16_epi32(_mm256_loadu_si256(p.cast())),
+                    )),
+                }
+            };
+            let bv = [load(b[0]), load(b[1]), load(b[2]), load(b[3])];
+            for (r, yr) in y.iter_mut().enumerate() {
+                let p = yr.as_mut_ptr().add(j);
+                let mut t = _mm512_loadu_ps(p);
+                for (q, bq) in bv.iter().enumerate() {
+                    t = _mm512_fmadd_ps(_mm512_set1_ps(x[q * m + r]), *bq, t);
+                }
+                _mm512_storeu_ps(p, t);
+            }
+        }
+        j += 16;
+    }
+    for j in j..n {
+        for (r, yr) in y.iter_mut().enumerate() {
+            let mut t = yr[j];
+            for (q, bq) in b.iter().enumerate() {
+                t = x[q * m + r].mul_add(bq[j].to_f32(), t);
+            }
+            yr[j] = t;
+        }
+    }
 }
 
 /// Widens a contiguous run: f16 through `vcvtph2ps`, bf16 by a shift

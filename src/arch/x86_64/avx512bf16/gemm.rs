@@ -55,6 +55,17 @@ impl Microkernel for Avx512Dot {
     fn axpy_rows4(self, x: &[f32], b: [&[f32]; 4], y: &mut [&mut [f32]]) {
         base::Avx512F32(self.0.avx512()).axpy_rows4(x, b, y);
     }
+
+    #[inline(always)]
+    fn axpy_rows4_widen<T: Element>(
+        self,
+        x: &[f32],
+        b: [&[T]; 4],
+        tmp: &mut [f32],
+        y: &mut [&mut [f32]],
+    ) {
+        base::Avx512F32(self.0.avx512()).axpy_rows4_widen(x, b, tmp, y);
+    }
 }
 
 const MR: usize = 14;
