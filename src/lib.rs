@@ -27,7 +27,7 @@
 //! | `avx512` | AVX-512 F/BW/VL/DQ | 16-lane versions of the above |
 //! | `avx512bf16` | `avx512` + AVX512_BF16 | `vdpbf16ps` GEMM where it is faster than widening |
 //! | `amx` | `avx512bf16` + AMX-BF16 + Linux permission | tile GEMM for bf16 |
-//! | `neon` | aarch64 | f16 via `FCVTL`/`FCVTN`, bf16 via integer ops, f32 FMLA GEMM |
+//! | `neon` | aarch64 | f16 and bf16 via exact integer ops (`FCVTL` intrinsics need Rust 1.94), f32 FMLA GEMM |
 //! | `neonbf16` | `neon` + FEAT_BF16 | `BFMMLA` GEMM for bf16 (round to odd, subnormals flushed) |
 //!
 //! ## Numerics contract
