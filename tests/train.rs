@@ -1093,6 +1093,7 @@ fn check_unscaled_matches_unscale_and_check() {
                     scaled[2][5] = f32::NAN;
                 }
                 let inv = ta.scaler().inv_scale();
+                assert_eq!(inv, tb.begin().inv_loss_scale());
                 let unscaled: Vec<Vec<f32>> = scaled
                     .iter()
                     .map(|g| g.iter().map(|&x| x * inv).collect())

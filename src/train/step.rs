@@ -413,6 +413,13 @@ impl<'t> Step<'t, Scaled> {
         self.trainer.scaler.scale()
     }
 
+    /// `1 / loss_scale()`, rounded as the trainer rounds it: what an engine
+    /// passes to [`Gemm::unscale`](crate::Gemm::unscale) before
+    /// [`Step::check_unscaled`].
+    pub fn inv_loss_scale(&self) -> f32 {
+        self.trainer.scaler.inv_scale()
+    }
+
     /// `loss * loss_scale()`.
     pub fn scale_loss(&self, loss: f32) -> f32 {
         loss * self.loss_scale()
@@ -436,9 +443,9 @@ impl<'t> Step<'t, Scaled> {
     }
 
     /// Checks gradients the engine has already multiplied by
-    /// `1/loss_scale()`: typically the output of a weight-gradient
+    /// [`Step::inv_loss_scale`]: typically the output of a weight-gradient
     /// [`gemm`](crate::gemm()) with
-    /// [`Gemm::unscale`](crate::Gemm::unscale)`(1.0 / step.loss_scale())`,
+    /// [`Gemm::unscale`](crate::Gemm::unscale)`(step.inv_loss_scale())`,
     /// which unscales in the GEMM's epilogue so no pass of its own is
     /// needed. Counts the inf/NaN values (an overflow the GEMM reported
     /// shows up here as inf) and sums the squares for clipping, writes
