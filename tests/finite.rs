@@ -255,6 +255,39 @@ fn any_bits_for<T: Bits>(test: &str) {
     }
 }
 
+/// bf16 unscaled in place by powers of two (every dynamic loss scale):
+/// mostly normal values across the whole exponent range, so whole vectors
+/// take exponent-arithmetic fast paths where an ISA has one, with a rare
+/// special (NaN payload, inf, subnormal, zero) and results that underflow
+/// for the larger exponents; lengths around the 512-value blocks, at an odd
+/// start.
+#[test]
+fn bf16_by_powers_of_two_matches_the_oracle() {
+    let mut rng = Rng::fresh("bf16_by_powers_of_two_matches_the_oracle");
+    let nans = <bf16 as Bits>::nans();
+    for backend in backends() {
+        for d in [0i32, 1, 7, 16, 24, 60, 100, 125, 126] {
+            let inv = f32::from_bits(((127 - d) as u32) << 23);
+            for n in [0usize, 31, 32, 511, 512, 513, 1024 + 96, 2047] {
+                let src: Vec<bf16> = (0..n + 1)
+                    .map(|_| {
+                        let sign = (rng.below(2) as u16) << 15;
+                        let bits = match rng.below(400) {
+                            0 => nans[rng.below(nans.len())] as u16,
+                            1 => 0x7F80,
+                            2 => 1 + rng.below(127) as u16, // subnormal
+                            3 => 0,
+                            _ => ((1 + rng.below(254)) << 7 | rng.below(128)) as u16,
+                        };
+                        bf16::from_bits(sign | bits)
+                    })
+                    .collect();
+                check_all(&backend, &src[1..], inv, &format!("2^-{d} n={n}"));
+            }
+        }
+    }
+}
+
 #[test]
 fn any_bits_every_isa_matches_the_oracle_f32() {
     any_bits_for::<f32>("any_bits_every_isa_matches_the_oracle_f32");

@@ -38,7 +38,7 @@ use crate::finite::GradStats;
 const BLOCK_VECS: usize = 32;
 
 /// A clean total below this (2^-70) is summed again with scaled values.
-const TINY_TOTAL: f64 = f64::from_bits((1023 - 70) << 52);
+pub(crate) const TINY_TOTAL: f64 = f64::from_bits((1023 - 70) << 52);
 
 /// The power of two the re-summation multiplies by (2^90), and its
 /// square's inverse (2^-180).
@@ -194,7 +194,7 @@ fn pass<S: F32Simd, D: Store>(s: S, src: impl Source<D>, dst: &mut [D], inv: f32
 /// each scaled by 2^90 before squaring so that no square leaves f32's
 /// normal range; the result is scaled back in f64. Inf/NaN lanes add 0.
 #[inline(always)]
-fn tiny_sum_sq<S: F32Simd, T: Io>(s: S, data: &[T]) -> f64 {
+pub(crate) fn tiny_sum_sq<S: F32Simd, T: Io>(s: S, data: &[T]) -> f64 {
     let scale = s.splat(TINY_SCALE);
     let mut acc = s.acc_zero();
     for block in data.chunks(BLOCK_VECS * S::LANES) {
