@@ -78,7 +78,11 @@ fn bench(c: &mut Criterion) {
         .num_threads(1)
         .build_global();
     let inv = black_box(1.0f32);
-    for (label, n) in [("4K", 1usize << 12), ("64K", 1usize << 16), ("16M", 1 << 24)] {
+    for (label, n) in [
+        ("4K", 1usize << 12),
+        ("64K", 1usize << 16),
+        ("16M", 1 << 24),
+    ] {
         let base = data(n);
         let mut g32 = base.clone();
         let mut g16: Vec<bf16> = base.iter().map(|&x| bf16::from_f32(x)).collect();
