@@ -596,6 +596,42 @@ fn block<K: Microkernel, T: Element, C: Element>(
     nonfinite
 }
 
+/// [`store_row`] for a contiguous f32 row of C, `d`: the stages run in `d`
+/// itself, with the same operations in the same order (so the same bits).
+/// No staging buffer: copying one just written by narrower stores (SSE2
+/// in this generic code) into C with a wide `memcpy` stalls each row on
+/// store forwarding.
+#[inline(always)]
+fn store_row_f32(ep: &Epilogue<'_>, acc: &[f32], i: usize, j0: usize, d: &mut [f32]) -> usize {
+    let alpha = ep.alpha;
+    let beta = ep.beta;
+    // One loop per case, so each vectorizes without branches inside.
+    match (ep.inv_scale, beta != 0.0) {
+        (None, false) => {
+            for (o, &y) in d.iter_mut().zip(acc) {
+                *o = alpha * y;
+            }
+        }
+        (Some(s), false) => {
+            for (o, &y) in d.iter_mut().zip(acc) {
+                *o = alpha * y * s;
+            }
+        }
+        (None, true) => {
+            for (o, &y) in d.iter_mut().zip(acc) {
+                *o = alpha * y + beta * *o;
+            }
+        }
+        (Some(s), true) => {
+            for (o, &y) in d.iter_mut().zip(acc) {
+                *o = alpha * y * s + beta * *o;
+            }
+        }
+    }
+    ep.add_bias_and_activate(d, i, j0);
+    d.iter().filter(|x| !x.is_finite()).count()
+}
+
 /// The most columns a microkernel tile has on any ISA.
 pub(super) const MAX_NR: usize = 64;
 
@@ -612,11 +648,18 @@ pub(super) fn store_row<K: Microkernel, C: Element>(
     c_len: usize,
 ) -> usize {
     let n = acc.len();
-    let mut t = [0.0f32; MAX_NR];
-    let t = &mut t[..n];
     let base = i * c.rs + j0 * c.cs;
     debug_assert!(n == 0 || base + (n - 1) * c.cs < c_len);
     let _ = c_len;
+    if c.cs == 1 && C::DTYPE == DType::F32 {
+        // SAFETY: as for the contiguous store below.
+        let dst = unsafe { core::slice::from_raw_parts_mut(c.ptr.add(base), n) };
+        if let SliceMut::F32(d) = C::slice_mut(dst) {
+            return store_row_f32(ep, acc, i, j0, d);
+        }
+    }
+    let mut t = [0.0f32; MAX_NR];
+    let t = &mut t[..n];
     // Stage by stage, so each loop vectorizes.
     for (x, &y) in t.iter_mut().zip(acc) {
         *x = ep.alpha * y;
