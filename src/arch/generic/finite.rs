@@ -40,6 +40,19 @@ const BLOCK_VECS: usize = 32;
 /// A clean total below this (2^-70) is summed again with scaled values.
 pub(crate) const TINY_TOTAL: f64 = f64::from_bits((1023 - 70) << 52);
 
+/// `d` when `inv_scale == 2^d` with `-126 <= d <= 0`, the case the
+/// bf16 exponent-arithmetic passes take (unscaling by a loss scale of at
+/// least 1; every dynamic loss scale is a power of two).
+#[cfg_attr(
+    not(target_arch = "x86_64"),
+    expect(dead_code, reason = "only the x86 passes take it so far")
+)]
+pub(crate) fn pow2_exponent(inv_scale: f32) -> Option<i32> {
+    let bits = inv_scale.to_bits();
+    let biased = (bits >> 23) as i32;
+    (bits & 0x807F_FFFF == 0 && (1..=127).contains(&biased)).then_some(biased - 127)
+}
+
 /// The power of two the re-summation multiplies by (2^90), and its
 /// square's inverse (2^-180).
 const TINY_SCALE: f32 = f32::from_bits((127 + 90) << 23);

@@ -30,17 +30,9 @@ use crate::arch::simd::F32Simd;
 use crate::finite::GradStats;
 
 /// bf16 values per block (as the generic pass: 32 vectors of 16).
-pub(crate) const BLOCK: usize = 512;
+pub(super) const BLOCK: usize = 512;
 /// bf16 values per vector here.
 const LANES: usize = 32;
-
-/// `d` when `inv_scale == 2^d` with `-126 <= d <= 0`, the case this path
-/// takes (unscaling by a loss scale of at least 1).
-pub(crate) fn pow2_exponent(inv_scale: f32) -> Option<i32> {
-    let bits = inv_scale.to_bits();
-    let biased = (bits >> 23) as i32;
-    (bits & 0x807F_FFFF == 0 && (1..=127).contains(&biased)).then_some(biased - 127)
-}
 
 /// `x <- x * 2^d` for the whole blocks of `data` (the caller passes the
 /// rest to the generic pass), with statistics.

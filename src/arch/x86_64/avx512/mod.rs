@@ -67,7 +67,7 @@ pub(crate) fn unscale(t: Avx512, data: SliceMut<'_>, inv_scale: f32) -> GradStat
 
 #[target_feature(enable = "avx,avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq")]
 fn unscale_tf(t: Avx512, data: SliceMut<'_>, inv_scale: f32) -> GradStats {
-    match (data, finite::pow2_exponent(inv_scale)) {
+    match (data, generic::finite::pow2_exponent(inv_scale)) {
         // bf16 by a power of two: exponent arithmetic on 32 lanes for the
         // whole blocks, the generic pass for the rest.
         (SliceMut::Bf16(d), Some(e)) => {

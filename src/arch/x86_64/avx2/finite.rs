@@ -1,0 +1,131 @@
+//! In-place bf16 unscaling by a power of two on AVX2, 16 lanes of 16 bits
+//! at a time: the `avx512` pass (see `arch::x86_64::avx512::finite`) with
+//! vector compares instead of mask registers.
+//!
+//! A normal bf16 times `2^d` that stays normal is `bits + (d << 7)`, exact.
+//! Per vector: `|x| - low` below `span` (unsigned, by a saturating
+//! subtract) marks the lanes that stay normal; every other lane must be a
+//! zero (one `vptest`), else the vector takes the oracle's rounding; the
+//! step is added to the in-range lanes only, so zeros stay zeros. Squares
+//! of the written values go to four f32 accumulators per block of 512
+//! values, as in the `avx512` pass: a block whose sum is not finite is
+//! recounted by the scalar oracle in f64, a tiny total summed again scaled.
+
+use core::arch::x86_64::*;
+
+use half::bf16;
+use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+
+use super::super::Avx2;
+use crate::arch::generic::finite::{TINY_TOTAL, tiny_sum_sq};
+use crate::arch::scalar::finite as oracle;
+use crate::arch::simd::F32Simd;
+use crate::finite::GradStats;
+
+/// bf16 values per block (32 vectors of 16).
+pub(super) const BLOCK: usize = 512;
+/// bf16 values per vector here.
+const LANES: usize = 16;
+
+/// The constants of one pass.
+#[derive(Clone, Copy)]
+struct Pow2 {
+    /// `2^d`, for the oracle's rounding.
+    inv: f32,
+    /// `(1 - d) << 7`: the smallest |bits| that stays normal.
+    low: __m256i,
+    /// `0x7F80 - low`: how many |bits| from `low` on stay normal.
+    span: __m256i,
+    /// `d << 7`: what the exponent arithmetic adds.
+    step: __m256i,
+    abs_mask: __m256i,
+}
+
+/// `x <- x * 2^d` for the whole blocks of `data` (`-126 <= d <= 0`; the
+/// caller passes the rest to the generic pass), with statistics.
+#[target_feature(enable = "avx,avx2,fma,f16c")]
+pub(super) fn unscale_bf16_pow2(s: Avx2, data: &mut [bf16], d: i32) -> GradStats {
+    debug_assert!((-126..=0).contains(&d) && data.len().is_multiple_of(BLOCK));
+    let low = (1 - d) << 7;
+    let c = Pow2 {
+        inv: f32::from_bits(((127 + d) as u32) << 23),
+        low: _mm256_set1_epi16(low as i16),
+        span: _mm256_set1_epi16((0x7F80 - low) as i16),
+        step: _mm256_set1_epi16((d * 128) as i16),
+        abs_mask: _mm256_set1_epi16(0x7FFF),
+    };
+    let hi_mask = _mm256_set1_epi32(0xFFFF_0000u32 as i32);
+    let bits: &mut [u16] = data.reinterpret_cast_mut();
+    let mut acc = s.acc_zero();
+    let mut stats = GradStats::ZERO;
+    for block in bits.chunks_exact_mut(BLOCK) {
+        let mut a = [_mm256_setzero_ps(); 4];
+        // Squares of what was written: even lanes shifted up, odd lanes
+        // masked in place (a bf16 is the top half of an f32). Two vectors
+        // per step, so each has its own two accumulators.
+        let mut square_add = |k: usize, r: __m256i| {
+            let lo = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(r));
+            let hi = _mm256_castsi256_ps(_mm256_and_si256(r, hi_mask));
+            a[k] = _mm256_fmadd_ps(lo, lo, a[k]);
+            a[k + 1] = _mm256_fmadd_ps(hi, hi, a[k + 1]);
+        };
+        for pair in block.chunks_exact_mut(2 * LANES) {
+            let (v0, v1) = pair.split_at_mut(LANES);
+            square_add(0, unscale_vector(v0, c));
+            square_add(2, unscale_vector(v1, c));
+        }
+        let sum = _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]));
+        if s.any(s.nonfinite(sum)) {
+            let block: &[bf16] = (*block).reinterpret_cast();
+            stats = stats.merge(oracle::stats(block));
+        } else {
+            acc = s.acc_add(acc, sum);
+        }
+    }
+    stats.sum_sq += s.acc_sum(acc);
+    if stats.sum_sq < TINY_TOTAL && !data.is_empty() {
+        stats.sum_sq = tiny_sum_sq(s, &*data);
+    }
+    stats
+}
+
+/// One vector of 16 bf16: `v <- v * 2^d` by exponent arithmetic when every
+/// nonzero lane stays normal, else by the oracle's rounding; returns the
+/// bits written.
+#[inline]
+#[target_feature(enable = "avx,avx2,fma,f16c")]
+fn unscale_vector(v: &mut [u16], c: Pow2) -> __m256i {
+    assert_eq!(v.len(), LANES);
+    let p = v.as_mut_ptr();
+    // SAFETY: `v` is 16 u16 = 32 bytes (asserted), read and written here only.
+    let x = unsafe { _mm256_loadu_si256(p.cast()) };
+    let abs = _mm256_and_si256(x, c.abs_mask);
+    let off = _mm256_sub_epi16(abs, c.low);
+    // All ones where `off >= span` (unsigned): the lane leaves the normal
+    // range, or is a zero (whose `off` wraps high).
+    let outside = _mm256_cmpeq_epi16(_mm256_subs_epu16(c.span, off), _mm256_setzero_si256());
+    let zero = _mm256_cmpeq_epi16(abs, _mm256_setzero_si256());
+    // `vptest`: CF = every lane outside the range is a zero.
+    if _mm256_testc_si256(zero, outside) == 1 {
+        let r = _mm256_add_epi16(x, _mm256_andnot_si256(outside, c.step));
+        // SAFETY: as for the load.
+        unsafe { _mm256_storeu_si256(p.cast(), r) };
+        r
+    } else {
+        oracle_vector(v, c.inv);
+        // SAFETY: as for the load.
+        unsafe { _mm256_loadu_si256(v.as_ptr().cast()) }
+    }
+}
+
+/// The oracle's rounding, element by element: the rare vector with a
+/// subnormal, inf or NaN, or a result that underflows. Out of line, so the
+/// hot loop stays small.
+#[cold]
+#[inline(never)]
+fn oracle_vector(v: &mut [u16], inv: f32) {
+    for h in v.iter_mut() {
+        let y = bf16::from_bits(*h).to_f32() * inv;
+        *h = bf16::from_f32(y).to_bits();
+    }
+}
