@@ -8,22 +8,17 @@
 //! zero (one `vptest`), else the vector takes the oracle's rounding; the
 //! step is added to the in-range lanes only, so zeros stay zeros. Squares
 //! of the written values go to four f32 accumulators per block of 512
-//! values, as in the `avx512` pass: a block whose sum is not finite is
-//! recounted by the scalar oracle in f64, a tiny total summed again scaled.
+//! values, then to `arch::generic::finite::pow2_blocks`' checks, as in the
+//! `avx512` pass.
 
 use core::arch::x86_64::*;
 
 use half::bf16;
-use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 
 use super::super::Avx2;
-use crate::arch::generic::finite::{TINY_TOTAL, tiny_sum_sq};
-use crate::arch::scalar::finite as oracle;
-use crate::arch::simd::F32Simd;
+use crate::arch::generic::finite::{POW2_BLOCK, pow2_blocks, pow2_oracle};
 use crate::finite::GradStats;
 
-/// bf16 values per block (32 vectors of 16).
-pub(super) const BLOCK: usize = 512;
 /// bf16 values per vector here.
 const LANES: usize = 16;
 
@@ -41,11 +36,11 @@ struct Pow2 {
     abs_mask: __m256i,
 }
 
-/// `x <- x * 2^d` for the whole blocks of `data` (`-126 <= d <= 0`; the
-/// caller passes the rest to the generic pass), with statistics.
+/// `x <- x * 2^d` (`-126 <= d <= 0`) for whole blocks of
+/// [`POW2_BLOCK`] values, with statistics.
 #[target_feature(enable = "avx,avx2,fma,f16c")]
 pub(super) fn unscale_bf16_pow2(s: Avx2, data: &mut [bf16], d: i32) -> GradStats {
-    debug_assert!((-126..=0).contains(&d) && data.len().is_multiple_of(BLOCK));
+    debug_assert!((-126..=0).contains(&d));
     let low = (1 - d) << 7;
     let c = Pow2 {
         inv: f32::from_bits(((127 + d) as u32) << 23),
@@ -55,14 +50,10 @@ pub(super) fn unscale_bf16_pow2(s: Avx2, data: &mut [bf16], d: i32) -> GradStats
         abs_mask: _mm256_set1_epi16(0x7FFF),
     };
     let hi_mask = _mm256_set1_epi32(0xFFFF_0000u32 as i32);
-    let bits: &mut [u16] = data.reinterpret_cast_mut();
-    let mut acc = s.acc_zero();
-    let mut stats = GradStats::ZERO;
-    for block in bits.chunks_exact_mut(BLOCK) {
+    pow2_blocks(s, data, |block| {
+        const _: () = assert!(POW2_BLOCK.is_multiple_of(2 * LANES));
         let mut a = [_mm256_setzero_ps(); 4];
-        // Squares of what was written: even lanes shifted up, odd lanes
-        // masked in place (a bf16 is the top half of an f32). Two vectors
-        // per step, so each has its own two accumulators.
+        // Squares of what was written, as in the `avx512` pass.
         let mut square_add = |k: usize, r: __m256i| {
             let lo = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(r));
             let hi = _mm256_castsi256_ps(_mm256_and_si256(r, hi_mask));
@@ -74,19 +65,8 @@ pub(super) fn unscale_bf16_pow2(s: Avx2, data: &mut [bf16], d: i32) -> GradStats
             square_add(0, unscale_vector(v0, c));
             square_add(2, unscale_vector(v1, c));
         }
-        let sum = _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]));
-        if s.any(s.nonfinite(sum)) {
-            let block: &[bf16] = (*block).reinterpret_cast();
-            stats = stats.merge(oracle::stats(block));
-        } else {
-            acc = s.acc_add(acc, sum);
-        }
-    }
-    stats.sum_sq += s.acc_sum(acc);
-    if stats.sum_sq < TINY_TOTAL && !data.is_empty() {
-        stats.sum_sq = tiny_sum_sq(s, &*data);
-    }
-    stats
+        _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]))
+    })
 }
 
 /// One vector of 16 bf16: `v <- v * 2^d` by exponent arithmetic when every
@@ -112,20 +92,8 @@ fn unscale_vector(v: &mut [u16], c: Pow2) -> __m256i {
         unsafe { _mm256_storeu_si256(p.cast(), r) };
         r
     } else {
-        oracle_vector(v, c.inv);
+        pow2_oracle(v, c.inv);
         // SAFETY: as for the load.
         unsafe { _mm256_loadu_si256(v.as_ptr().cast()) }
-    }
-}
-
-/// The oracle's rounding, element by element: the rare vector with a
-/// subnormal, inf or NaN, or a result that underflows. Out of line, so the
-/// hot loop stays small.
-#[cold]
-#[inline(never)]
-fn oracle_vector(v: &mut [u16], inv: f32) {
-    for h in v.iter_mut() {
-        let y = bf16::from_bits(*h).to_f32() * inv;
-        *h = bf16::from_f32(y).to_bits();
     }
 }

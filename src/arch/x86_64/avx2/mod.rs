@@ -66,16 +66,10 @@ pub(crate) fn unscale(t: Avx2, data: SliceMut<'_>, inv_scale: f32) -> GradStats 
 
 #[target_feature(enable = "avx,avx2,fma,f16c")]
 fn unscale_tf(t: Avx2, data: SliceMut<'_>, inv_scale: f32) -> GradStats {
-    match (data, generic::finite::pow2_exponent(inv_scale)) {
-        // bf16 by a power of two: exponent arithmetic on 16 lanes for the
-        // whole blocks, the generic pass for the rest.
-        (SliceMut::Bf16(d), Some(e)) => {
-            let (blocks, rest) = d.split_at_mut(d.len() / finite::BLOCK * finite::BLOCK);
-            let head = finite::unscale_bf16_pow2(t, blocks, e);
-            head.merge(generic::finite::unscale(t, SliceMut::Bf16(rest), inv_scale))
-        }
-        (data, _) => generic::finite::unscale(t, data, inv_scale),
-    }
+    // bf16 by a power of two: exponent arithmetic on 16 lanes.
+    generic::finite::unscale_with_pow2(t, data, inv_scale, |blocks, e| {
+        finite::unscale_bf16_pow2(t, blocks, e)
+    })
 }
 
 /// `arch::generic::finite::unscale_into` on AVX2.

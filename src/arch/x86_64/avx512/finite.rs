@@ -15,47 +15,54 @@
 //!
 //! The statistics follow `arch::generic::finite` exactly: squares of the
 //! written values in four f32 accumulators per block of 512 values (eight
-//! squares per lane), a block whose sum is not finite recounted by the
-//! scalar oracle in f64, and a tiny total summed again scaled.
+//! squares per lane), then `pow2_blocks`' checks (a block whose sum is not
+//! finite recounted by the scalar oracle in f64, a tiny total summed again
+//! scaled).
 
 use core::arch::x86_64::*;
 
 use half::bf16;
-use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 
 use super::super::Avx512;
-use crate::arch::generic::finite::{TINY_TOTAL, tiny_sum_sq};
-use crate::arch::scalar::finite as oracle;
-use crate::arch::simd::F32Simd;
+use crate::arch::generic::finite::{POW2_BLOCK, pow2_blocks, pow2_oracle};
 use crate::finite::GradStats;
 
-/// bf16 values per block (as the generic pass: 32 vectors of 16).
-pub(super) const BLOCK: usize = 512;
 /// bf16 values per vector here.
 const LANES: usize = 32;
 
-/// `x <- x * 2^d` for the whole blocks of `data` (the caller passes the
-/// rest to the generic pass), with statistics.
+/// The constants of one pass (see [`unscale_bf16_pow2`]).
+#[derive(Clone, Copy)]
+struct Pow2 {
+    /// `2^d`, for the oracle's rounding.
+    inv: f32,
+    /// `(1 - d) << 7`: the smallest |bits| that stays normal.
+    low: __m512i,
+    /// `0x7F80 - low`: how many |bits| from `low` on stay normal.
+    span: __m512i,
+    /// `d << 7`: what the exponent arithmetic adds.
+    step: __m512i,
+    abs_mask: __m512i,
+}
+
+/// `x <- x * 2^d` (`-126 <= d <= 0`) for whole blocks of
+/// [`POW2_BLOCK`] values, with statistics.
 #[target_feature(enable = "avx,avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq")]
-pub(crate) fn unscale_bf16_pow2(s: Avx512, data: &mut [bf16], d: i32) -> GradStats {
-    debug_assert!((-126..=0).contains(&d) && data.len().is_multiple_of(BLOCK));
-    let inv = f32::from_bits(((127 + d) as u32) << 23);
-    let bits: &mut [u16] = data.reinterpret_cast_mut();
+pub(super) fn unscale_bf16_pow2(s: Avx512, data: &mut [bf16], d: i32) -> GradStats {
+    debug_assert!((-126..=0).contains(&d));
     // A nonzero lane takes the fast path when its exponent e satisfies
     // 1 - d <= e <= 254 (normal in, normal out): |x| in [low, 0x7F80), i.e.
     // the wrapping `|x| - low` below `span`. Zeros stay as they are.
     let low = (1 - d) << 7;
     let c = Pow2 {
-        inv,
+        inv: f32::from_bits(((127 + d) as u32) << 23),
         low: _mm512_set1_epi16(low as i16),
         span: _mm512_set1_epi16((0x7F80 - low) as i16),
         step: _mm512_set1_epi16((d * 128) as i16),
         abs_mask: _mm512_set1_epi16(0x7FFF),
     };
     let hi_mask = _mm512_set1_epi32(0xFFFF_0000u32 as i32);
-    let mut acc = s.acc_zero();
-    let mut stats = GradStats::ZERO;
-    for block in bits.chunks_exact_mut(BLOCK) {
+    pow2_blocks(s, data, |block| {
+        const _: () = assert!(POW2_BLOCK.is_multiple_of(2 * LANES));
         let mut a = [_mm512_setzero_ps(); 4];
         // Squares of what was written: even lanes shifted up, odd lanes
         // masked in place (a bf16 is the top half of an f32). Two vectors
@@ -71,33 +78,8 @@ pub(crate) fn unscale_bf16_pow2(s: Avx512, data: &mut [bf16], d: i32) -> GradSta
             square_add(0, unscale_vector(v0, c));
             square_add(2, unscale_vector(v1, c));
         }
-        let sum = _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3]));
-        if s.any(s.nonfinite(sum)) {
-            let block: &[bf16] = (*block).reinterpret_cast();
-            stats = stats.merge(oracle::stats(block));
-        } else {
-            acc = s.acc_add(acc, sum);
-        }
-    }
-    stats.sum_sq += s.acc_sum(acc);
-    if stats.sum_sq < TINY_TOTAL && !data.is_empty() {
-        stats.sum_sq = tiny_sum_sq(s, &*data);
-    }
-    stats
-}
-
-/// The constants of one pass (see [`unscale_bf16_pow2`]).
-#[derive(Clone, Copy)]
-struct Pow2 {
-    /// `2^d`, for the oracle's rounding.
-    inv: f32,
-    /// `(1 - d) << 7`: the smallest |bits| that stays normal.
-    low: __m512i,
-    /// `0x7F80 - low`: how many |bits| from `low` on stay normal.
-    span: __m512i,
-    /// `d << 7`: what the exponent arithmetic adds.
-    step: __m512i,
-    abs_mask: __m512i,
+        _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3]))
+    })
 }
 
 /// One vector of 32 bf16: `v <- v * 2^d` by exponent arithmetic when every
@@ -123,20 +105,8 @@ fn unscale_vector(v: &mut [u16], c: Pow2) -> __m512i {
         unsafe { _mm512_storeu_si512(p.cast(), r) };
         r
     } else {
-        oracle_vector(v, c.inv);
+        pow2_oracle(v, c.inv);
         // SAFETY: as for the load.
         unsafe { _mm512_loadu_si512(v.as_ptr().cast()) }
-    }
-}
-
-/// The oracle's rounding, element by element: the rare vector with a
-/// subnormal, inf or NaN, or a result that underflows. Out of line, so the
-/// hot loop stays small.
-#[cold]
-#[inline(never)]
-fn oracle_vector(v: &mut [u16], inv: f32) {
-    for h in v.iter_mut() {
-        let y = bf16::from_bits(*h).to_f32() * inv;
-        *h = bf16::from_f32(y).to_bits();
     }
 }

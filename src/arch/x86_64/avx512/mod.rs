@@ -67,16 +67,10 @@ pub(crate) fn unscale(t: Avx512, data: SliceMut<'_>, inv_scale: f32) -> GradStat
 
 #[target_feature(enable = "avx,avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq")]
 fn unscale_tf(t: Avx512, data: SliceMut<'_>, inv_scale: f32) -> GradStats {
-    match (data, generic::finite::pow2_exponent(inv_scale)) {
-        // bf16 by a power of two: exponent arithmetic on 32 lanes for the
-        // whole blocks, the generic pass for the rest.
-        (SliceMut::Bf16(d), Some(e)) => {
-            let (blocks, rest) = d.split_at_mut(d.len() / finite::BLOCK * finite::BLOCK);
-            let head = finite::unscale_bf16_pow2(t, blocks, e);
-            head.merge(generic::finite::unscale(t, SliceMut::Bf16(rest), inv_scale))
-        }
-        (data, _) => generic::finite::unscale(t, data, inv_scale),
-    }
+    // bf16 by a power of two: exponent arithmetic on 32 lanes.
+    generic::finite::unscale_with_pow2(t, data, inv_scale, |blocks, e| {
+        finite::unscale_bf16_pow2(t, blocks, e)
+    })
 }
 
 /// `arch::generic::finite::unscale_into` on AVX-512.
