@@ -841,11 +841,13 @@ mod probe {
 
     /// `cargo test --release --lib driver_overhead -- --ignored --nocapture`:
     /// packing B, then the BLIS loops around the busy kernel (A packing,
-    /// epilogue, stores to C), one thread, bf16 -> f32, best of three.
+    /// epilogue, stores to C), bf16 -> f32, best of three; one thread, or
+    /// `PROBE_THREADS` (the busy time is then divided among them).
     #[test]
     #[ignore = "timing probe"]
     fn driver_overhead() {
-        for n in [512usize, 1024, 2048] {
+        let threads: usize = std::env::var("PROBE_THREADS").map_or(1, |t| t.parse().unwrap());
+        for n in [512usize, 1024, 2048, 4096] {
             let a = vec![bf16::from_f32(1.0); n * n];
             let b = vec![bf16::from_f32(1.0); n * n];
             let mut c = vec![0.0f32; n * n];
@@ -857,21 +859,21 @@ mod probe {
             for _ in 0..3 {
                 let t0 = std::time::Instant::now();
                 for _ in 0..reps {
-                    recycle(pack_b_scratch(Busy, bv, 1));
+                    recycle(pack_b_scratch(Busy, bv, threads));
                 }
                 pack = pack.min(t0.elapsed().as_secs_f64() / reps as f64);
-                let p = pack_b_scratch(Busy, bv, 1);
+                let p = pack_b_scratch(Busy, bv, threads);
                 let t0 = std::time::Instant::now();
                 for _ in 0..reps {
                     let cv = MatMut::row_major(&mut c, n, n).unwrap();
-                    run(Busy, av, &p, n, n, cv, &ep, 1);
+                    run(Busy, av, &p, n, n, cv, &ep, threads);
                 }
                 loops = loops.min(t0.elapsed().as_secs_f64() / reps as f64);
                 recycle(p);
             }
-            let busy = 2.0 * (n as f64).powi(3) / 1370e9;
+            let busy = 2.0 * (n as f64).powi(3) / 1370e9 / threads as f64;
             eprintln!(
-                "n={n}: pack B {:.2} ms, loops {:.2} ms of which the busy kernel {:.2} ms",
+                "n={n}, {threads} threads: pack B {:.2} ms, loops {:.2} ms of which the busy kernel {:.2} ms",
                 pack * 1e3,
                 loops * 1e3,
                 busy * 1e3
