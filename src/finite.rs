@@ -192,6 +192,13 @@ pub fn count_nonfinite<T: Element>(src: &[T]) -> usize {
 /// the [`GradStats`] of the written values, in one pass (see the module docs
 /// for the numerics). Large slices are split over rayon's threads.
 ///
+/// bf16 with an `inv_scale` of `2^-d` (`0 <= d <= 126`: the inverse of any
+/// dynamic loss scale, e.g. [`Step::inv_loss_scale`]) is fastest on AVX2
+/// and AVX-512: exact exponent arithmetic on the bits, about three times
+/// the speed of any other `inv_scale`, with the same results.
+///
+/// [`Step::inv_loss_scale`]: crate::train::Step::inv_loss_scale
+///
 /// # Errors
 ///
 /// [`Error::InvalidScale`] when `inv_scale` is not finite and > 0 (nothing
