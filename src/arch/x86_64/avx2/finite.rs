@@ -7,9 +7,9 @@
 //! subtract) marks the lanes that stay normal; every other lane must be a
 //! zero (one `vptest`), else the vector takes the oracle's rounding; the
 //! step is added to the in-range lanes only, so zeros stay zeros. Squares
-//! of the written values go to four f32 accumulators per block of 512
-//! values, then to `arch::generic::finite::pow2_blocks`' checks, as in the
-//! `avx512` pass.
+//! of the written values go to eight f32 accumulators per block of 512
+//! values (8 squares per lane), then to
+//! `arch::generic::finite::pow2_blocks`' checks, as in the `avx512` pass.
 
 use core::arch::x86_64::*;
 
@@ -51,21 +51,30 @@ pub(super) fn unscale_bf16_pow2(s: Avx2, data: &mut [bf16], d: i32) -> GradStats
     };
     let hi_mask = _mm256_set1_epi32(0xFFFF_0000u32 as i32);
     pow2_blocks(s, data, |block| {
-        const _: () = assert!(POW2_BLOCK.is_multiple_of(2 * LANES));
-        let mut a = [_mm256_setzero_ps(); 4];
-        // Squares of what was written, as in the `avx512` pass.
+        const _: () = assert!(POW2_BLOCK.is_multiple_of(4 * LANES));
+        // Squares of what was written, as in the `avx512` pass, but in
+        // eight accumulators: a block is 32 vectors of 16 here, and eight
+        // keep each f32 lane at 8 squares, as in the generic pass (its
+        // relative error bound, 11 * 2^-24, needs that).
+        let mut a = [_mm256_setzero_ps(); 8];
         let mut square_add = |k: usize, r: __m256i| {
             let lo = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(r));
             let hi = _mm256_castsi256_ps(_mm256_and_si256(r, hi_mask));
             a[k] = _mm256_fmadd_ps(lo, lo, a[k]);
             a[k + 1] = _mm256_fmadd_ps(hi, hi, a[k + 1]);
         };
-        for pair in block.chunks_exact_mut(2 * LANES) {
-            let (v0, v1) = pair.split_at_mut(LANES);
+        for quad in block.chunks_exact_mut(4 * LANES) {
+            let (v01, v23) = quad.split_at_mut(2 * LANES);
+            let (v0, v1) = v01.split_at_mut(LANES);
+            let (v2, v3) = v23.split_at_mut(LANES);
             square_add(0, unscale_vector(v0, c));
             square_add(2, unscale_vector(v1, c));
+            square_add(4, unscale_vector(v2, c));
+            square_add(6, unscale_vector(v3, c));
         }
-        _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]))
+        let pair = |i: usize| _mm256_add_ps(a[i], a[i + 1]);
+        let low = _mm256_add_ps(pair(0), pair(2));
+        _mm256_add_ps(low, _mm256_add_ps(pair(4), pair(6)))
     })
 }
 
