@@ -1057,6 +1057,38 @@ fn check_stats_count_nonfinite_and_sum_the_finite_squares() {
     }
 }
 
+/// One large gradient beside many whose squares are just under half an
+/// f32 ulp of its square: the check's sum of squares keeps them (1e-6
+/// relative), on every ISA; fresh random signs and position.
+#[test]
+fn check_stats_keep_small_squares_beside_a_large_one() {
+    let mut rng = Rng::fresh("check_stats_keep_small_squares_beside_a_large_one");
+    for backend in backends() {
+        for n in [256usize, 1024, 4100] {
+            let small = 0.99f32.sqrt() * 2f32.powi(-12);
+            let mut g: Vec<f32> = (0..n)
+                .map(|_| if rng.below(2) == 0 { small } else { -small })
+                .collect();
+            g[rng.below(8)] = 1.0;
+            let w = vec![vec![0f32; n]];
+            let mut t = Trainer::builder(Sgd::new(0.1))
+                .backend(backend)
+                .scaler(LossScaler::fixed(1.0).unwrap())
+                .build(&w)
+                .unwrap();
+            let stats = t.begin().unscale_and_check(&[&g]).unwrap().stats();
+            let want: f64 = g.iter().map(|&x| x as f64 * x as f64).sum();
+            assert!(
+                (stats.sum_sq - want).abs() <= 1e-6 * want,
+                "{} n={n}: {} vs {want} (rel {:e})",
+                backend.isa(),
+                stats.sum_sq,
+                (stats.sum_sq - want).abs() / want
+            );
+        }
+    }
+}
+
 /// `check_unscaled` takes gradients the engine already unscaled (a GEMM's
 /// `unscale` epilogue): with a power-of-two scale it lands on exactly the
 /// bits `unscale_and_check` gives for the scaled gradients, reports the
