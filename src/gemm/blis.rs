@@ -223,10 +223,10 @@ fn pack_panel<K: Microkernel, T: Element>(
                                     )
                                 };
                             } else {
-                                // SAFETY: `run` is 2 * gs bf16 = 4 * gs bytes
-                                // and `out` is gs f32 = 4 * gs bytes, distinct
-                                // allocations (input vs packing buffer); every
-                                // bit pattern is a valid f32.
+                                // `run` is 2 * gs bf16, `out` gs f32: 4 * gs
+                                // bytes each, in distinct allocations.
+                                // SAFETY: both valid for 4 * gs bytes, no
+                                // overlap; any bit pattern is a valid f32.
                                 unsafe {
                                     core::ptr::copy_nonoverlapping(
                                         run.as_ptr().cast::<u8>(),
@@ -685,18 +685,18 @@ pub(super) fn store_row<K: Microkernel, C: Element>(
     }
     if ep.beta != 0.0 {
         for (j, x) in t.iter_mut().enumerate() {
+            // This thread owns the element (see `CPtr`).
             // SAFETY: (i, j0 + j) is inside C's validated shape, so the
-            // offset is inside the slice `c.ptr` came from; this thread owns
-            // the element (see `CPtr`).
+            // offset is inside the slice `c.ptr` came from.
             let old = unsafe { *c.ptr.add(base + j * c.cs) };
             *x += ep.beta * old.to_f32();
         }
     }
     ep.add_bias_and_activate(t, i, j0);
     if c.cs == 1 {
-        // SAFETY: the n elements base..base + n are inside C's slice (the
-        // row segment of a validated view with unit column stride) and
-        // belong to this thread's block only.
+        // The row segment of a validated view with unit column stride.
+        // SAFETY: base..base + n is inside C's slice and belongs to this
+        // thread's block only.
         let dst = unsafe { core::slice::from_raw_parts_mut(c.ptr.add(base), n) };
         match C::slice_mut(dst) {
             SliceMut::F32(d) => {

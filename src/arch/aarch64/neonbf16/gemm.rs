@@ -133,9 +133,9 @@ fn kernel(slots: usize, a: &[f32], b: &[f32], tile: &mut [f32], accumulate: bool
         };
         for (row, &x) in acc.iter_mut().zip(&av) {
             for (v, &y) in row.iter_mut().zip(&bv) {
-                // SAFETY: BFMMLA reads and writes these three registers
-                // only (no memory, no flags: it ignores FPCR and leaves
-                // FPSR); the token proves FEAT_BF16, enabled on this fn.
+                // BFMMLA ignores FPCR and leaves FPSR.
+                // SAFETY: the token proves FEAT_BF16 (enabled on this fn);
+                // BFMMLA touches these three registers only, no memory.
                 unsafe {
                     asm!(
                         "bfmmla {acc:v}.4s, {x:v}.8h, {y:v}.8h",

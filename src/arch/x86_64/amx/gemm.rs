@@ -127,11 +127,11 @@ fn kernel(
     assert!(a.len() >= slots * MR && b.len() >= slots * NR && tile.len() >= MR * NR);
     let c = tile.as_mut_ptr();
     if accumulate {
-        // SAFETY: `_tiles` proves this thread's tiles are configured (at
-        // most 16 rows x 64 bytes each, see the module docs). Each load
-        // reads 16 rows of 64 bytes at stride 128 from inside the 32 x 32
-        // f32 `tile` (asserted above): rows 0..16 / 16..32, columns 0..16 /
+        // Each load reads 16 rows of 64 bytes at stride 128 from inside
+        // the 32 x 32 f32 `tile`: rows 0..16 / 16..32, columns 0..16 /
         // 16..32.
+        // SAFETY: `_tiles` proves the tiles are configured (at most 16 x 64
+        // bytes each, module docs); the loads stay inside `tile` (asserted).
         unsafe {
             asm!(
                 "tileloadd tmm0, [{c} + {s}*1]",
@@ -174,9 +174,9 @@ fn kernel(
         // SAFETY: one group of `GROUP_SLOTS` slots in each local buffer.
         unsafe { groups(_tiles, at.0.as_ptr(), bt.0.as_ptr(), 1) };
     }
-    // SAFETY: tiles are configured (`_tiles`); each store writes 16 rows of
-    // 64 bytes at stride 128 inside the 32 x 32 f32 `tile`, borrowed
-    // mutably (asserted above).
+    // Each store writes 16 rows of 64 bytes at stride 128.
+    // SAFETY: tiles are configured (`_tiles`); the stores stay inside the
+    // 32 x 32 f32 `tile`, borrowed mutably (asserted above).
     unsafe {
         asm!(
             "tilestored [{c} + {s}*1], tmm0",
@@ -205,12 +205,12 @@ unsafe fn groups(_tiles: &TileGuard, a: *const f32, b: *const f32, n: usize) {
     if n == 0 {
         return;
     }
-    // SAFETY: tiles are configured (`_tiles`). Per group the loop reads A
-    // rows 0..16 and 16..32 (16 x 64 bytes each at stride 64: bytes
-    // 0..2048) and B columns 0..16 and 16..32 (16 x 64 bytes at stride 128,
-    // offsets 0 and 64: bytes 0..2048), then advances both by one group
-    // (2048 bytes), `n` times: inside what the caller guarantees. It writes
-    // only tiles and its own registers.
+    // Per group the loop reads A rows 0..16 and 16..32 (16 x 64 bytes each
+    // at stride 64: bytes 0..2048) and B columns 0..16 and 16..32 (16 x 64
+    // bytes at stride 128, offsets 0 and 64: bytes 0..2048), then advances
+    // both by one group (2048 bytes), `n` times.
+    // SAFETY: tiles are configured (`_tiles`); the reads stay inside what
+    // the caller guarantees; it writes only tiles and its own registers.
     unsafe {
         asm!(
             "2:",

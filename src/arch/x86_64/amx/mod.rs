@@ -77,9 +77,9 @@ fn request_tile_permission() -> bool {
     const SYS_ARCH_PRCTL: usize = 158;
     const ARCH_REQ_XCOMP_PERM: usize = 0x1023;
     let ret: isize;
+    // The kernel clobbers rcx and r11 on `syscall`.
     // SAFETY: arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA) only changes this
-    // process's permitted extended state; it reads and writes no memory of
-    // ours. The kernel clobbers rcx and r11 on `syscall`.
+    // process's permitted extended state; it touches no memory of ours.
     unsafe {
         core::arch::asm!(
             "syscall",

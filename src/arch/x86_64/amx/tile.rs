@@ -61,9 +61,9 @@ impl TileGuard {
             cfg.colsb[t] = 64;
             cfg.rows[t] = 16;
         }
-        // SAFETY: the `Amx` token proves AMX-TILE is present and Linux
-        // granted tile state to this process; LDTILECFG reads exactly the 64
-        // bytes of `cfg`, which is valid and 64-byte aligned.
+        // LDTILECFG reads exactly the 64 bytes of `cfg` (64-byte aligned).
+        // SAFETY: the `Amx` token proves AMX-TILE and Linux's grant of tile
+        // state; `cfg` is valid for those 64 bytes.
         unsafe {
             asm!("ldtilecfg [{cfg}]", cfg = in(reg) &cfg, options(nostack, readonly));
         }
@@ -109,9 +109,9 @@ pub(crate) fn microkernel(
     const C_STRIDE: usize = NR * 4; // bytes per row of c
     const AB_STRIDE: usize = 64; // bytes per tile row of packed A and B
     if accumulate {
-        // SAFETY: `_tiles` proves this thread's tiles are configured as
-        // 16 x 64-byte tiles. Each load reads 16 rows of 64 bytes at
-        // `C_STRIDE` from inside the 32 x 32 f32 array `c`.
+        // Each load reads 16 rows of 64 bytes at `C_STRIDE`.
+        // SAFETY: `_tiles` proves the tiles are configured as 16 x 64 bytes;
+        // the loads stay inside the 32 x 32 f32 array `c`.
         unsafe {
             asm!(
                 "tileloadd tmm0, [{c} + {s}*1]",
@@ -136,10 +136,10 @@ pub(crate) fn microkernel(
         }
     }
     if k_blocks > 0 {
-        // SAFETY: tiles are configured (`_tiles`). The loop reads k_blocks
-        // packed blocks of 2048 bytes from each of `a` and `b`, which the
-        // assert above proves are in bounds; it writes only tiles and the
-        // pointer/counter registers it owns.
+        // The loop reads k_blocks packed blocks of 2048 bytes from each of
+        // `a` and `b`, and writes only tiles and its own registers.
+        // SAFETY: tiles are configured (`_tiles`); the assert above proves
+        // those reads in bounds.
         unsafe {
             asm!(
                 "2:",
@@ -163,9 +163,9 @@ pub(crate) fn microkernel(
             );
         }
     }
-    // SAFETY: tiles are configured (`_tiles`); each store writes 16 rows of
-    // 64 bytes at `C_STRIDE` inside the 32 x 32 f32 array `c`, which we
-    // borrow mutably.
+    // Each store writes 16 rows of 64 bytes at `C_STRIDE`.
+    // SAFETY: tiles are configured (`_tiles`); the stores stay inside the
+    // 32 x 32 f32 array `c`, which we borrow mutably.
     unsafe {
         asm!(
             "tilestored [{c} + {s}*1], tmm0",

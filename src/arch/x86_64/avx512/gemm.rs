@@ -122,9 +122,9 @@ fn axpy_rows4_widen<T: Element>(x: &[f32], b: [&[T]; 4], y: &mut [&mut [f32]]) {
     assert!(x.len() >= 4 * m && b.iter().all(|r| r.len() == n) && y.iter().all(|r| r.len() == n));
     let mut j = 0;
     while j + 16 <= n {
-        // SAFETY: j + 16 <= n = every row's length (asserted above): 16
-        // elements read from each B row, 16 f32 read and written in each
-        // row of y, unaligned access.
+        // 16 elements read from each B row, 16 f32 read and written in
+        // each row of y, unaligned.
+        // SAFETY: j + 16 <= n = every row's length (asserted above).
         unsafe {
             let load = |row: &[T]| -> __m512 {
                 let p = row.as_ptr().add(j);

@@ -13,9 +13,9 @@ use crate::arch::x86_64::Avx512;
 /// Calls value intrinsics inside a method of `impl F32Simd for Avx512`.
 macro_rules! v {
     ($e:expr) => {{
-        // SAFETY: only used in methods taking an `Avx512` token by value,
-        // which proves AVX-512 F/BW/VL/DQ + AVX2 + FMA + F16C at run time;
-        // the intrinsics here take and return values only.
+        // Only used in methods taking an `Avx512` token by value; the
+        // intrinsics here take and return values only.
+        // SAFETY: the token proves AVX-512 F/BW/VL/DQ + AVX2 + FMA + F16C.
         unsafe { $e }
     }};
 }

@@ -92,9 +92,9 @@ fn kernel(slots: usize, a: &[f32], b: &[f32], tile: &mut [f32], accumulate: bool
                 _mm512_loadu_ps(bp.add(s * NR + 16)),
             )
         };
-        // SAFETY: `__m512` and `__m512bh` are both 64 plain bytes; this
-        // reinterprets 16 f32 slots as the 32 bf16 they were packed from
-        // (core::arch has no cast intrinsic between them).
+        // 16 f32 slots as the 32 bf16 they were packed from (core::arch
+        // has no cast intrinsic between the two types).
+        // SAFETY: `__m512` and `__m512bh` are both 64 plain bytes.
         let (b0, b1): (__m512bh, __m512bh) = unsafe {
             (
                 core::mem::transmute::<__m512, __m512bh>(b0),
