@@ -26,7 +26,7 @@
 //! simpler but costs two conversions and two f64 FMAs per vector, measured
 //! ~1.6x slower for f32 in L2.)
 
-use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
 use crate::arch::scalar::finite as oracle;
@@ -39,104 +39,6 @@ const BLOCK_VECS: usize = 32;
 
 /// A clean total below this (2^-70) is summed again with scaled values.
 pub(crate) const TINY_TOTAL: f64 = f64::from_bits((1023 - 70) << 52);
-
-/// bf16 values per block of the power-of-two passes (see [`pow2_blocks`]).
-pub(crate) const POW2_BLOCK: usize = 512;
-
-/// `d` when `inv_scale == 2^d` with `-126 <= d <= 0`, the case the
-/// bf16 power-of-two passes take (unscaling by a loss scale of at least 1;
-/// every dynamic loss scale is a power of two).
-pub(crate) fn pow2_exponent(inv_scale: f32) -> Option<i32> {
-    let bits = inv_scale.to_bits();
-    let biased = (bits >> 23) as i32;
-    (bits & 0x807F_FFFF == 0 && (1..=127).contains(&biased)).then_some(biased - 127)
-}
-
-/// [`unscale`] on an ISA with a bf16 power-of-two pass: bf16 data with an
-/// `inv_scale` of `2^d` go to `pow2(blocks, d)` for their whole blocks of
-/// [`POW2_BLOCK`] values; the rest, and every other case, to the generic
-/// pass.
-#[cfg_attr(
-    not(target_arch = "x86_64"),
-    expect(
-        dead_code,
-        reason = "only the x86 ISAs have a power-of-two pass so far"
-    )
-)]
-#[inline(always)]
-pub(crate) fn unscale_with_pow2<S: F32Simd>(
-    s: S,
-    data: SliceMut<'_>,
-    inv_scale: f32,
-    pow2: impl FnOnce(&mut [bf16], i32) -> GradStats,
-) -> GradStats {
-    match (data, pow2_exponent(inv_scale)) {
-        (SliceMut::Bf16(d), Some(e)) => {
-            let (blocks, rest) = d.split_at_mut(d.len() / POW2_BLOCK * POW2_BLOCK);
-            pow2(blocks, e).merge(unscale(s, SliceMut::Bf16(rest), inv_scale))
-        }
-        (data, _) => unscale(s, data, inv_scale),
-    }
-}
-
-/// The block loop of the bf16 power-of-two passes, the statistics as in
-/// [`pass`]: `block_squares` unscales one block of [`POW2_BLOCK`] bf16 (as
-/// bits) in place and returns the f32 lane sums of the squares of what it
-/// wrote; a block whose sum is not finite is recounted by the scalar oracle
-/// in f64, a clean one folded into f64, and a tiny total summed again
-/// scaled. `data.len()` must be a whole number of blocks.
-#[cfg_attr(
-    not(target_arch = "x86_64"),
-    expect(
-        dead_code,
-        reason = "only the x86 ISAs have a power-of-two pass so far"
-    )
-)]
-#[inline(always)]
-pub(crate) fn pow2_blocks<S: F32Simd>(
-    s: S,
-    data: &mut [bf16],
-    mut block_squares: impl FnMut(&mut [u16]) -> S::F,
-) -> GradStats {
-    debug_assert!(data.len().is_multiple_of(POW2_BLOCK));
-    let mut acc = s.acc_zero();
-    let mut stats = GradStats::ZERO;
-    let bits: &mut [u16] = data.reinterpret_cast_mut();
-    for block in bits.chunks_exact_mut(POW2_BLOCK) {
-        let sum = block_squares(block);
-        if s.any(s.nonfinite(sum)) {
-            let block: &[bf16] = (*block).reinterpret_cast();
-            stats = stats.merge(oracle::stats(block));
-        } else {
-            acc = s.acc_add(acc, sum);
-        }
-    }
-    stats.sum_sq += s.acc_sum(acc);
-    if stats.sum_sq < TINY_TOTAL && !data.is_empty() {
-        stats.sum_sq = tiny_sum_sq(s, &*data);
-    }
-    stats
-}
-
-/// The oracle's rounding of `v` (bf16 bits) times `inv`, element by
-/// element: what a power-of-two pass does for the rare vector with a
-/// subnormal, inf or NaN, or a result that underflows. Out of line, so the
-/// hot loops stay small.
-#[cfg_attr(
-    not(target_arch = "x86_64"),
-    expect(
-        dead_code,
-        reason = "only the x86 ISAs have a power-of-two pass so far"
-    )
-)]
-#[cold]
-#[inline(never)]
-pub(crate) fn pow2_oracle(v: &mut [u16], inv: f32) {
-    for h in v.iter_mut() {
-        let y = bf16::from_bits(*h).to_f32() * inv;
-        *h = bf16::from_f32(y).to_bits();
-    }
-}
 
 /// The power of two the re-summation multiplies by (2^90), and its
 /// square's inverse (2^-180).

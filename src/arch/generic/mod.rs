@@ -4,4 +4,6 @@
 
 pub(crate) mod convert;
 pub(crate) mod finite;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod pow2;
 pub(crate) mod train;

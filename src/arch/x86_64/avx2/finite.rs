@@ -9,46 +9,24 @@
 //! step is added to the in-range lanes only, so zeros stay zeros. Squares
 //! of the written values go to eight f32 accumulators per block of 512
 //! values (8 squares per lane), then to
-//! `arch::generic::finite::pow2_blocks`' checks, as in the `avx512` pass.
+//! `arch::generic::pow2::pow2_blocks`' checks, as in the `avx512` pass.
 
 use core::arch::x86_64::*;
 
 use half::bf16;
 
 use super::super::Avx2;
-use crate::arch::generic::finite::{POW2_BLOCK, pow2_blocks, pow2_oracle};
+use crate::arch::generic::pow2::{POW2_BLOCK, Pow2, pow2_blocks, pow2_oracle};
 use crate::finite::GradStats;
 
 /// bf16 values per vector here.
 const LANES: usize = 16;
 
-/// The constants of one pass.
-#[derive(Clone, Copy)]
-struct Pow2 {
-    /// `2^d`, for the oracle's rounding.
-    inv: f32,
-    /// `(1 - d) << 7`: the smallest |bits| that stays normal.
-    low: __m256i,
-    /// `0x7F80 - low`: how many |bits| from `low` on stay normal.
-    span: __m256i,
-    /// `d << 7`: what the exponent arithmetic adds.
-    step: __m256i,
-    abs_mask: __m256i,
-}
-
 /// `x <- x * 2^d` (`-126 <= d <= 0`) for whole blocks of
 /// [`POW2_BLOCK`] values, with statistics.
 #[target_feature(enable = "avx,avx2,fma,f16c")]
 pub(super) fn unscale_bf16_pow2(s: Avx2, data: &mut [bf16], d: i32) -> GradStats {
-    debug_assert!((-126..=0).contains(&d));
-    let low = (1 - d) << 7;
-    let c = Pow2 {
-        inv: f32::from_bits(((127 + d) as u32) << 23),
-        low: _mm256_set1_epi16(low as i16),
-        span: _mm256_set1_epi16((0x7F80 - low) as i16),
-        step: _mm256_set1_epi16((d * 128) as i16),
-        abs_mask: _mm256_set1_epi16(0x7FFF),
-    };
+    let c = Pow2::new(d, |x| _mm256_set1_epi16(x));
     let hi_mask = _mm256_set1_epi32(0xFFFF_0000u32 as i32);
     pow2_blocks(s, data, |block| {
         const _: () = assert!(POW2_BLOCK.is_multiple_of(4 * LANES));
@@ -83,7 +61,7 @@ pub(super) fn unscale_bf16_pow2(s: Avx2, data: &mut [bf16], d: i32) -> GradStats
 /// bits written.
 #[inline]
 #[target_feature(enable = "avx,avx2,fma,f16c")]
-fn unscale_vector(v: &mut [u16], c: Pow2) -> __m256i {
+fn unscale_vector(v: &mut [u16], c: Pow2<__m256i>) -> __m256i {
     assert_eq!(v.len(), LANES);
     let p = v.as_mut_ptr();
     // SAFETY: `v` is 16 u16 = 32 bytes (asserted), read and written here only.

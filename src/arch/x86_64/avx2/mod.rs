@@ -67,7 +67,7 @@ pub(crate) fn unscale(t: Avx2, data: SliceMut<'_>, inv_scale: f32) -> GradStats 
 #[target_feature(enable = "avx,avx2,fma,f16c")]
 fn unscale_tf(t: Avx2, data: SliceMut<'_>, inv_scale: f32) -> GradStats {
     // bf16 by a power of two: exponent arithmetic on 16 lanes.
-    generic::finite::unscale_with_pow2(t, data, inv_scale, |blocks, e| {
+    generic::pow2::unscale_with_pow2(t, data, inv_scale, |blocks, e| {
         finite::unscale_bf16_pow2(t, blocks, e)
     })
 }

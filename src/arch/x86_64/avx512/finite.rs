@@ -24,42 +24,17 @@ use core::arch::x86_64::*;
 use half::bf16;
 
 use super::super::Avx512;
-use crate::arch::generic::finite::{POW2_BLOCK, pow2_blocks, pow2_oracle};
+use crate::arch::generic::pow2::{POW2_BLOCK, Pow2, pow2_blocks, pow2_oracle};
 use crate::finite::GradStats;
 
 /// bf16 values per vector here.
 const LANES: usize = 32;
 
-/// The constants of one pass (see [`unscale_bf16_pow2`]).
-#[derive(Clone, Copy)]
-struct Pow2 {
-    /// `2^d`, for the oracle's rounding.
-    inv: f32,
-    /// `(1 - d) << 7`: the smallest |bits| that stays normal.
-    low: __m512i,
-    /// `0x7F80 - low`: how many |bits| from `low` on stay normal.
-    span: __m512i,
-    /// `d << 7`: what the exponent arithmetic adds.
-    step: __m512i,
-    abs_mask: __m512i,
-}
-
 /// `x <- x * 2^d` (`-126 <= d <= 0`) for whole blocks of
 /// [`POW2_BLOCK`] values, with statistics.
 #[target_feature(enable = "avx,avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq")]
 pub(super) fn unscale_bf16_pow2(s: Avx512, data: &mut [bf16], d: i32) -> GradStats {
-    debug_assert!((-126..=0).contains(&d));
-    // A nonzero lane takes the fast path when its exponent e satisfies
-    // 1 - d <= e <= 254 (normal in, normal out): |x| in [low, 0x7F80), i.e.
-    // the wrapping `|x| - low` below `span`. Zeros stay as they are.
-    let low = (1 - d) << 7;
-    let c = Pow2 {
-        inv: f32::from_bits(((127 + d) as u32) << 23),
-        low: _mm512_set1_epi16(low as i16),
-        span: _mm512_set1_epi16((0x7F80 - low) as i16),
-        step: _mm512_set1_epi16((d * 128) as i16),
-        abs_mask: _mm512_set1_epi16(0x7FFF),
-    };
+    let c = Pow2::new(d, |x| _mm512_set1_epi16(x));
     let hi_mask = _mm512_set1_epi32(0xFFFF_0000u32 as i32);
     pow2_blocks(s, data, |block| {
         const _: () = assert!(POW2_BLOCK.is_multiple_of(2 * LANES));
@@ -91,7 +66,7 @@ pub(super) fn unscale_bf16_pow2(s: Avx512, data: &mut [bf16], d: i32) -> GradSta
 /// test twice and every compare into a mask issues on the same port.
 #[inline]
 #[target_feature(enable = "avx,avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq")]
-fn unscale_vector(v: &mut [u16], c: Pow2) -> __m512i {
+fn unscale_vector(v: &mut [u16], c: Pow2<__m512i>) -> __m512i {
     assert_eq!(v.len(), LANES);
     let p = v.as_mut_ptr();
     // SAFETY: `v` is 32 u16 = 64 bytes (asserted), read and written here only.
