@@ -1,5 +1,7 @@
-//! Times `halfkern::gemm` for bf16 x bf16 -> f32, square `n`, row-major,
-//! packing included: the median of `reps` calls after two warm-up calls.
+//! Times `halfkern::gemm` for bf16 x bf16 -> f32 (or bf16 with `--out
+//! bf16`, what `torch.matmul` returns for bf16 inputs), square `n`,
+//! row-major, packing included: the median of `reps` calls after two
+//! warm-up calls.
 //!
 //! ```text
 //! cargo run --release --example gemm_speed -- --n 2048 --threads 1 --reps 10 --json
@@ -8,19 +10,85 @@
 //! `--packed` packs B once beforehand ([`halfkern::PackedB`], as for
 //! weights) and times `gemm_packed` instead.
 //!
+//! `--serve` times one call per line read from stdin and prints its
+//! seconds, after two warm-up calls: `scripts/amx_vs_torch.py` alternates
+//! single calls of halfkern and torch that way, so a host whose speed
+//! swings from one second to the next slows both sides alike.
+//!
 //! The ISA is the process-wide one (`HALFKERN_ISA` forces it); threads come
 //! from rayon's global pool (`RAYON_NUM_THREADS`), capped by `--threads`.
 //! With `--json` it prints one line
-//! `{"isa":..,"kernel":..,"threads":..,"n":..,"gflops":..}`
+//! `{"isa":..,"kernel":..,"threads":..,"n":..,"packed":..,"out":..,"gflops":..}`
 //! (what `scripts/amx_vs_torch.py` reads); otherwise a sentence.
 
 use std::time::Instant;
 
-use halfkern::{Gemm, MatMut, MatRef, PackedB, Threads, bf16};
+use halfkern::{Element, Gemm, GemmReport, MatMut, MatRef, PackedB, Threads, bf16};
+
+/// What to time: one square GEMM of `n`.
+struct Case<'a> {
+    a: &'a [bf16],
+    b: &'a [bf16],
+    pb: &'a PackedB<bf16>,
+    n: usize,
+    packed: bool,
+    params: &'a Gemm<'a>,
+}
+
+impl Case<'_> {
+    fn run<C: Element>(&self, c: &mut [C]) -> Result<GemmReport, halfkern::Error> {
+        let n = self.n;
+        let (av, cv) = (
+            MatRef::row_major(self.a, n, n)?,
+            MatMut::row_major(c, n, n)?,
+        );
+        if self.packed {
+            halfkern::gemm_packed(av, self.pb, cv, self.params)
+        } else {
+            halfkern::gemm(av, MatRef::row_major(self.b, n, n)?, cv, self.params)
+        }
+    }
+
+    /// One timed call per line of stdin, its seconds on stdout, after two
+    /// warm-up calls.
+    fn serve<C: Element>(&self) -> Result<(), Box<dyn std::error::Error>> {
+        use std::io::{BufRead, Write};
+        let mut c = vec![C::from_f32(0.0); self.n * self.n];
+        self.run(&mut c)?;
+        self.run(&mut c)?;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "ready")?;
+        out.flush()?;
+        for line in std::io::stdin().lock().lines() {
+            line?;
+            let t = Instant::now();
+            self.run(&mut c)?;
+            writeln!(out, "{}", t.elapsed().as_secs_f64())?;
+            out.flush()?;
+        }
+        Ok(())
+    }
+
+    /// The report of the first call and the median seconds of `reps` after
+    /// two warm-up calls.
+    fn time<C: Element>(&self, reps: usize) -> Result<(GemmReport, f64), halfkern::Error> {
+        let mut c = vec![C::from_f32(0.0); self.n * self.n];
+        let report = self.run(&mut c)?;
+        self.run(&mut c)?;
+        let mut times = Vec::with_capacity(reps);
+        for _ in 0..reps {
+            let t = Instant::now();
+            self.run(&mut c)?;
+            times.push(t.elapsed().as_secs_f64());
+        }
+        times.sort_by(f64::total_cmp);
+        Ok((report, times[times.len() / 2]))
+    }
+}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (mut n, mut threads, mut reps) = (1024usize, 1usize, 10usize);
-    let (mut json, mut packed) = (false, false);
+    let (mut json, mut packed, mut out_bf16, mut serve) = (false, false, false, false);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || -> Result<usize, Box<dyn std::error::Error>> {
@@ -32,6 +100,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--reps" => reps = value()?.max(1),
             "--json" => json = true,
             "--packed" => packed = true,
+            "--serve" => serve = true,
+            "--out" => match args.next().as_deref() {
+                Some("f32") => out_bf16 = false,
+                Some("bf16") => out_bf16 = true,
+                other => return Err(format!("--out takes f32 or bf16, not {other:?}").into()),
+            },
             _ => return Err(format!("unknown argument {arg}; see the file's docs").into()),
         }
     }
@@ -45,43 +119,42 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let a: Vec<bf16> = (0..n * n).map(|_| next()).collect();
     let b: Vec<bf16> = (0..n * n).map(|_| next()).collect();
-    let mut c = vec![0.0f32; n * n];
     let params = Gemm::new().threads(if threads <= 1 {
         Threads::Single
     } else {
         Threads::Count(threads)
     });
     let pb = PackedB::new(MatRef::row_major(&b, n, n)?)?;
-    let mut run = || {
-        let (av, cv) = (
-            MatRef::row_major(&a, n, n)?,
-            MatMut::row_major(&mut c, n, n)?,
-        );
-        if packed {
-            halfkern::gemm_packed(av, &pb, cv, &params)
-        } else {
-            halfkern::gemm(av, MatRef::row_major(&b, n, n)?, cv, &params)
-        }
+    let case = Case {
+        a: &a,
+        b: &b,
+        pb: &pb,
+        n,
+        packed,
+        params: &params,
     };
-    let report = run()?;
-    run()?;
-    let mut times = Vec::with_capacity(reps);
-    for _ in 0..reps {
-        let t = Instant::now();
-        run()?;
-        times.push(t.elapsed().as_secs_f64());
+    if serve {
+        return if out_bf16 {
+            case.serve::<bf16>()
+        } else {
+            case.serve::<f32>()
+        };
     }
-    times.sort_by(f64::total_cmp);
-    let median = times[times.len() / 2];
+    let (report, median) = if out_bf16 {
+        case.time::<bf16>(reps)?
+    } else {
+        case.time::<f32>(reps)?
+    };
+    let out = if out_bf16 { "bf16" } else { "f32" };
     let gflops = 2.0 * (n as f64).powi(3) / median / 1e9;
     if json {
         println!(
-            "{{\"isa\":\"{}\",\"kernel\":\"{}\",\"threads\":{},\"n\":{n},\"packed\":{packed},\"gflops\":{gflops:.1}}}",
+            "{{\"isa\":\"{}\",\"kernel\":\"{}\",\"threads\":{},\"n\":{n},\"packed\":{packed},\"out\":\"{out}\",\"gflops\":{gflops:.1}}}",
             report.isa, report.kernel, report.threads
         );
     } else {
         println!(
-            "{} ({}), {} threads, n = {n}: {gflops:.1} GFLOP/s (median of {reps})",
+            "{} ({}), {} threads, n = {n}, {out} out: {gflops:.1} GFLOP/s (median of {reps})",
             report.isa, report.kernel, report.threads
         );
     }

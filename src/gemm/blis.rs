@@ -591,25 +591,56 @@ fn block<K: Microkernel, T: Element, C: Element>(
         }
         b_off += nslots;
     }
-    // The epilogue and the single store of each output, row by row across
-    // the block's tiles: C is written along its rows in runs of the
-    // block's width, the order its cache lines are best fetched for
-    // ownership in. Tile by tile (32 rows in 32 pages at a time) cost
-    // about a quarter of a one-thread AMX GEMM at n = 2048.
-    let mut nonfinite = 0;
-    for ip in 0..m_panels {
-        let rows = mr.min(blk.m - ip * mr);
-        for r in 0..rows {
-            for jp in 0..n_panels {
-                let cols = nr.min(blk.n - jp * nr);
-                let t0 = (jp * m_panels + ip) * tile + r * nr;
-                let row = &acc_all[t0..t0 + cols];
-                let (i, j0) = (blk.i0 + ip * mr + r, blk.j0 + jp * nr);
-                nonfinite += store_row(kern, ep, row, i, j0, c, c_len);
+    kern.store_block(&StoreBlock {
+        ep,
+        acc: acc_all,
+        blk,
+        m_panels,
+        n_panels,
+        c,
+        c_len,
+    })
+}
+
+/// A finished block of C: its f32 sums in the workspace (tile by tile,
+/// `(jp * m_panels + ip) * MR * NR`), waiting for the epilogue and the
+/// single store of each output ([`Microkernel::store_block`]).
+pub(crate) struct StoreBlock<'a, C> {
+    ep: &'a Epilogue<'a>,
+    acc: &'a [f32],
+    blk: Block,
+    m_panels: usize,
+    n_panels: usize,
+    c: CPtr<C>,
+    c_len: usize,
+}
+
+impl<C: Element> StoreBlock<'_, C> {
+    /// The epilogue and the store of each output, row by row across the
+    /// block's tiles: C is written along its rows in runs of the block's
+    /// width, the order its cache lines are best fetched for ownership in.
+    /// Tile by tile (32 rows in 32 pages at a time) cost about a quarter
+    /// of a one-thread AMX GEMM at n = 2048. Returns how many stored values
+    /// are non-finite.
+    #[inline(always)]
+    pub(crate) fn run<K: Microkernel>(&self, kern: K) -> usize {
+        let (mr, nr) = (K::MR, K::NR);
+        let (blk, tile) = (self.blk, mr * nr);
+        let mut nonfinite = 0;
+        for ip in 0..self.m_panels {
+            let rows = mr.min(blk.m - ip * mr);
+            for r in 0..rows {
+                for jp in 0..self.n_panels {
+                    let cols = nr.min(blk.n - jp * nr);
+                    let t0 = (jp * self.m_panels + ip) * tile + r * nr;
+                    let row = &self.acc[t0..t0 + cols];
+                    let (i, j0) = (blk.i0 + ip * mr + r, blk.j0 + jp * nr);
+                    nonfinite += store_row(kern, self.ep, row, i, j0, self.c, self.c_len);
+                }
             }
         }
+        nonfinite
     }
-    nonfinite
 }
 
 /// [`store_row`] for a contiguous f32 row of C, `d`: the stages run in `d`
@@ -645,7 +676,14 @@ fn store_row_f32(ep: &Epilogue<'_>, acc: &[f32], i: usize, j0: usize, d: &mut [f
         }
     }
     ep.add_bias_and_activate(d, i, j0);
-    d.iter().filter(|x| !x.is_finite()).count()
+    count_nonfinite(d)
+}
+
+/// How many of `d` are inf or NaN, counted in 32-bit lanes (`filter().count()`
+/// vectorizes with 64-bit ones).
+#[inline(always)]
+fn count_nonfinite(d: &[f32]) -> usize {
+    d.iter().map(|x| u32::from(!x.is_finite())).sum::<u32>() as usize
 }
 
 /// The most columns a microkernel tile has on any ISA.
@@ -701,21 +739,23 @@ pub(super) fn store_row<K: Microkernel, C: Element>(
         match C::slice_mut(dst) {
             SliceMut::F32(d) => {
                 d.copy_from_slice(t);
-                return t.iter().filter(|x| !x.is_finite()).count();
+                return count_nonfinite(t);
             }
             SliceMut::F16(d) => {
                 kern.narrow_f16(t, d);
                 return d.iter().filter(|x| !x.is_finite()).count();
             }
             SliceMut::Bf16(d) => {
-                let mut bad = 0;
+                // The scalar oracle's rounding, which vectorizes where the
+                // ISA's `store_block` compiles this with its features.
+                // (A u32 count: 32-bit lanes in the vector loop.)
+                let mut bad = 0u32;
                 for (o, &x) in d.iter_mut().zip(t.iter()) {
-                    *o = half::bf16::from_bits(crate::arch::scalar::convert::f32_to_bf16_bits(
-                        x.to_bits(),
-                    ));
-                    bad += usize::from(o.to_bits() & 0x7F80 == 0x7F80);
+                    let bits = crate::arch::scalar::convert::f32_to_bf16_bits(x.to_bits());
+                    *o = half::bf16::from_bits(bits);
+                    bad += u32::from(bits & 0x7F80 == 0x7F80);
                 }
-                return bad;
+                return bad as usize;
             }
         }
     }
@@ -802,14 +842,25 @@ mod tests {
 #[cfg(all(test, target_arch = "x86_64"))]
 mod probe {
     use super::*;
+    use crate::arch::x86_64::Avx512Bf16;
+    use crate::arch::x86_64::avx512bf16::gemm::Avx512Dot;
     use crate::gemm::Gemm;
+    use std::sync::OnceLock;
+
+    /// Multiplies per 256 slots of the busy kernel: `PROBE_BUSY`, or 745
+    /// (about 0.77 us at 2.9 GHz: the AMX kernel's 1370 GFLOP/s on one
+    /// core); 0 leaves the loops alone.
+    fn busy_per_256() -> usize {
+        static BUSY: OnceLock<usize> = OnceLock::new();
+        *BUSY.get_or_init(|| std::env::var("PROBE_BUSY").map_or(745, |v| v.parse().unwrap()))
+    }
 
     /// A kernel with the AMX kernel's shape and formats that touches no
-    /// memory and stays busy about as long as the AMX kernel computes (1370
-    /// GFLOP/s on one core, 0.77 us per 256 slots): what the driver costs
-    /// around it, on any x86-64.
+    /// memory and stays busy about as long as the AMX kernel computes, its
+    /// packing and epilogue those of the AMX kernel: what the driver costs
+    /// around it, on any x86-64 with AVX512_BF16.
     #[derive(Clone, Copy)]
-    struct Busy;
+    struct Busy(Avx512Dot);
 
     impl Microkernel for Busy {
         const MR: usize = 32;
@@ -827,11 +878,24 @@ mod probe {
                 core::arch::asm!(
                     "2:", "imul {x}, {x}", "dec {n}", "jnz 2b",
                     x = inout(reg) x,
-                    n = inout(reg) (slots * 745 / 256).max(1) => _,
+                    n = inout(reg) (slots * busy_per_256() / 256).max(1) => _,
                     options(nomem, nostack),
                 );
             }
             tile[0] = a[0] + b[0] + x as f32;
+        }
+
+        fn widen<T: Element>(self, src: &[T], dst: &mut [f32]) {
+            self.0.widen(src, dst);
+        }
+
+        fn narrow_f16(self, src: &[f32], dst: &mut [half::f16]) {
+            self.0.narrow_f16(src, dst);
+        }
+
+        fn store_block<C: Element>(self, job: &StoreBlock<'_, C>) -> usize {
+            // SAFETY: `self.0`'s token proves every feature it enables.
+            unsafe { crate::arch::x86_64::avx512::gemm::store_block(self, job) }
         }
 
         fn axpy_rows(self, _: &[f32], _: &[f32], _: &mut [&mut [f32]]) {}
@@ -839,45 +903,62 @@ mod probe {
         fn axpy_rows4(self, _: &[f32], _: [&[f32]; 4], _: &mut [&mut [f32]]) {}
     }
 
+    /// Packing B, then the best of three runs of the loops at `n`.
+    fn time_loops<C: Element>(busy: Busy, n: usize, threads: usize) -> (f64, f64) {
+        let a = vec![bf16::from_f32(1.0); n * n];
+        let b = vec![bf16::from_f32(1.0); n * n];
+        let mut c = vec![C::from_f32(0.0); n * n];
+        let av = MatRef::row_major(&a, n, n).unwrap();
+        let bv = MatRef::row_major(&b, n, n).unwrap();
+        let ep = Epilogue::new(&Gemm::new());
+        let reps = (4096 / n).pow(2).max(1);
+        let (mut pack, mut loops) = (f64::MAX, f64::MAX);
+        for _ in 0..3 {
+            let t0 = std::time::Instant::now();
+            for _ in 0..reps {
+                recycle(pack_b_scratch(busy, bv, threads));
+            }
+            pack = pack.min(t0.elapsed().as_secs_f64() / reps as f64);
+            let p = pack_b_scratch(busy, bv, threads);
+            let t0 = std::time::Instant::now();
+            for _ in 0..reps {
+                let cv = MatMut::row_major(&mut c, n, n).unwrap();
+                run(busy, av, &p, n, n, cv, &ep, threads);
+            }
+            loops = loops.min(t0.elapsed().as_secs_f64() / reps as f64);
+            recycle(p);
+        }
+        (pack, loops)
+    }
+
     /// `cargo test --release --lib driver_overhead -- --ignored --nocapture`:
     /// packing B, then the BLIS loops around the busy kernel (A packing,
-    /// epilogue, stores to C), bf16 -> f32, best of three; one thread, or
-    /// `PROBE_THREADS` (the busy time is then divided among them).
+    /// epilogue, stores to C), bf16 -> f32 and bf16 -> bf16; one thread,
+    /// or `PROBE_THREADS` (the busy time is then divided among them).
+    /// `PROBE_BUSY=0` times the loops alone.
     #[test]
     #[ignore = "timing probe"]
     fn driver_overhead() {
+        let Some(t) = Avx512Bf16::try_new() else {
+            eprintln!("no AVX512_BF16 here");
+            return;
+        };
+        let busy = Busy(Avx512Dot(t));
         let threads: usize = std::env::var("PROBE_THREADS").map_or(1, |t| t.parse().unwrap());
         for n in [512usize, 1024, 2048, 4096] {
-            let a = vec![bf16::from_f32(1.0); n * n];
-            let b = vec![bf16::from_f32(1.0); n * n];
-            let mut c = vec![0.0f32; n * n];
-            let av = MatRef::row_major(&a, n, n).unwrap();
-            let bv = MatRef::row_major(&b, n, n).unwrap();
-            let ep = Epilogue::new(&Gemm::new());
-            let reps = (4096 / n).pow(2).max(1);
-            let (mut pack, mut loops) = (f64::MAX, f64::MAX);
-            for _ in 0..3 {
-                let t0 = std::time::Instant::now();
-                for _ in 0..reps {
-                    recycle(pack_b_scratch(Busy, bv, threads));
-                }
-                pack = pack.min(t0.elapsed().as_secs_f64() / reps as f64);
-                let p = pack_b_scratch(Busy, bv, threads);
-                let t0 = std::time::Instant::now();
-                for _ in 0..reps {
-                    let cv = MatMut::row_major(&mut c, n, n).unwrap();
-                    run(Busy, av, &p, n, n, cv, &ep, threads);
-                }
-                loops = loops.min(t0.elapsed().as_secs_f64() / reps as f64);
-                recycle(p);
+            let busy_s = 2.0 * (n as f64).powi(3) / 1370e9 / threads as f64;
+            let busy_s = busy_s * busy_per_256() as f64 / 745.0;
+            for (out, (pack, loops)) in [
+                ("f32", time_loops::<f32>(busy, n, threads)),
+                ("bf16", time_loops::<bf16>(busy, n, threads)),
+            ] {
+                eprintln!(
+                    "n={n}, {threads} threads, {out} out: pack B {:.2} ms, loops {:.2} ms of which the busy kernel {:.2} ms",
+                    pack * 1e3,
+                    loops * 1e3,
+                    busy_s * 1e3
+                );
             }
-            let busy = 2.0 * (n as f64).powi(3) / 1370e9 / threads as f64;
-            eprintln!(
-                "n={n}, {threads} threads: pack B {:.2} ms, loops {:.2} ms of which the busy kernel {:.2} ms",
-                pack * 1e3,
-                loops * 1e3,
-                busy * 1e3
-            );
         }
     }
 }

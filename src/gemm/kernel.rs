@@ -16,6 +16,7 @@
 //! bits of two bf16 neighbours along k (even k in the low half), the layout
 //! `vdpbf16ps`/`BFDOT` read.
 
+pub(crate) use super::blis::StoreBlock;
 use crate::element::Element;
 
 /// How a microkernel wants its panels packed.
@@ -110,6 +111,14 @@ pub(crate) trait Microkernel: Copy + Send + Sync {
         for (d, s) in dst.iter_mut().zip(src) {
             *d = <half::f16 as Element>::from_f32(*s);
         }
+    }
+
+    /// The epilogue and stores of a finished block (`job.run(self)`). An
+    /// ISA overrides this only to compile it with its target features
+    /// (the default is baseline code for the target).
+    #[inline(always)]
+    fn store_block<C: Element>(self, job: &StoreBlock<'_, C>) -> usize {
+        job.run(self)
     }
 
     /// The small-m path's inner loop: `y[r][j] += x[r] * b[j]` for every row

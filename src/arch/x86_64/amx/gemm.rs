@@ -32,8 +32,10 @@ use core::cell::OnceCell;
 
 use super::Amx;
 use super::tile::{self, TileGuard};
+use crate::arch::x86_64::avx512::gemm::store_block;
 use crate::arch::x86_64::avx512bf16::gemm::Avx512Dot;
 use crate::element::Element;
+use crate::gemm::kernel::StoreBlock;
 use crate::gemm::kernel::{Format, Microkernel, ROW_GROUP};
 
 /// Rows of a tile of C: two 16-row AMX tiles.
@@ -75,6 +77,12 @@ impl Microkernel for AmxBf16 {
     #[inline(always)]
     fn narrow_f16(self, src: &[f32], dst: &mut [half::f16]) {
         Avx512Dot(self.0.avx512bf16()).narrow_f16(src, dst);
+    }
+
+    #[inline(always)]
+    fn store_block<C: Element>(self, job: &StoreBlock<'_, C>) -> usize {
+        // SAFETY: the token proves every feature `store_block` enables.
+        unsafe { store_block(self, job) }
     }
 
     #[inline(always)]
@@ -299,6 +307,198 @@ mod tests {
                 flops / secs / 1e9
             );
             assert!(tile_f.iter().all(|x| x.is_finite()));
+        }
+    }
+
+    /// One group of the kernel as its own `asm!` (the probe's loop is in
+    /// Rust so it can prefetch between groups).
+    ///
+    /// # Safety
+    ///
+    /// As for [`groups`] with `n = 1`.
+    #[inline(always)]
+    unsafe fn one_group(tiles: &TileGuard, a: *const f32, b: *const f32) {
+        // SAFETY: the caller's.
+        unsafe { groups(tiles, a, b, 1) }
+    }
+
+    /// The kernel on a full 32 x 32 tile, `slots` a multiple of 16, with
+    /// `pf` lines of `next` (one group's 2048 bytes per group of this call)
+    /// prefetched into L1 as it goes.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "probe: a kernel call and its prefetch"
+    )]
+    fn kernel_pf(
+        tiles: &TileGuard,
+        slots: usize,
+        a: &[f32],
+        b: &[f32],
+        tile: &mut [f32],
+        accumulate: bool,
+        next: &[f32],
+        pf: usize,
+    ) {
+        assert!(a.len() >= slots * MR && b.len() >= slots * NR && tile.len() >= MR * NR);
+        assert!(slots.is_multiple_of(ROW_GROUP) && next.len() >= slots * 32 && pf <= 32);
+        let c = tile.as_mut_ptr();
+        // SAFETY: as in `kernel`.
+        unsafe {
+            if accumulate {
+                asm!(
+                    "tileloadd tmm0, [{c} + {s}*1]",
+                    "tileloadd tmm1, [{c} + {s}*1 + 64]",
+                    "tileloadd tmm2, [{c} + {s}*1 + 2048]",
+                    "tileloadd tmm3, [{c} + {s}*1 + 2112]",
+                    c = in(reg) c, s = in(reg) C_STRIDE, options(nostack, readonly),
+                );
+            } else {
+                asm!(
+                    "tilezero tmm0",
+                    "tilezero tmm1",
+                    "tilezero tmm2",
+                    "tilezero tmm3",
+                    options(nostack, nomem)
+                );
+            }
+        }
+        for g in 0..slots / ROW_GROUP {
+            // SAFETY: group g of both panels is inside them (asserted).
+            unsafe {
+                one_group(
+                    tiles,
+                    a.as_ptr().add(g * GROUP_SLOTS),
+                    b.as_ptr().add(g * GROUP_SLOTS),
+                )
+            };
+            for l in 0..pf {
+                // SAFETY: a prefetch hint inside `next` (asserted).
+                unsafe {
+                    core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
+                        next.as_ptr().add(g * GROUP_SLOTS + l * 16).cast(),
+                    )
+                };
+            }
+        }
+        // SAFETY: as in `kernel`.
+        unsafe {
+            asm!(
+                "tilestored [{c} + {s}*1], tmm0",
+                "tilestored [{c} + {s}*1 + 64], tmm1",
+                "tilestored [{c} + {s}*1 + 2048], tmm2",
+                "tilestored [{c} + {s}*1 + 2112], tmm3",
+                c = in(reg) c, s = in(reg) C_STRIDE, options(nostack),
+            );
+        }
+    }
+
+    /// The probe's variants: (KC, A~ panels inner, lines prefetched per
+    /// group).
+    const VARIANTS: [(usize, bool, usize); 8] = [
+        (256, true, 0),
+        (256, true, 16),
+        (256, false, 0),
+        (256, false, 16),
+        (512, true, 0),
+        (512, true, 16),
+        (512, false, 0),
+        (512, false, 16),
+    ];
+
+    /// One thread's part of [`amx_block_speed`]: the best of three seconds
+    /// per variant, each variant started on all threads at once.
+    fn block_probe_thread(t: Amx, start: &std::sync::Barrier) -> Vec<f64> {
+        let (mp, np, k) = (5usize, 32usize, 2048usize);
+        let one = f32::from_bits(0x3F80_3F80);
+        let group =
+            |n: usize| -> Vec<Group> { (0..n).map(|_| Group([one; GROUP_SLOTS])).collect() };
+        let flat = |v: &[Group]| -> &[f32] {
+            // SAFETY: `Group` is `repr(C)` over an f32 array.
+            unsafe { core::slice::from_raw_parts(v.as_ptr().cast(), v.len() * GROUP_SLOTS) }
+        };
+        let total_groups = k / 2 / ROW_GROUP;
+        let b_store = group(np * total_groups + 1);
+        let b_all = flat(&b_store);
+        let a_store = group(mp * 256 / ROW_GROUP + 1);
+        let a_all = flat(&a_store);
+        let mut acc_store = group(mp * np * 2);
+        let acc_all: &mut [f32] = {
+            let p: *mut f32 = acc_store.as_mut_ptr().cast();
+            // SAFETY: as `flat`, mutably.
+            unsafe { core::slice::from_raw_parts_mut(p, acc_store.len() * GROUP_SLOTS) }
+        };
+        let mut secs = Vec::new();
+        TILES.with(|cell| {
+            let tiles = cell.get_or_init(|| TileGuard::new(t));
+            for (kc, a_inner, pf) in VARIANTS {
+                let slots = kc / 2;
+                let panel = slots * 32;
+                let b_panel = total_groups * GROUP_SLOTS;
+                let (outer, inner) = if a_inner { (np, mp) } else { (mp, np) };
+                let mut best = f64::MAX;
+                for _ in 0..3 {
+                    start.wait();
+                    let t0 = std::time::Instant::now();
+                    for pc in 0..k / kc {
+                        let b_off = pc * panel;
+                        for o in 0..outer {
+                            for i in 0..inner {
+                                let (ip, jp) = if a_inner { (i, o) } else { (o, i) };
+                                let a = &a_all[ip * panel..];
+                                let b = &b_all[jp * b_panel + b_off..];
+                                // The next inner panel (or the next outer
+                                // one after the last).
+                                let next = match (a_inner, i + 1 < inner) {
+                                    (true, true) => &a_all[(ip + 1) * panel..],
+                                    (false, true) => &b_all[(jp + 1) * b_panel + b_off..],
+                                    (true, false) => &b_all[((jp + 1) % np) * b_panel + b_off..],
+                                    (false, false) => &a_all[((ip + 1) % mp) * panel..],
+                                };
+                                let acc = &mut acc_all[(jp * mp + ip) * 1024..][..1024];
+                                kernel_pf(tiles, slots, a, b, acc, pc > 0, next, pf);
+                            }
+                        }
+                    }
+                    best = best.min(t0.elapsed().as_secs_f64());
+                }
+                secs.push(best);
+            }
+        });
+        assert!(acc_all.iter().all(|x| x.is_finite()));
+        secs
+    }
+
+    /// The kernel in the GEMM's loops, a probe for AMX hosts:
+    /// `PROBE_THREADS=16 ./halfkern amx_block_speed --ignored --nocapture`
+    /// (default one thread). On each thread one `MC x NC` block (MC = 160,
+    /// NC = 1024) over k = 2048 with B~ of the whole depth (as the GEMM
+    /// streams it) and an A~ block reused for each KC, for KC = 256 and
+    /// 512, two loop orders (B~ micro-panel outer and A~ panels inner, as
+    /// the GEMM runs, or the reverse) and 0 or 16 prefetched lines of the
+    /// next inner panel per group; GFLOP/s per core (the slowest thread's).
+    #[test]
+    #[ignore = "timing probe for AMX hosts"]
+    fn amx_block_speed() {
+        let Some(t) = Amx::try_new() else {
+            eprintln!("no AMX here");
+            return;
+        };
+        let threads: usize = std::env::var("PROBE_THREADS").map_or(1, |v| v.parse().unwrap());
+        let start = std::sync::Barrier::new(threads);
+        let per_thread: Vec<Vec<f64>> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| s.spawn(|| block_probe_thread(t, &start)))
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        let flops = 2.0 * (160 * 1024 * 2048) as f64;
+        for (v, (kc, a_inner, pf)) in VARIANTS.iter().enumerate() {
+            let slowest = per_thread.iter().map(|s| s[v]).fold(0.0, f64::max);
+            eprintln!(
+                "{threads} threads, KC {kc}, {} inner, prefetch {pf:2} lines/group: {:.0} GFLOP/s per core",
+                if *a_inner { "A~" } else { "B~" },
+                flops / slowest / 1e9
+            );
         }
     }
 }

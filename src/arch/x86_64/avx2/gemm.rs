@@ -5,6 +5,7 @@ use core::arch::x86_64::*;
 
 use super::super::Avx2;
 use crate::element::{Element, Slice};
+use crate::gemm::kernel::StoreBlock;
 use crate::gemm::kernel::{
     Format, Microkernel, generic_axpy_rows, generic_axpy_rows4, generic_kernel,
 };
@@ -35,6 +36,12 @@ impl Microkernel for Avx2F32 {
     fn narrow_f16(self, src: &[f32], dst: &mut [half::f16]) {
         // SAFETY: as above.
         unsafe { narrow_f16(src, dst) }
+    }
+
+    #[inline(always)]
+    fn store_block<C: Element>(self, job: &StoreBlock<'_, C>) -> usize {
+        // SAFETY: the token proves every feature `store_block` enables.
+        unsafe { store_block(self, job) }
     }
 
     #[inline(always)]
@@ -106,6 +113,13 @@ fn widen(src: Slice<'_>, dst: &mut [f32]) {
             }
         }
     }
+}
+
+/// [`StoreBlock::run`] compiled for AVX2: the epilogue's loops use
+/// 256-bit vectors instead of the baseline's SSE2.
+#[target_feature(enable = "avx,avx2,fma,f16c")]
+fn store_block<K: Microkernel, C: Element>(kern: K, job: &StoreBlock<'_, C>) -> usize {
+    job.run(kern)
 }
 
 /// Rounds to f16 with `vcvtps2ph` (nearest-even).

@@ -6,6 +6,7 @@ use core::arch::x86_64::*;
 
 use super::super::Avx512;
 use crate::element::{Element, Slice};
+use crate::gemm::kernel::StoreBlock;
 use crate::gemm::kernel::{Format, Microkernel, generic_axpy_rows, generic_axpy_rows4};
 
 /// The AVX-512 f32-FMA microkernel.
@@ -34,6 +35,12 @@ impl Microkernel for Avx512F32 {
     fn narrow_f16(self, src: &[f32], dst: &mut [half::f16]) {
         // SAFETY: as above.
         unsafe { narrow_f16(src, dst) }
+    }
+
+    #[inline(always)]
+    fn store_block<C: Element>(self, job: &StoreBlock<'_, C>) -> usize {
+        // SAFETY: the token proves every feature `store_block` enables.
+        unsafe { store_block(self, job) }
     }
 
     #[inline(always)]
@@ -157,6 +164,15 @@ fn axpy_rows4_widen<T: Element>(x: &[f32], b: [&[T]; 4], y: &mut [&mut [f32]]) {
             yr[j] = t;
         }
     }
+}
+
+/// [`StoreBlock::run`] compiled for AVX-512, for every kernel whose token
+/// proves it (`avx512`, `avx512bf16`, `amx`): the epilogue's loops (scale,
+/// bias, activation, the count of non-finite outputs) use 512-bit vectors
+/// instead of the baseline's SSE2.
+#[target_feature(enable = "avx,avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq")]
+pub(crate) fn store_block<K: Microkernel, C: Element>(kern: K, job: &StoreBlock<'_, C>) -> usize {
+    job.run(kern)
 }
 
 /// Widens a contiguous run: f16 through `vcvtph2ps`, bf16 by a shift

@@ -16,6 +16,7 @@ use core::arch::x86_64::*;
 use super::super::Avx512Bf16;
 use super::super::avx512::gemm as base;
 use crate::element::Element;
+use crate::gemm::kernel::StoreBlock;
 use crate::gemm::kernel::{Format, Microkernel};
 
 /// The `vdpbf16ps` microkernel.
@@ -44,6 +45,12 @@ impl Microkernel for Avx512Dot {
     fn narrow_f16(self, src: &[f32], dst: &mut [half::f16]) {
         // SAFETY: as above.
         unsafe { base::narrow_f16(src, dst) }
+    }
+
+    #[inline(always)]
+    fn store_block<C: Element>(self, job: &StoreBlock<'_, C>) -> usize {
+        // SAFETY: the token proves every feature `base::store_block` enables.
+        unsafe { base::store_block(self, job) }
     }
 
     #[inline(always)]
