@@ -496,6 +496,37 @@ fn nonfinite_inputs_propagate() {
     }
 }
 
+/// Shapes of several row blocks (MC = 168 rows at most) and column blocks
+/// (NC = 1024 at most) and KC blocks with a tail: a thread packs A~ once
+/// per row block over all of k and reuses it for the row block's column
+/// blocks, which these check against the reference with 1, 2 and 3
+/// threads (a stale or misplaced A~ block gives wrong columns past 1024).
+#[test]
+fn blocks_reuse_packed_a() {
+    let mut rng = Rng::fresh("blocks_reuse_packed_a");
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap();
+    for (backend, dot) in variants() {
+        for (m, n, k) in [(170, 1100, 300), (40, 1030, 600), (350, 1030, 97)] {
+            let (la, lb) = (LAYOUTS[rng.below(4)], LAYOUTS[rng.below(4)]);
+            let a: Mat<bf16> = Mat::new(&mut rng, m, k, la, 1.0);
+            let b: Mat<bf16> = Mat::new(&mut rng, k, n, lb, 1.0);
+            for threads in [Threads::Single, Threads::Count(2), Threads::Count(3)] {
+                let mut p = Params::plain(m, n);
+                p.beta = [0.0, 1.0][rng.below(2)];
+                p.threads = threads;
+                p.dot = dot;
+                let lc = LAYOUTS[rng.below(3)];
+                pool.install(|| {
+                    check_case::<bf16, bf16>(backend, &a, &b, lc, &p, &mut rng, false, "blocks")
+                });
+            }
+        }
+    }
+}
+
 /// Threads 1, 2 and 3 give bit-identical results (each output is summed in
 /// the same order whatever the split).
 #[test]

@@ -487,10 +487,14 @@ pub(crate) fn run<K: Microkernel, T: Element, C: Element>(
     let c_len = c.data.len();
     let work = |t: usize| -> usize {
         let mut ws = scratch::take_workspace();
+        ws.a_rows = None; // A~ of an earlier call is stale
         let mut nonfinite = 0;
-        for item in (t..items).step_by(threads) {
+        // A contiguous run of items per thread, column blocks innermost:
+        // the blocks of one row block follow each other on one thread, so
+        // its A~ is packed once for all of them (see `block`).
+        for item in t * items / threads..(t + 1) * items / threads {
             // LOOP 5 (jc) and LOOP 3 (ic), flattened into work items.
-            let (ib, jc) = (item % mb, (item / mb) * nc);
+            let (ib, jc) = (item / nb, (item % nb) * nc);
             let (ic, ic_end) = (rows_of(ib), rows_of(ib + 1));
             let blk = Block {
                 i0: ic,
@@ -521,7 +525,10 @@ struct Block {
 /// A thread's buffers, reused across its work items.
 #[derive(Default)]
 struct Workspace {
+    /// A~ of one row block over all of k, block `pc` after block `pc - 1`.
     a: Vec<f32>,
+    /// The rows (first, count) whose A~ is in `a`, if any.
+    a_rows: Option<(usize, usize)>,
     acc: Vec<f32>,
     tmp: Vec<f32>,
 }
@@ -547,6 +554,11 @@ fn block<K: Microkernel, T: Element, C: Element>(
     let panel_len = packed.panel_len(k);
     let acc_all = aligned(&mut ws.acc, m_panels * n_panels * tile);
     let blocks_k = div_ceil(k, K::KC).max(1);
+    // A~ over all of k for the block's rows: packed by the first block of
+    // these rows, reused by the next ones (the same rows, other columns).
+    let a_full = aligned(&mut ws.a, m_panels * total_slots(k, K::FORMAT_A) * mr);
+    let a_packed = ws.a_rows == Some((blk.i0, blk.m));
+    ws.a_rows = Some((blk.i0, blk.m));
     let mut b_off = 0; // slot offset of block pc inside a B~ panel
     // LOOP 4: pc over k by KC.
     for q in 0..blocks_k {
@@ -554,23 +566,26 @@ fn block<K: Microkernel, T: Element, C: Element>(
         let kc = K::KC.min(k - pc.min(k));
         let nslots = slots(kc, K::FORMAT);
         let first = q == 0;
-        // Pack A~: MR-row panels of this MC x KC block.
-        let a_all = aligned(&mut ws.a, m_panels * nslots * mr);
-        for p in 0..m_panels {
-            let lanes = mr.min(blk.m - p * mr);
-            let dst = &mut a_all[p * nslots * mr..(p + 1) * nslots * mr];
-            pack_panel(
-                kern,
-                a,
-                blk.i0 + p * mr,
-                lanes,
-                pc,
-                kc,
-                mr,
-                K::FORMAT_A,
-                dst,
-                &mut ws.tmp,
-            );
+        // A~ of this MC x KC block: MR-row panels, packed unless done.
+        let a0 = m_panels * b_off * mr;
+        let a_all = &mut a_full[a0..a0 + m_panels * nslots * mr];
+        if !a_packed {
+            for p in 0..m_panels {
+                let lanes = mr.min(blk.m - p * mr);
+                let dst = &mut a_all[p * nslots * mr..(p + 1) * nslots * mr];
+                pack_panel(
+                    kern,
+                    a,
+                    blk.i0 + p * mr,
+                    lanes,
+                    pc,
+                    kc,
+                    mr,
+                    K::FORMAT_A,
+                    dst,
+                    &mut ws.tmp,
+                );
+            }
         }
         // LOOP 2: jr over the block's columns by NR.
         for jp in 0..n_panels {
