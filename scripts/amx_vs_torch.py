@@ -14,10 +14,11 @@ warm-up, alternating the two sides --rounds times per row (the medians over
 rounds are reported, with each round's ratio beside them). Prints a Markdown
 table (GFLOP/s and the ratio halfkern / torch).
 
-On one thread the two sides alternate call by call (halfkern's binary runs
-with --serve and times one call per line it reads): the lent host's
-one-core speed swings up to 3x from one second to the next, which
-process-by-process alternation turns into per-round ratios from 0.4 to 2.3.
+On one thread both sides run pinned to the same CPU and alternate call by
+call (halfkern's binary runs with --serve and times one call per line it
+reads): the lent host's one-core speed differs up to 3x between its CPUs
+and from one second to the next, which unpinned process-by-process
+alternation turned into per-round ratios from 0.4 to 2.3.
 With more threads they alternate process by process: torch's OpenMP workers
 keep spinning after a call and would take the cores from halfkern's.
 """
@@ -51,6 +52,9 @@ def interleaved_gflops(binary, isa, n, reps, out):
     alternated one by one."""
     import torch
 
+    # One CPU for both sides (the child inherits the affinity).
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {max(cpus)})
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(n)
     a = torch.randn(n, n, generator=g).to(torch.bfloat16)
@@ -73,6 +77,7 @@ def interleaved_gflops(binary, isa, n, reps, out):
         hs.append(float(proc.stdout.readline()))
     proc.stdin.close()
     proc.wait()
+    os.sched_setaffinity(0, cpus)
     flops = 2 * n**3 / 1e9
     return flops / statistics.median(ts), flops / statistics.median(hs)
 

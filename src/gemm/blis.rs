@@ -502,7 +502,7 @@ pub(crate) fn run<K: Microkernel, T: Element, C: Element>(
                 j0: jc,
                 n: nc.min(n - jc),
             };
-            nonfinite += block(kern, a, packed, k, blk, cptr, c_len, ep, &mut ws);
+            nonfinite += block(kern, a, packed, 0, k, blk, cptr, c_len, ep, &mut ws);
         }
         scratch::give_workspace(ws);
         nonfinite
@@ -512,6 +512,115 @@ pub(crate) fn run<K: Microkernel, T: Element, C: Element>(
     } else {
         (0..threads).into_par_iter().map(work).sum()
     }
+}
+
+/// Runs the GEMM with unpacked B on `threads` > 1 threads: C is cut into
+/// a grid of cells, one per thread (see [`grid`]), and each thread packs
+/// the B~ of its own columns over all of k into its scratch, then runs its
+/// cell's blocks. No packing pass before the threads start, and each
+/// core's B~ stays in its own caches; with B~ packed once and shared, every
+/// core fetched the panels other cores had just written, which left the
+/// 16-thread AMX GEMM at n = 512 at a third of the kernel's speed.
+/// Shapes and strides were validated by the caller. Returns the number of
+/// non-finite outputs.
+pub(crate) fn run_local_b<K: Microkernel, T: Element, C: Element>(
+    kern: K,
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+    c: MatMut<'_, C>,
+    ep: &Epilogue<'_>,
+    threads: usize,
+) -> usize {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    debug_assert_eq!((b.rows, c.rows, c.cols), (k, m, n));
+    if m == 0 || n == 0 {
+        return 0;
+    }
+    let (pm, pn) = (div_ceil(m, K::MR), div_ceil(n, K::NR));
+    let (mt, nt) = grid(pm, pn, threads);
+    let rows_of = |i: usize| (i * pm / mt * K::MR).min(m);
+    let cols_of = |j: usize| (j * pn / nt * K::NR).min(n);
+    let cptr = CPtr {
+        ptr: c.data.as_mut_ptr(),
+        rs: c.rs,
+        cs: c.cs,
+    };
+    let c_len = c.data.len();
+    let cell = |t: usize| -> usize {
+        let (i, j) = (t / nt, t % nt);
+        let (r0, r1, c0, c1) = (rows_of(i), rows_of(i + 1), cols_of(j), cols_of(j + 1));
+        if r0 == r1 || c0 == c1 {
+            return 0;
+        }
+        // Columns c0..c1 of B, from element (0, c0) on.
+        let b_cell = MatRef {
+            data: &b.data[c0 * b.cs..],
+            rows: k,
+            cols: c1 - c0,
+            rs: b.rs,
+            cs: b.cs,
+        };
+        let packed = pack_b_scratch(kern, b_cell, 1);
+        let mut ws = scratch::take_workspace();
+        ws.a_rows = None; // A~ of an earlier call is stale
+        let mut nonfinite = 0;
+        // Row blocks of at most MC_MAX rows, column blocks of at most
+        // NC_MAX columns, both balanced; column blocks innermost so each
+        // row block's A~ is packed once.
+        let (cpm, cpn) = (div_ceil(r1 - r0, K::MR), div_ceil(c1 - c0, K::NR));
+        let (mb, nb) = (div_ceil(r1 - r0, MC_MAX), div_ceil(c1 - c0, NC_MAX));
+        for ib in 0..mb {
+            let i0 = r0 + ib * cpm / mb * K::MR;
+            let i1 = (r0 + (ib + 1) * cpm / mb * K::MR).min(r1);
+            for jb in 0..nb {
+                let j0 = c0 + jb * cpn / nb * K::NR;
+                let j1 = (c0 + (jb + 1) * cpn / nb * K::NR).min(c1);
+                let blk = Block {
+                    i0,
+                    m: i1 - i0,
+                    j0,
+                    n: j1 - j0,
+                };
+                nonfinite += block(kern, a, &packed, c0, k, blk, cptr, c_len, ep, &mut ws);
+            }
+        }
+        scratch::give_workspace(ws);
+        recycle(packed);
+        nonfinite
+    };
+    (0..mt * nt).into_par_iter().map(cell).sum()
+}
+
+/// Largest B~ a thread of [`run_local_b`] packs for its cell: 2 MiB at
+/// n = 2048 on 16 threads (4 x 4 cells) is inside; 8 MiB at n = 4096 is
+/// not, and there the shared B~ measured 15-25% faster (16 copies of B~
+/// crowd the shared L3).
+const LOCAL_B_MAX_BYTES: usize = 4 << 20;
+
+/// Whether [`run_local_b`] is the better split for this kernel and shape.
+pub(crate) fn local_b_pays<K: Microkernel>(m: usize, n: usize, k: usize, threads: usize) -> bool {
+    let (pm, pn) = (div_ceil(m, K::MR), div_ceil(n, K::NR));
+    let (_, nt) = grid(pm.max(1), pn.max(1), threads);
+    let cell_cols = div_ceil(pn, nt) * K::NR;
+    K::LOCAL_B && total_slots(k, K::FORMAT) * cell_cols * 4 <= LOCAL_B_MAX_BYTES
+}
+
+/// The grid of [`run_local_b`]: `mt x nt` cells (`mt * nt <= threads`)
+/// over `pm` row panels and `pn` column panels that give the smallest
+/// largest cell (the compute of the slowest thread), then the fewest
+/// panels of A and B per cell (what each thread packs).
+fn grid(pm: usize, pn: usize, threads: usize) -> (usize, usize) {
+    let mut best = (1, 1);
+    let mut best_cost = (usize::MAX, usize::MAX);
+    for mt in 1..=threads.min(pm) {
+        let nt = (threads / mt).min(pn);
+        let (rows, cols) = (div_ceil(pm, mt), div_ceil(pn, nt));
+        let cost = (rows * cols, rows + cols);
+        if cost < best_cost {
+            (best, best_cost) = ((mt, nt), cost);
+        }
+    }
+    best
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -533,13 +642,15 @@ struct Workspace {
     tmp: Vec<f32>,
 }
 
-/// One `MC x NC` block of C: LOOP 4, 2 and 1, and the epilogue.
+/// One `MC x NC` block of C: LOOP 4, 2 and 1, and the epilogue. `packed`
+/// holds B~ from column `packed_j0` on (a multiple of NR).
 #[expect(clippy::too_many_arguments, reason = "internal: the loops' inputs")]
 #[inline(never)]
 fn block<K: Microkernel, T: Element, C: Element>(
     kern: K,
     a: MatRef<'_, T>,
     packed: &PackedPanels,
+    packed_j0: usize,
     k: usize,
     blk: Block,
     c: CPtr<C>,
@@ -589,16 +700,25 @@ fn block<K: Microkernel, T: Element, C: Element>(
         }
         // LOOP 2: jr over the block's columns by NR.
         for jp in 0..n_panels {
-            let gp = blk.j0 / nr + jp;
+            let gp = (blk.j0 - packed_j0) / nr + jp;
             let b0 = gp * panel_len + b_off * nr;
             let bp = &packed.data()[b0..b0 + nslots * nr];
             // LOOP 1: ir over the block's rows by MR.
             for ip in 0..m_panels {
                 let ap = &a_all[ip * nslots * mr..(ip + 1) * nslots * mr];
+                // What the next call reads first: the next A~ panel, or
+                // after the last the next B~ micro-panel.
+                let next: &[f32] = if ip + 1 < m_panels {
+                    &a_all[(ip + 1) * nslots * mr..(ip + 2) * nslots * mr]
+                } else if jp + 1 < n_panels {
+                    &packed.data()[b0 + panel_len..b0 + panel_len + nslots * nr]
+                } else {
+                    &[]
+                };
                 let t0 = (jp * m_panels + ip) * tile;
                 let acc = &mut acc_all[t0..t0 + tile];
                 if nslots > 0 {
-                    kern.kernel(nslots, ap, bp, acc, !first);
+                    kern.kernel_then(nslots, ap, bp, acc, !first, next);
                 } else {
                     acc.fill(0.0);
                 }
@@ -787,7 +907,123 @@ pub(super) fn store_row<K: Microkernel, C: Element>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gemm::Gemm;
     use crate::gemm::kernel::ScalarKernel;
+
+    /// The grid covers at most `threads` cells, never more cells than
+    /// panels along a side, and no split of the same threads has a smaller
+    /// largest cell (brute force).
+    #[test]
+    fn grid_is_the_best_split() {
+        for threads in 1..=17 {
+            for (pm, pn) in [
+                (1, 1),
+                (1, 64),
+                (64, 1),
+                (64, 64),
+                (5, 7),
+                (147, 64),
+                (3, 100),
+            ] {
+                let (mt, nt) = grid(pm, pn, threads);
+                assert!(
+                    mt * nt <= threads && mt <= pm && nt <= pn,
+                    "{pm}x{pn} on {threads}"
+                );
+                let largest = |mt: usize, nt: usize| pm.div_ceil(mt) * pn.div_ceil(nt);
+                for a in 1..=threads.min(pm) {
+                    for b in 1..=(threads / a).min(pn) {
+                        assert!(
+                            largest(mt, nt) <= largest(a, b),
+                            "{pm}x{pn} on {threads}: {mt}x{nt} vs {a}x{b}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// `run_local_b` (each thread packs its own B~) gives the bits of `run`
+    /// (B~ packed once), on 2 to 4 threads, with every epilogue step, for
+    /// shapes with edge tiles, several row and column blocks and a KC tail;
+    /// fresh random inputs, C poisoned before each call.
+    fn local_b_matches_shared<K: Microkernel>(kern: K) {
+        let mut seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        println!("seed {seed}");
+        let mut next = move || {
+            seed = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let z = (seed ^ (seed >> 31)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            ((z ^ (z >> 29)) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(4)
+            .build()
+            .unwrap();
+        for (m, n, k) in [(1, 1, 1), (37, 45, 300), (200, 1100, 70), (9, 2100, 530)] {
+            let a: Vec<bf16> = (0..m * k).map(|_| bf16::from_f32(next())).collect();
+            let b: Vec<bf16> = (0..k * n).map(|_| bf16::from_f32(next())).collect();
+            let bias: Vec<f32> = (0..n).map(|_| next()).collect();
+            let c0: Vec<f32> = (0..m * n).map(|_| next()).collect();
+            let params = Gemm::new()
+                .alpha(1.5)
+                .beta(0.5)
+                .unscale(4.0)
+                .bias(crate::gemm::params::Bias::PerCol(&bias));
+            let ep = Epilogue::new(&params);
+            let av = MatRef::row_major(&a, m, k).unwrap();
+            let bv = MatRef::row_major(&b, k, n).unwrap();
+            let mut want = c0.clone();
+            let packed = pack_b(kern, bv, 1);
+            let bad_want = run(
+                kern,
+                av,
+                &packed,
+                k,
+                n,
+                MatMut::row_major(&mut want, m, n).unwrap(),
+                &ep,
+                1,
+            );
+            for threads in 2..=4 {
+                let mut got = c0.clone();
+                let bad = pool.install(|| {
+                    run_local_b(
+                        kern,
+                        av,
+                        bv,
+                        MatMut::row_major(&mut got, m, n).unwrap(),
+                        &ep,
+                        threads,
+                    )
+                });
+                assert_eq!(bad, bad_want);
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert_eq!(
+                        g.to_bits(),
+                        w.to_bits(),
+                        "{m}x{n}x{k}, {threads} threads, output {i}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn local_b_matches_shared_b() {
+        local_b_matches_shared(ScalarKernel);
+        #[cfg(target_arch = "x86_64")]
+        if let Some(t) = crate::arch::x86_64::Avx512Bf16::try_new() {
+            use crate::arch::x86_64::avx512bf16::gemm::Avx512Dot;
+            local_b_matches_shared(Avx512Dot(t));
+        }
+        #[cfg(target_arch = "x86_64")]
+        if let Some(t) = crate::arch::x86_64::amx::Amx::try_new() {
+            local_b_matches_shared(crate::arch::x86_64::amx::gemm::AmxBf16(t));
+        }
+    }
 
     /// [`Format::Bf16Rows`] (the AMX A~ layout, otherwise only packed on
     /// AMX hosts) against its definition: row-major and strided A, whole

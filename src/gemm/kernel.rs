@@ -87,6 +87,12 @@ pub(crate) trait Microkernel: Copy + Send + Sync {
     /// Depth of a packed block (LOOP 4's step); even, so a bf16 pair never
     /// straddles two blocks. Default: see `blis::KC`.
     const KC: usize = super::blis::KC;
+    /// Whether threads pack their own B~ for their cells of C when B is
+    /// not packed beforehand (see `blis::run_local_b`): for kernels so fast
+    /// that fetching B~ panels other cores packed is the limit (AMX). The
+    /// AVX-512 kernels measured 10% slower with it on 2 threads at n = 512
+    /// (every thread then packs all of A or all of B).
+    const LOCAL_B: bool = false;
     /// Shown in [`GemmReport::kernel`](crate::GemmReport).
     const NAME: &'static str;
 
@@ -95,6 +101,22 @@ pub(crate) trait Microkernel: Copy + Send + Sync {
     /// row-major. Sums in k order, one rounding per product-add (or per
     /// pair for [`Format::Bf16Pairs`]).
     fn kernel(self, slots: usize, a: &[f32], b: &[f32], tile: &mut [f32], accumulate: bool);
+
+    /// [`Microkernel::kernel`], told what the next call reads first
+    /// (`next`, possibly empty), which a kernel may prefetch as it goes.
+    #[inline(always)]
+    fn kernel_then(
+        self,
+        slots: usize,
+        a: &[f32],
+        b: &[f32],
+        tile: &mut [f32],
+        accumulate: bool,
+        next: &[f32],
+    ) {
+        let _ = next;
+        self.kernel(slots, a, b, tile, accumulate);
+    }
 
     /// Widens a contiguous run to f32 (`dst.len() == src.len()`).
     #[inline(always)]

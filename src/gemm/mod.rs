@@ -310,16 +310,23 @@ impl<T: Element, C: Element> KernelOp for Unpacked<'_, '_, T, C> {
     }
     fn run<K: Microkernel>(self, kern: K) -> GemmReport {
         let (k, n) = (self.b.rows, self.b.cols);
-        let (nonfinite, name) =
-            if gemv::applies(&self.a, &self.b) && K::FORMAT == kernel::Format::F32 {
-                let bad = gemv::run(kern, self.a, self.b, self.c, &self.ep, self.threads);
-                (bad, "gemv")
+        let (nonfinite, name) = if gemv::applies(&self.a, &self.b)
+            && K::FORMAT == kernel::Format::F32
+        {
+            let bad = gemv::run(kern, self.a, self.b, self.c, &self.ep, self.threads);
+            (bad, "gemv")
+        } else {
+            let (m, threads) = (self.a.rows, self.threads);
+            let bad = if threads > 1 && blis::local_b_pays::<K>(m, n, k, threads) {
+                blis::run_local_b(kern, self.a, self.b, self.c, &self.ep, self.threads)
             } else {
                 let packed = blis::pack_b_scratch(kern, self.b, self.threads);
                 let bad = blis::run(kern, self.a, &packed, k, n, self.c, &self.ep, self.threads);
                 blis::recycle(packed);
-                (bad, K::NAME)
+                bad
             };
+            (bad, K::NAME)
+        };
         GemmReport {
             nonfinite,
             isa: self.isa,

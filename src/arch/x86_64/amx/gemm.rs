@@ -59,12 +59,33 @@ impl Microkernel for AmxBf16 {
     // workspace (4 tile loads, 4 stores) once per 512 k instead of per 256,
     // and the `KC x NR` bf16 micro-panel of B~ (32 KiB) still fits L1.
     const KC: usize = 512;
+    // 16 threads, bf16, packing included (GFLOP/s, three runs each, shared
+    // B~ -> own B~): n = 1024 2577/2156/2783 -> 3252/2600/3390, n = 2048
+    // 3980/3277/4326 -> 4268/3765/4380 (n = 4096 is past the size limit of
+    // `blis::local_b_pays`, where the shared B~ was 15-25% faster).
+    const LOCAL_B: bool = true;
 
     #[inline(always)]
     fn kernel(self, slots: usize, a: &[f32], b: &[f32], tile: &mut [f32], accumulate: bool) {
         TILES.with(|t| {
             let guard = t.get_or_init(|| TileGuard::new(self.0));
-            kernel(guard, slots, a, b, tile, accumulate);
+            kernel(guard, slots, a, b, tile, accumulate, &[]);
+        });
+    }
+
+    #[inline(always)]
+    fn kernel_then(
+        self,
+        slots: usize,
+        a: &[f32],
+        b: &[f32],
+        tile: &mut [f32],
+        accumulate: bool,
+        next: &[f32],
+    ) {
+        TILES.with(|t| {
+            let guard = t.get_or_init(|| TileGuard::new(self.0));
+            kernel(guard, slots, a, b, tile, accumulate, next);
         });
     }
 
@@ -119,7 +140,9 @@ const A_STRIDE: usize = ROW_GROUP * 4;
 /// Bytes per tile row of B~ (one slot row of 32 lanes).
 const B_STRIDE: usize = NR * 4;
 
-/// `tile = (accumulate ? tile : 0) + A~ B~` over `slots` slots. The C tiles
+/// `tile = (accumulate ? tile : 0) + A~ B~` over `slots` slots, prefetching
+/// into L1 the first half of each group of `next` (the next call's first
+/// operand) while it runs the same group here. The C tiles
 /// `tmm0..tmm3` stay in tile registers from the first `asm!` block to the
 /// last: the compiler never allocates tile registers itself, and nothing
 /// called in between (a copy into the tail buffers) uses AMX.
@@ -131,6 +154,7 @@ fn kernel(
     b: &[f32],
     tile: &mut [f32],
     accumulate: bool,
+    next: &[f32],
 ) {
     assert!(a.len() >= slots * MR && b.len() >= slots * NR && tile.len() >= MR * NR);
     let c = tile.as_mut_ptr();
@@ -165,9 +189,19 @@ fn kernel(
     }
     let full = slots / ROW_GROUP;
     let tail = slots % ROW_GROUP;
+    // The next call's groups that are whole (the first `ahead`), each
+    // prefetched while this call runs the group of the same index.
+    let ahead = (next.len() / GROUP_SLOTS).min(full);
     // SAFETY: `full` groups of `GROUP_SLOTS` f32 slots are inside `a` and
-    // `b` (slots * 32 <= len, asserted above).
-    unsafe { groups(_tiles, a.as_ptr(), b.as_ptr(), full) };
+    // `b` (slots * 32 <= len, asserted above), `ahead` groups inside `next`.
+    unsafe {
+        groups_prefetch(_tiles, a.as_ptr(), b.as_ptr(), next.as_ptr(), ahead);
+        let (a, b) = (
+            a.as_ptr().add(ahead * GROUP_SLOTS),
+            b.as_ptr().add(ahead * GROUP_SLOTS),
+        );
+        groups(_tiles, a, b, full - ahead);
+    }
     if tail > 0 {
         // The short last group: copy it into full, zero-padded groups (zero
         // pairs add nothing) so the tiles keep one configuration.
@@ -244,6 +278,68 @@ unsafe fn groups(_tiles: &TileGuard, a: *const f32, b: *const f32, n: usize) {
     }
 }
 
+/// [`groups`], and the first 1024 bytes of each of `n` groups of `next`
+/// prefetched into L1 (16 lines per 4 `tdpbf16ps`; the probe
+/// `amx_block_speed` measured half a group ahead faster than none or all).
+///
+/// # Safety
+///
+/// As [`groups`]; `next` need only be an address (prefetches never fault).
+#[inline(always)]
+unsafe fn groups_prefetch(
+    _tiles: &TileGuard,
+    a: *const f32,
+    b: *const f32,
+    next: *const f32,
+    n: usize,
+) {
+    if n == 0 {
+        return;
+    }
+    // SAFETY: as in `groups`; PREFETCHT0 reads nothing architecturally.
+    unsafe {
+        asm!(
+            "2:",
+            "tileloadd tmm4, [{a} + {sa}*1]",
+            "tileloadd tmm6, [{b} + {sb}*1]",
+            "tileloadd tmm7, [{b} + {sb}*1 + 64]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "prefetcht0 [{p}]",
+            "prefetcht0 [{p} + 64]",
+            "prefetcht0 [{p} + 128]",
+            "prefetcht0 [{p} + 192]",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "prefetcht0 [{p} + 256]",
+            "prefetcht0 [{p} + 320]",
+            "prefetcht0 [{p} + 384]",
+            "prefetcht0 [{p} + 448]",
+            "tileloadd tmm5, [{a} + {sa}*1 + 1024]",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "prefetcht0 [{p} + 512]",
+            "prefetcht0 [{p} + 576]",
+            "prefetcht0 [{p} + 640]",
+            "prefetcht0 [{p} + 704]",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            "prefetcht0 [{p} + 768]",
+            "prefetcht0 [{p} + 832]",
+            "prefetcht0 [{p} + 896]",
+            "prefetcht0 [{p} + 960]",
+            "add {a}, 2048",
+            "add {b}, 2048",
+            "add {p}, 2048",
+            "dec {n}",
+            "jnz 2b",
+            a = inout(reg) a => _,
+            b = inout(reg) b => _,
+            p = inout(reg) next => _,
+            n = inout(reg) n => _,
+            sa = in(reg) A_STRIDE,
+            sb = in(reg) B_STRIDE,
+            options(nostack, readonly),
+        );
+    }
+}
+
 // The group arithmetic above assumes these.
 const _: () = assert!(GROUP_SLOTS * 4 == 2048 && tile::MR == MR && tile::NR == NR);
 
@@ -310,99 +406,17 @@ mod tests {
         }
     }
 
-    /// One group of the kernel as its own `asm!` (the probe's loop is in
-    /// Rust so it can prefetch between groups).
-    ///
-    /// # Safety
-    ///
-    /// As for [`groups`] with `n = 1`.
-    #[inline(always)]
-    unsafe fn one_group(tiles: &TileGuard, a: *const f32, b: *const f32) {
-        // SAFETY: the caller's.
-        unsafe { groups(tiles, a, b, 1) }
-    }
-
-    /// The kernel on a full 32 x 32 tile, `slots` a multiple of 16, with
-    /// `pf` lines of `next` (one group's 2048 bytes per group of this call)
-    /// prefetched into L1 as it goes.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "probe: a kernel call and its prefetch"
-    )]
-    fn kernel_pf(
-        tiles: &TileGuard,
-        slots: usize,
-        a: &[f32],
-        b: &[f32],
-        tile: &mut [f32],
-        accumulate: bool,
-        next: &[f32],
-        pf: usize,
-    ) {
-        assert!(a.len() >= slots * MR && b.len() >= slots * NR && tile.len() >= MR * NR);
-        assert!(slots.is_multiple_of(ROW_GROUP) && next.len() >= slots * 32 && pf <= 32);
-        let c = tile.as_mut_ptr();
-        // SAFETY: as in `kernel`.
-        unsafe {
-            if accumulate {
-                asm!(
-                    "tileloadd tmm0, [{c} + {s}*1]",
-                    "tileloadd tmm1, [{c} + {s}*1 + 64]",
-                    "tileloadd tmm2, [{c} + {s}*1 + 2048]",
-                    "tileloadd tmm3, [{c} + {s}*1 + 2112]",
-                    c = in(reg) c, s = in(reg) C_STRIDE, options(nostack, readonly),
-                );
-            } else {
-                asm!(
-                    "tilezero tmm0",
-                    "tilezero tmm1",
-                    "tilezero tmm2",
-                    "tilezero tmm3",
-                    options(nostack, nomem)
-                );
-            }
-        }
-        for g in 0..slots / ROW_GROUP {
-            // SAFETY: group g of both panels is inside them (asserted).
-            unsafe {
-                one_group(
-                    tiles,
-                    a.as_ptr().add(g * GROUP_SLOTS),
-                    b.as_ptr().add(g * GROUP_SLOTS),
-                )
-            };
-            for l in 0..pf {
-                // SAFETY: a prefetch hint inside `next` (asserted).
-                unsafe {
-                    core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
-                        next.as_ptr().add(g * GROUP_SLOTS + l * 16).cast(),
-                    )
-                };
-            }
-        }
-        // SAFETY: as in `kernel`.
-        unsafe {
-            asm!(
-                "tilestored [{c} + {s}*1], tmm0",
-                "tilestored [{c} + {s}*1 + 64], tmm1",
-                "tilestored [{c} + {s}*1 + 2048], tmm2",
-                "tilestored [{c} + {s}*1 + 2112], tmm3",
-                c = in(reg) c, s = in(reg) C_STRIDE, options(nostack),
-            );
-        }
-    }
-
-    /// The probe's variants: (KC, A~ panels inner, lines prefetched per
-    /// group).
-    const VARIANTS: [(usize, bool, usize); 8] = [
-        (256, true, 0),
-        (256, true, 16),
-        (256, false, 0),
-        (256, false, 16),
-        (512, true, 0),
-        (512, true, 16),
-        (512, false, 0),
-        (512, false, 16),
+    /// The probe's variants: (KC, A~ panels inner, the next panel
+    /// prefetched).
+    const VARIANTS: [(usize, bool, bool); 8] = [
+        (256, true, false),
+        (256, true, true),
+        (256, false, false),
+        (256, false, true),
+        (512, true, false),
+        (512, true, true),
+        (512, false, false),
+        (512, false, true),
     ];
 
     /// One thread's part of [`amx_block_speed`]: the best of three seconds
@@ -455,7 +469,8 @@ mod tests {
                                     (false, false) => &a_all[((ip + 1) % mp) * panel..],
                                 };
                                 let acc = &mut acc_all[(jp * mp + ip) * 1024..][..1024];
-                                kernel_pf(tiles, slots, a, b, acc, pc > 0, next, pf);
+                                let next = if pf { next } else { &[] };
+                                kernel(tiles, slots, a, b, acc, pc > 0, next);
                             }
                         }
                     }
@@ -474,8 +489,8 @@ mod tests {
     /// NC = 1024) over k = 2048 with B~ of the whole depth (as the GEMM
     /// streams it) and an A~ block reused for each KC, for KC = 256 and
     /// 512, two loop orders (B~ micro-panel outer and A~ panels inner, as
-    /// the GEMM runs, or the reverse) and 0 or 16 prefetched lines of the
-    /// next inner panel per group; GFLOP/s per core (the slowest thread's).
+    /// the GEMM runs, or the reverse), with and without the prefetch of the
+    /// next panel; GFLOP/s per core (the slowest thread's).
     #[test]
     #[ignore = "timing probe for AMX hosts"]
     fn amx_block_speed() {
@@ -495,7 +510,7 @@ mod tests {
         for (v, (kc, a_inner, pf)) in VARIANTS.iter().enumerate() {
             let slowest = per_thread.iter().map(|s| s[v]).fold(0.0, f64::max);
             eprintln!(
-                "{threads} threads, KC {kc}, {} inner, prefetch {pf:2} lines/group: {:.0} GFLOP/s per core",
+                "{threads} threads, KC {kc}, {} inner, prefetch {pf}: {:.0} GFLOP/s per core",
                 if *a_inner { "A~" } else { "B~" },
                 flops / slowest / 1e9
             );
