@@ -502,7 +502,10 @@ pub(crate) fn run<K: Microkernel, T: Element, C: Element>(
                 j0: jc,
                 n: nc.min(n - jc),
             };
-            nonfinite += block(kern, a, packed, 0, k, blk, cptr, c_len, ep, &mut ws);
+            let prefetch = threads > 1;
+            nonfinite += block(
+                kern, a, packed, 0, k, blk, cptr, c_len, ep, prefetch, &mut ws,
+            );
         }
         scratch::give_workspace(ws);
         nonfinite
@@ -581,7 +584,7 @@ pub(crate) fn run_local_b<K: Microkernel, T: Element, C: Element>(
                     j0,
                     n: j1 - j0,
                 };
-                nonfinite += block(kern, a, &packed, c0, k, blk, cptr, c_len, ep, &mut ws);
+                nonfinite += block(kern, a, &packed, c0, k, blk, cptr, c_len, ep, true, &mut ws);
             }
         }
         scratch::give_workspace(ws);
@@ -643,7 +646,8 @@ struct Workspace {
 }
 
 /// One `MC x NC` block of C: LOOP 4, 2 and 1, and the epilogue. `packed`
-/// holds B~ from column `packed_j0` on (a multiple of NR).
+/// holds B~ from column `packed_j0` on (a multiple of NR); `prefetch` lets
+/// the kernel prefetch each next call's operand.
 #[expect(clippy::too_many_arguments, reason = "internal: the loops' inputs")]
 #[inline(never)]
 fn block<K: Microkernel, T: Element, C: Element>(
@@ -656,6 +660,7 @@ fn block<K: Microkernel, T: Element, C: Element>(
     c: CPtr<C>,
     c_len: usize,
     ep: &Epilogue<'_>,
+    prefetch: bool,
     ws: &mut Workspace,
 ) -> usize {
     let (mr, nr) = (K::MR, K::NR);
@@ -707,8 +712,15 @@ fn block<K: Microkernel, T: Element, C: Element>(
             for ip in 0..m_panels {
                 let ap = &a_all[ip * nslots * mr..(ip + 1) * nslots * mr];
                 // What the next call reads first: the next A~ panel, or
-                // after the last the next B~ micro-panel.
-                let next: &[f32] = if ip + 1 < m_panels {
+                // after the last the next B~ micro-panel. Only on several
+                // threads (AMX on the host, bf16, builds alternated): one
+                // thread ran 4-11% faster without it (n = 512 to 4096, two
+                // runs of pinned single calls); 16 threads ran up to 12%
+                // slower without it at n = 2048 and 4096 in three runs of
+                // four (26-53% in the fourth), within the noise at 1024.
+                let next: &[f32] = if !prefetch {
+                    &[]
+                } else if ip + 1 < m_panels {
                     &a_all[(ip + 1) * nslots * mr..(ip + 2) * nslots * mr]
                 } else if jp + 1 < n_panels {
                     &packed.data()[b0 + panel_len..b0 + panel_len + nslots * nr]
