@@ -350,7 +350,7 @@ mod tests {
     /// Kernel-only speed, a probe for AMX hosts rather than a check:
     /// `./halfkern amx_kernel_speed --ignored --nocapture` (the lib test
     /// binary). Times the microkernel over packed panels already in cache:
-    /// `bp` B~ micro-panels (KC = 512 deep) times `ap` A~ panels, in the
+    /// `bp` B~ micro-panels (KC deep) times `ap` A~ panels, in the
     /// BLIS loop order (A~ panels innermost).
     #[test]
     #[ignore = "timing probe for AMX hosts"]
@@ -360,10 +360,21 @@ mod tests {
             return;
         };
         let kern = AmxBf16(t);
-        let slots = AmxBf16::KC / 2;
-        let groups = slots / ROW_GROUP;
         let one = f32::from_bits(0x3F80_3F80); // a pair of bf16 ones
-        for (bp, ap) in [(1usize, 1usize), (1, 4), (16, 1), (16, 4), (16, 16)] {
+        // (KC, B~ panels, A~ panels): KC = 128 and 256 keep one A~ and
+        // one B~ panel in L1 (16 and 32 KiB), 512 does not (64 KiB).
+        let shapes = [
+            (128, 1, 1),
+            (256, 1, 1),
+            (512, 1, 1),
+            (512, 1, 4),
+            (512, 16, 1),
+            (512, 16, 4),
+            (512, 16, 16),
+        ];
+        for (kc, bp, ap) in shapes {
+            let slots = kc / 2;
+            let groups = slots / ROW_GROUP;
             let a: Vec<Group> = (0..ap * groups)
                 .map(|_| Group([one; GROUP_SLOTS]))
                 .collect();
@@ -382,7 +393,7 @@ mod tests {
                 // SAFETY: as above, 2 groups = 1024 f32 = one 32 x 32 tile.
                 unsafe { core::slice::from_raw_parts_mut(p, MR * NR) }
             };
-            let calls = 4096 / (bp * ap).max(1);
+            let calls = 4096 * 512 / kc / (bp * ap);
             let run = |tile: &mut [f32]| {
                 for _ in 0..calls {
                     for j in 0..bp {
@@ -399,7 +410,7 @@ mod tests {
             let secs = t0.elapsed().as_secs_f64();
             let flops = (calls * bp * ap) as f64 * 2.0 * (MR * NR * 2 * slots) as f64;
             eprintln!(
-                "B~ panels {bp:2}, A~ panels {ap:2}: {:.0} GFLOP/s",
+                "KC {kc}, B~ panels {bp:2}, A~ panels {ap:2}: {:.0} GFLOP/s",
                 flops / secs / 1e9
             );
             assert!(tile_f.iter().all(|x| x.is_finite()));
