@@ -435,6 +435,27 @@ pub(super) struct CPtr<C> {
     pub(super) cs: usize,
 }
 
+impl<C> CPtr<C> {
+    /// C's pointer and strides, and the length of its slice (for debug
+    /// checks), for the threads that write it while the caller's borrow of
+    /// C lasts.
+    pub(super) fn of(c: MatMut<'_, C>) -> (Self, usize)
+    where
+        C: Element,
+    {
+        let (rs, cs) = (c.rs, c.cs);
+        let len = c.data.len();
+        (
+            CPtr {
+                ptr: c.data.as_mut_ptr(),
+                rs,
+                cs,
+            },
+            len,
+        )
+    }
+}
+
 // SAFETY: the pointer is only used for disjoint elements per thread (see
 // the type's docs) while the `&mut` borrow of C is held by `run`.
 unsafe impl<C: Send> Send for CPtr<C> {}
@@ -479,12 +500,7 @@ pub(crate) fn run<K: Microkernel, T: Element, C: Element>(
     let rows_of = |ib: usize| (ib * panels / mb * K::MR).min(m);
     let items = mb * nb;
     let threads = threads.min(items).max(1);
-    let cptr = CPtr {
-        ptr: c.data.as_mut_ptr(),
-        rs: c.rs,
-        cs: c.cs,
-    };
-    let c_len = c.data.len();
+    let (cptr, c_len) = CPtr::of(c);
     let work = |t: usize| -> usize {
         let mut ws = scratch::take_workspace();
         ws.a_rows = None; // A~ of an earlier call is stale
@@ -543,12 +559,7 @@ pub(crate) fn run_local_b<K: Microkernel, T: Element, C: Element>(
     let (mt, nt) = grid(pm, pn, threads);
     let rows_of = |i: usize| (i * pm / mt * K::MR).min(m);
     let cols_of = |j: usize| (j * pn / nt * K::NR).min(n);
-    let cptr = CPtr {
-        ptr: c.data.as_mut_ptr(),
-        rs: c.rs,
-        cs: c.cs,
-    };
-    let c_len = c.data.len();
+    let (cptr, c_len) = CPtr::of(c);
     let cell = |t: usize| -> usize {
         let (i, j) = (t / nt, t % nt);
         let (r0, r1, c0, c1) = (rows_of(i), rows_of(i + 1), cols_of(j), cols_of(j + 1));
@@ -922,6 +933,21 @@ mod tests {
     use crate::gemm::Gemm;
     use crate::gemm::kernel::ScalarKernel;
 
+    /// 64 random bits per call (splitmix64) from a clock seed, printed so a
+    /// failure can be replayed.
+    fn fresh_rng() -> impl FnMut() -> u64 {
+        let mut seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        println!("seed {seed}");
+        move || {
+            seed = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let z = (seed ^ (seed >> 31)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z ^ (z >> 29)
+        }
+    }
+
     /// The grid covers at most `threads` cells, never more cells than
     /// panels along a side, and no split of the same threads has a smaller
     /// largest cell (brute force).
@@ -960,16 +986,8 @@ mod tests {
     /// shapes with edge tiles, several row and column blocks and a KC tail;
     /// fresh random inputs, C poisoned before each call.
     fn local_b_matches_shared<K: Microkernel>(kern: K) {
-        let mut seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64;
-        println!("seed {seed}");
-        let mut next = move || {
-            seed = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let z = (seed ^ (seed >> 31)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            ((z ^ (z >> 29)) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        };
+        let mut bits = fresh_rng();
+        let mut next = move || (bits() >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(4)
             .build()
@@ -1043,16 +1061,7 @@ mod tests {
     /// lanes, odd depths; fresh random bits, a poisoned destination.
     #[test]
     fn bf16_rows_packing_matches_its_definition() {
-        let mut seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64;
-        println!("seed {seed}");
-        let mut next = move || {
-            seed = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let z = (seed ^ (seed >> 31)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z ^ (z >> 29)
-        };
+        let mut next = fresh_rng();
         let w = 32;
         for (rows, cols, rs_pad) in [(40, 100, 0), (33, 512, 0), (32, 64, 7), (7, 33, 3)] {
             let rs = cols + rs_pad;

@@ -55,12 +55,7 @@ pub(crate) fn run<K: Microkernel, T: Element, C: Element>(
     // Balance: each thread one contiguous range of columns.
     let threads = threads.min(chunks.max(n.div_ceil(256))).max(1);
     let per = n.div_ceil(threads).div_ceil(16) * 16;
-    let cptr = CPtr {
-        ptr: c.data.as_mut_ptr(),
-        rs: c.rs,
-        cs: c.cs,
-    };
-    let c_len = c.data.len();
+    let (cptr, c_len) = CPtr::of(c);
     let xt = &xt;
     let work = |t: usize| -> usize {
         let (lo, hi) = ((t * per).min(n), ((t + 1) * per).min(n));

@@ -67,10 +67,7 @@ impl Microkernel for AmxBf16 {
 
     #[inline(always)]
     fn kernel(self, slots: usize, a: &[f32], b: &[f32], tile: &mut [f32], accumulate: bool) {
-        TILES.with(|t| {
-            let guard = t.get_or_init(|| TileGuard::new(self.0));
-            kernel(guard, slots, a, b, tile, accumulate, &[]);
-        });
+        self.kernel_then(slots, a, b, tile, accumulate, &[]);
     }
 
     #[inline(always)]
@@ -236,6 +233,36 @@ fn kernel(
 #[repr(C, align(64))]
 struct Group([f32; GROUP_SLOTS]);
 
+/// The loop of [`groups`], with `$extra` (instructions, and the operands
+/// they name) after each group's first `tdpbf16ps`.
+macro_rules! group_loop {
+    ($a:ident, $b:ident, $n:ident, [$($extra:literal),*] $(, $name:ident = $op:expr)*) => {
+        asm!(
+            "2:",
+            "tileloadd tmm4, [{a} + {sa}*1]",
+            "tileloadd tmm6, [{b} + {sb}*1]",
+            "tileloadd tmm7, [{b} + {sb}*1 + 64]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            $($extra,)*
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tileloadd tmm5, [{a} + {sa}*1 + 1024]",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            "add {a}, 2048",
+            "add {b}, 2048",
+            "dec {n}",
+            "jnz 2b",
+            a = inout(reg) $a => _,
+            b = inout(reg) $b => _,
+            n = inout(reg) $n => _,
+            sa = in(reg) A_STRIDE,
+            sb = in(reg) B_STRIDE,
+            $($name = inout(reg) $op => _,)*
+            options(nostack, readonly),
+        )
+    };
+}
+
 /// `tmm0..tmm3 += A~ B~` over `n` packed groups.
 ///
 /// # Safety
@@ -253,29 +280,7 @@ unsafe fn groups(_tiles: &TileGuard, a: *const f32, b: *const f32, n: usize) {
     // both by one group (2048 bytes), `n` times.
     // SAFETY: tiles are configured (`_tiles`); the reads stay inside what
     // the caller guarantees; it writes only tiles and its own registers.
-    unsafe {
-        asm!(
-            "2:",
-            "tileloadd tmm4, [{a} + {sa}*1]",
-            "tileloadd tmm6, [{b} + {sb}*1]",
-            "tileloadd tmm7, [{b} + {sb}*1 + 64]",
-            "tdpbf16ps tmm0, tmm4, tmm6",
-            "tdpbf16ps tmm1, tmm4, tmm7",
-            "tileloadd tmm5, [{a} + {sa}*1 + 1024]",
-            "tdpbf16ps tmm2, tmm5, tmm6",
-            "tdpbf16ps tmm3, tmm5, tmm7",
-            "add {a}, 2048",
-            "add {b}, 2048",
-            "dec {n}",
-            "jnz 2b",
-            a = inout(reg) a => _,
-            b = inout(reg) b => _,
-            n = inout(reg) n => _,
-            sa = in(reg) A_STRIDE,
-            sb = in(reg) B_STRIDE,
-            options(nostack, readonly),
-        );
-    }
+    unsafe { group_loop!(a, b, n, []) }
 }
 
 /// [`groups`], and the first 1024 bytes of each of `n` groups of `next`
@@ -298,45 +303,31 @@ unsafe fn groups_prefetch(
     }
     // SAFETY: as in `groups`; PREFETCHT0 reads nothing architecturally.
     unsafe {
-        asm!(
-            "2:",
-            "tileloadd tmm4, [{a} + {sa}*1]",
-            "tileloadd tmm6, [{b} + {sb}*1]",
-            "tileloadd tmm7, [{b} + {sb}*1 + 64]",
-            "tdpbf16ps tmm0, tmm4, tmm6",
-            "prefetcht0 [{p}]",
-            "prefetcht0 [{p} + 64]",
-            "prefetcht0 [{p} + 128]",
-            "prefetcht0 [{p} + 192]",
-            "tdpbf16ps tmm1, tmm4, tmm7",
-            "prefetcht0 [{p} + 256]",
-            "prefetcht0 [{p} + 320]",
-            "prefetcht0 [{p} + 384]",
-            "prefetcht0 [{p} + 448]",
-            "tileloadd tmm5, [{a} + {sa}*1 + 1024]",
-            "tdpbf16ps tmm2, tmm5, tmm6",
-            "prefetcht0 [{p} + 512]",
-            "prefetcht0 [{p} + 576]",
-            "prefetcht0 [{p} + 640]",
-            "prefetcht0 [{p} + 704]",
-            "tdpbf16ps tmm3, tmm5, tmm7",
-            "prefetcht0 [{p} + 768]",
-            "prefetcht0 [{p} + 832]",
-            "prefetcht0 [{p} + 896]",
-            "prefetcht0 [{p} + 960]",
-            "add {a}, 2048",
-            "add {b}, 2048",
-            "add {p}, 2048",
-            "dec {n}",
-            "jnz 2b",
-            a = inout(reg) a => _,
-            b = inout(reg) b => _,
-            p = inout(reg) next => _,
-            n = inout(reg) n => _,
-            sa = in(reg) A_STRIDE,
-            sb = in(reg) B_STRIDE,
-            options(nostack, readonly),
-        );
+        group_loop!(
+            a,
+            b,
+            n,
+            [
+                "prefetcht0 [{p}]",
+                "prefetcht0 [{p} + 64]",
+                "prefetcht0 [{p} + 128]",
+                "prefetcht0 [{p} + 192]",
+                "prefetcht0 [{p} + 256]",
+                "prefetcht0 [{p} + 320]",
+                "prefetcht0 [{p} + 384]",
+                "prefetcht0 [{p} + 448]",
+                "prefetcht0 [{p} + 512]",
+                "prefetcht0 [{p} + 576]",
+                "prefetcht0 [{p} + 640]",
+                "prefetcht0 [{p} + 704]",
+                "prefetcht0 [{p} + 768]",
+                "prefetcht0 [{p} + 832]",
+                "prefetcht0 [{p} + 896]",
+                "prefetcht0 [{p} + 960]",
+                "add {p}, 2048"
+            ],
+            p = next
+        )
     }
 }
 
