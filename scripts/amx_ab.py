@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""A/B of several gemm_speed builds (and torch) on the lent Intel host.
+
+Usage (there, from the repo root, with the builds carried along):
+
+    python3 scripts/amx_ab.py carry/gs_new,carry/gs_old --sizes 2048 --threads 1 --reps 15
+
+One thread: every build runs as a `gemm_speed --serve` process, all of them
+and torch pinned to one CPU, and single calls alternate torch, build 1,
+build 2, ... `--reps` times, so the host's fast and slow phases (up to 3x
+apart within a second) fall on all sides alike. More threads: the builds
+alternate process by process `--reps` times (gemm_speed's own median of 20
+calls each). Prints each side's median GFLOP/s and its speed relative to
+the first build. bf16 inputs and C, square n, row-major, packing included.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import time
+
+
+def one_thread(bins, n, reps, isa):
+    """Seconds per call, per side, single calls alternated on one CPU."""
+    import torch
+
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {max(cpus)})  # the children inherit it
+    torch.set_num_threads(1)
+    a = torch.randn(n, n).to(torch.bfloat16)
+    b = torch.randn(n, n).to(torch.bfloat16)
+    for _ in range(3):
+        torch.matmul(a, b)
+    env = dict(os.environ, RAYON_NUM_THREADS="1", HALFKERN_ISA=isa)
+    procs = []
+    for binary in bins:
+        p = subprocess.Popen(
+            [binary, "--n", str(n), "--threads", "1", "--serve", "--out", "bf16"],
+            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+        )
+        assert p.stdout.readline().strip() == "ready"
+        procs.append(p)
+    times = {side: [] for side in ["torch"] + bins}
+    for _ in range(reps):
+        t = time.perf_counter()
+        torch.matmul(a, b)
+        times["torch"].append(time.perf_counter() - t)
+        for binary, p in zip(bins, procs):
+            p.stdin.write("\n")
+            p.stdin.flush()
+            times[binary].append(float(p.stdout.readline()))
+    for p in procs:
+        p.stdin.close()
+        p.wait()
+    os.sched_setaffinity(0, cpus)
+    return times
+
+
+def many_threads(bins, n, threads, reps, isa):
+    """Seconds per call (each run's median), per build, runs alternated."""
+    env = dict(os.environ, RAYON_NUM_THREADS=str(threads), HALFKERN_ISA=isa)
+    times = {binary: [] for binary in bins}
+    for _ in range(reps):
+        for binary in bins:
+            out = subprocess.run(
+                [binary, "--n", str(n), "--threads", str(threads), "--reps", "20", "--json",
+                 "--out", "bf16"],
+                env=env, capture_output=True, text=True, check=True,
+            ).stdout
+            gflops = json.loads(out.strip().splitlines()[-1])["gflops"]
+            times[binary].append(2 * n**3 / gflops / 1e9)
+    return times
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("binaries", help="comma-separated gemm_speed builds; the first is the base")
+    ap.add_argument("--sizes", default="2048")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--isa", default="amx")
+    args = ap.parse_args()
+    bins = args.binaries.split(",")
+    if len(set(bins)) != len(bins):
+        ap.error("name each build once")
+    for n in [int(s) for s in args.sizes.split(",")]:
+        if args.threads == 1:
+            times = one_thread(bins, n, args.reps, args.isa)
+        else:
+            times = many_threads(bins, n, args.threads, args.reps, args.isa)
+        base = statistics.median(times[bins[0]])
+        cols = "  ".join(
+            f"{os.path.basename(side)} {2 * n**3 / statistics.median(t) / 1e9:.0f} "
+            f"({base / statistics.median(t):.2f}x)"
+            for side, t in times.items()
+        )
+        print(f"n={n} threads={args.threads}: {cols}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
