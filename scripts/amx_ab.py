@@ -42,11 +42,13 @@ def one_thread(bins, n, reps, isa):
         assert p.stdout.readline().strip() == "ready"
         procs.append(p)
     times = {side: [] for side in ["torch"] + bins}
-    for _ in range(reps):
+    sides = list(zip(bins, procs))
+    for r in range(reps):
         t = time.perf_counter()
         torch.matmul(a, b)
         times["torch"].append(time.perf_counter() - t)
-        for binary, p in zip(bins, procs):
+        # A different build first each round: no side always follows torch.
+        for binary, p in sides[r % len(sides):] + sides[:r % len(sides)]:
             p.stdin.write("\n")
             p.stdin.flush()
             times[binary].append(float(p.stdout.readline()))
@@ -61,8 +63,8 @@ def many_threads(bins, n, threads, reps, isa):
     """Seconds per call (each run's median), per build, runs alternated."""
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads), HALFKERN_ISA=isa)
     times = {binary: [] for binary in bins}
-    for _ in range(reps):
-        for binary in bins:
+    for r in range(reps):
+        for binary in bins[r % len(bins):] + bins[:r % len(bins)]:
             out = subprocess.run(
                 [binary, "--n", str(n), "--threads", str(threads), "--reps", "20", "--json",
                  "--out", "bf16"],
