@@ -284,8 +284,9 @@ unsafe fn groups(_tiles: &TileGuard, a: *const f32, b: *const f32, n: usize) {
 }
 
 /// [`groups`], and the first 1024 bytes of each of `n` groups of `next`
-/// prefetched into L1 (16 lines per 4 `tdpbf16ps`; the probe
-/// `amx_block_speed` measured half a group ahead faster than none or all).
+/// prefetched into L1 (16 lines per 4 `tdpbf16ps`: half a group measured
+/// faster than a whole one; the driver asks for it on several threads
+/// only, see `blis::block`).
 ///
 /// # Safety
 ///
