@@ -40,7 +40,7 @@ use half::bf16;
 pub(crate) const KC: usize = 256;
 /// Upper bound for the rows of an A~ block: `MC x KC` f32 = 168 KiB for
 /// MC = 168, well inside a 2 MiB L2 with room for B~ micro-panels.
-const MC_MAX: usize = 168;
+pub(crate) const MC_MAX: usize = 168;
 /// Upper bound for the columns of a work item: its f32 workspace
 /// (`MC x NC`, 672 KiB) and the `KC x NC` slice of B~ it streams stay in L2.
 const NC_MAX: usize = 1024;
@@ -492,7 +492,7 @@ pub(crate) fn run<K: Microkernel, T: Element, C: Element>(
     let nc = div_ceil(div_ceil(n, nb), K::NR) * K::NR;
     let nb = div_ceil(n, nc);
     let panels = div_ceil(m, K::MR);
-    let mut mb = div_ceil(m, MC_MAX);
+    let mut mb = div_ceil(m, K::MC);
     if threads > 1 {
         mb = div_ceil(mb, threads) * threads;
     }

@@ -87,6 +87,10 @@ pub(crate) trait Microkernel: Copy + Send + Sync {
     /// Depth of a packed block (LOOP 4's step); even, so a bf16 pair never
     /// straddles two blocks. Default: see `blis::KC`.
     const KC: usize = super::blis::KC;
+    /// Most rows of a block of C in `blis::run` (B~ packed once): each B~
+    /// micro-panel serves `MC / MR` A~ panels from L1. Default: see
+    /// `blis::MC_MAX`. (`blis::run_local_b` keeps `MC_MAX`.)
+    const MC: usize = super::blis::MC_MAX;
     /// Whether threads pack their own B~ for their cells of C when B is
     /// not packed beforehand (see `blis::run_local_b`): for kernels so fast
     /// that fetching B~ panels other cores packed is the limit (AMX). The

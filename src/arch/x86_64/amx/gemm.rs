@@ -64,6 +64,13 @@ impl Microkernel for AmxBf16 {
     // 3980/3277/4326 -> 4268/3765/4380 (n = 4096 is past the size limit of
     // `blis::local_b_pays`, where the shared B~ was 15-25% faster).
     const LOCAL_B: bool = true;
+    // 8 A~ panels per B~ micro-panel instead of 5 where B~ is packed once
+    // (one thread, or n past LOCAL_B's limit). Host, pinned single calls
+    // alternated, two runs, GFLOP/s ratio to MC = 168: one thread n = 1024
+    // 1.57x/1.13x, 2048 0.99x/0.98x, 4096 1.36x/1.09x; 16 threads n = 4096
+    // 0.96x/1.00x. In the cells of `run_local_b` (16 threads, n = 1024 and
+    // 2048) 256-row blocks ran 9-21% slower, so it keeps 168 there.
+    const MC: usize = 256;
 
     #[inline(always)]
     fn kernel(self, slots: usize, a: &[f32], b: &[f32], tile: &mut [f32], accumulate: bool) {
