@@ -567,9 +567,9 @@ pub(crate) fn run_local_b<K: Microkernel, T: Element, C: Element>(
         if r0 == r1 || c0 == c1 {
             return 0;
         }
-        // Columns c0..c1 of B, from element (0, c0) on.
+        // Columns c0..c1 of B, from element (0, c0) on (none when k = 0).
         let b_cell = MatRef {
-            data: &b.data[c0 * b.cs..],
+            data: b.data.get(c0 * b.cs..).unwrap_or(&[]),
             rows: k,
             cols: c1 - c0,
             rs: b.rs,
@@ -993,7 +993,7 @@ mod tests {
             .num_threads(4)
             .build()
             .unwrap();
-        for (m, n, k) in [(1, 1, 1), (37, 45, 300), (200, 1100, 70), (9, 2100, 530)] {
+        for (m, n, k) in [(1, 1, 1), (5, 40, 0), (37, 45, 300), (200, 1100, 70), (9, 2100, 530)] {
             let a: Vec<bf16> = (0..m * k).map(|_| bf16::from_f32(next())).collect();
             let b: Vec<bf16> = (0..k * n).map(|_| bf16::from_f32(next())).collect();
             let bias: Vec<f32> = (0..n).map(|_| next()).collect();
