@@ -993,7 +993,13 @@ mod tests {
             .num_threads(4)
             .build()
             .unwrap();
-        for (m, n, k) in [(1, 1, 1), (5, 40, 0), (37, 45, 300), (200, 1100, 70), (9, 2100, 530)] {
+        for (m, n, k) in [
+            (1, 1, 1),
+            (5, 40, 0),
+            (37, 45, 300),
+            (200, 1100, 70),
+            (9, 2100, 530),
+        ] {
             let a: Vec<bf16> = (0..m * k).map(|_| bf16::from_f32(next())).collect();
             let b: Vec<bf16> = (0..k * n).map(|_| bf16::from_f32(next())).collect();
             let bias: Vec<f32> = (0..n).map(|_| next()).collect();
