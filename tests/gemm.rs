@@ -468,6 +468,16 @@ fn nonfinite_inputs_propagate() {
                 "inf",
             );
             check_case::<bf16, f16>(backend, &a, &b, Layout::ColMajor, &p, &mut rng, true, "inf");
+            check_case::<bf16, bf16>(
+                backend,
+                &a,
+                &b,
+                Layout::RowMajor,
+                &p,
+                &mut rng,
+                false,
+                "inf",
+            );
         }
         // Finite inputs whose unscaled result overflows f16.
         let a: Mat<f32> = Mat {
@@ -493,6 +503,23 @@ fn nonfinite_inputs_propagate() {
             .unwrap();
         assert_eq!(r.nonfinite, 4, "{}", backend.isa());
         assert!(c.iter().all(|x| x.is_infinite()));
+        // Finite f32 results that round to bf16 infinity (3.4e38 is past
+        // the midpoint above bf16's largest finite value), m large enough
+        // for the blocked path and its vector epilogue.
+        let (m, n) = (24, 40);
+        let a = vec![3.4e38f32; m * 2];
+        let b: Vec<f32> = (0..2 * n).map(|x| if x < n { 1.0 } else { 0.0 }).collect();
+        let mut c = vec![bf16::ZERO; m * n];
+        let r = backend
+            .gemm(
+                MatRef::row_major(&a, m, 2).unwrap(),
+                MatRef::row_major(&b, 2, n).unwrap(),
+                MatMut::row_major(&mut c, m, n).unwrap(),
+                &Gemm::new(),
+            )
+            .unwrap();
+        assert_eq!(r.nonfinite, m * n, "{}", backend.isa());
+        assert!(c.iter().all(|x| x.is_infinite()), "{}", backend.isa());
     }
 }
 

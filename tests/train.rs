@@ -1017,6 +1017,18 @@ fn grad_norm_survives_huge_and_tiny_gradients() {
     }
 }
 
+/// The training check's statistics of one gradient tensor `g`, unscaled by
+/// a fixed loss scale `scale`, on `backend`.
+fn check_stats(backend: Backend, g: &[f32], scale: f32) -> halfkern::finite::GradStats {
+    let w = vec![vec![0f32; g.len()]];
+    let mut t = Trainer::builder(Sgd::new(0.1))
+        .backend(backend)
+        .scaler(LossScaler::fixed(scale).unwrap())
+        .build(&w)
+        .unwrap();
+    t.begin().unscale_and_check(&[g]).unwrap().stats()
+}
+
 /// The check's stats follow `finite::GradStats`: the count of inf/NaN
 /// unscaled values and the sum of squares of the finite ones, on every ISA,
 /// with inf/NaN at every position of short tensors.
@@ -1031,13 +1043,7 @@ fn check_stats_count_nonfinite_and_sum_the_finite_squares() {
                 if n > 0 {
                     g[at] = specials[rng.below(specials.len())];
                 }
-                let w = vec![vec![0f32; n]];
-                let mut t = Trainer::builder(Sgd::new(0.1))
-                    .backend(backend)
-                    .scaler(LossScaler::fixed(4.0).unwrap())
-                    .build(&w)
-                    .unwrap();
-                let stats = t.begin().unscale_and_check(&[&g]).unwrap().stats();
+                let stats = check_stats(backend, &g, 4.0);
                 let unscaled: Vec<f32> = g.iter().map(|&x| x * 0.25).collect();
                 let bad = unscaled.iter().filter(|x| !x.is_finite()).count();
                 let want: f64 = unscaled
@@ -1070,13 +1076,7 @@ fn check_stats_keep_small_squares_beside_a_large_one() {
                 .map(|_| if rng.below(2) == 0 { small } else { -small })
                 .collect();
             g[rng.below(8)] = 1.0;
-            let w = vec![vec![0f32; n]];
-            let mut t = Trainer::builder(Sgd::new(0.1))
-                .backend(backend)
-                .scaler(LossScaler::fixed(1.0).unwrap())
-                .build(&w)
-                .unwrap();
-            let stats = t.begin().unscale_and_check(&[&g]).unwrap().stats();
+            let stats = check_stats(backend, &g, 1.0);
             let want: f64 = g.iter().map(|&x| x as f64 * x as f64).sum();
             assert!(
                 (stats.sum_sq - want).abs() <= 1e-6 * want,

@@ -346,6 +346,24 @@ const _: () = assert!(GROUP_SLOTS * 4 == 2048 && tile::MR == MR && tile::NR == N
 mod tests {
     use super::*;
 
+    /// `n` groups with every slot `x`.
+    fn filled(n: usize, x: f32) -> Vec<Group> {
+        (0..n).map(|_| Group([x; GROUP_SLOTS])).collect()
+    }
+
+    /// The groups as one run of f32 slots.
+    fn slots_of(v: &[Group]) -> &[f32] {
+        // SAFETY: `Group` is `repr(C)` over an f32 array, so the groups are
+        // one contiguous run of `len * GROUP_SLOTS` f32.
+        unsafe { core::slice::from_raw_parts(v.as_ptr().cast(), v.len() * GROUP_SLOTS) }
+    }
+
+    /// [`slots_of`], mutably.
+    fn slots_of_mut(v: &mut [Group]) -> &mut [f32] {
+        // SAFETY: as in `slots_of`; the borrow of `v` is exclusive.
+        unsafe { core::slice::from_raw_parts_mut(v.as_mut_ptr().cast(), v.len() * GROUP_SLOTS) }
+    }
+
     /// Kernel-only speed, a probe for AMX hosts rather than a check:
     /// `./halfkern amx_kernel_speed --ignored --nocapture` (the lib test
     /// binary). Times the microkernel over packed panels already in cache:
@@ -374,24 +392,10 @@ mod tests {
         for (kc, bp, ap) in shapes {
             let slots = kc / 2;
             let groups = slots / ROW_GROUP;
-            let a: Vec<Group> = (0..ap * groups)
-                .map(|_| Group([one; GROUP_SLOTS]))
-                .collect();
-            let b: Vec<Group> = (0..bp * groups)
-                .map(|_| Group([one; GROUP_SLOTS]))
-                .collect();
-            let flat = |v: &[Group]| -> &[f32] {
-                // SAFETY: `Group` is `repr(C)` over an f32 array: the groups
-                // are one contiguous run of f32.
-                unsafe { core::slice::from_raw_parts(v.as_ptr().cast(), v.len() * GROUP_SLOTS) }
-            };
-            let (a, b) = (flat(&a), flat(&b));
-            let mut tile: Vec<Group> = (0..2).map(|_| Group([0.0; GROUP_SLOTS])).collect();
-            let tile_f = {
-                let p: *mut f32 = tile.as_mut_ptr().cast();
-                // SAFETY: as above, 2 groups = 1024 f32 = one 32 x 32 tile.
-                unsafe { core::slice::from_raw_parts_mut(p, MR * NR) }
-            };
+            let (a, b) = (filled(ap * groups, one), filled(bp * groups, one));
+            let (a, b) = (slots_of(&a), slots_of(&b));
+            let mut tile = filled(2, 0.0); // 1024 f32: one 32 x 32 tile
+            let tile_f = slots_of_mut(&mut tile);
             let calls = 4096 * 512 / kc / (bp * ap);
             let run = |tile: &mut [f32]| {
                 for _ in 0..calls {
@@ -434,23 +438,13 @@ mod tests {
     fn block_probe_thread(t: Amx, start: &std::sync::Barrier) -> Vec<f64> {
         let (mp, np, k) = (5usize, 32usize, 2048usize);
         let one = f32::from_bits(0x3F80_3F80);
-        let group =
-            |n: usize| -> Vec<Group> { (0..n).map(|_| Group([one; GROUP_SLOTS])).collect() };
-        let flat = |v: &[Group]| -> &[f32] {
-            // SAFETY: `Group` is `repr(C)` over an f32 array.
-            unsafe { core::slice::from_raw_parts(v.as_ptr().cast(), v.len() * GROUP_SLOTS) }
-        };
         let total_groups = k / 2 / ROW_GROUP;
-        let b_store = group(np * total_groups + 1);
-        let b_all = flat(&b_store);
-        let a_store = group(mp * 256 / ROW_GROUP + 1);
-        let a_all = flat(&a_store);
-        let mut acc_store = group(mp * np * 2);
-        let acc_all: &mut [f32] = {
-            let p: *mut f32 = acc_store.as_mut_ptr().cast();
-            // SAFETY: as `flat`, mutably.
-            unsafe { core::slice::from_raw_parts_mut(p, acc_store.len() * GROUP_SLOTS) }
-        };
+        let b_store = filled(np * total_groups + 1, one);
+        let b_all = slots_of(&b_store);
+        let a_store = filled(mp * 256 / ROW_GROUP + 1, one);
+        let a_all = slots_of(&a_store);
+        let mut acc_store = filled(mp * np * 2, one);
+        let acc_all = slots_of_mut(&mut acc_store);
         let mut secs = Vec::new();
         TILES.with(|cell| {
             let tiles = cell.get_or_init(|| TileGuard::new(t));
