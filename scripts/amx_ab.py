@@ -75,6 +75,14 @@ def many_threads(bins, n, threads, reps, isa):
     return times
 
 
+def label(side):
+    """A build's name: its file name, or its folder's where builds share one."""
+    if side == "torch":
+        return side
+    head, name = os.path.split(side)
+    return os.path.basename(head) if name == "gemm_speed" and head else name
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("binaries", help="comma-separated gemm_speed builds; the first is the base")
@@ -93,7 +101,7 @@ def main():
             times = many_threads(bins, n, args.threads, args.reps, args.isa)
         base = statistics.median(times[bins[0]])
         cols = "  ".join(
-            f"{os.path.basename(side)} {2 * n**3 / statistics.median(t) / 1e9:.0f} "
+            f"{label(side)} {2 * n**3 / statistics.median(t) / 1e9:.0f} "
             f"({base / statistics.median(t):.2f}x)"
             for side, t in times.items()
         )
