@@ -15,6 +15,11 @@
 //!   epilogue and the single store of the MC x NC block, row by row
 //! ```
 //!
+//! Large GEMMs on several threads with a kernel that asks for it
+//! ([`Microkernel::DYNAMIC`], AMX) pack A~ whole as well and hand the
+//! blocks of C out one at a time instead ([`run_dynamic`]); smaller ones
+//! with unpacked B may give each thread its own B~ ([`run_local_b`]).
+//!
 //! LOOP 4 sits inside LOOP 3 (BLIS has it outside) so a thread keeps the
 //! f32 partial sums of its own `MC x NC` block across KC blocks in a
 //! private workspace: C is stored once, in its own type, after the
@@ -303,6 +308,7 @@ mod scratch {
     pub(super) const SCRATCH_MAX: usize = 16 << 20;
 
     thread_local! {
+        static PACKED_A: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
         static PACKED_B: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
         static WORKSPACE: Cell<Option<super::Workspace>> = const { Cell::new(None) };
     }
@@ -317,6 +323,18 @@ mod scratch {
     pub(super) fn give_b(buf: Vec<f32>) {
         if buf.capacity() <= SCRATCH_MAX {
             PACKED_B.with(|c| c.set(buf));
+        }
+    }
+
+    /// This thread's shared-A~ scratch (see [`super::run_dynamic`]).
+    pub(super) fn take_a() -> Vec<f32> {
+        PACKED_A.with(Cell::take)
+    }
+
+    /// Gives a shared-A~ buffer back for the next call on this thread.
+    pub(super) fn give_a(buf: Vec<f32>) {
+        if buf.capacity() <= SCRATCH_MAX {
+            PACKED_A.with(|c| c.set(buf));
         }
     }
 
@@ -520,7 +538,7 @@ pub(crate) fn run<K: Microkernel, T: Element, C: Element>(
             };
             let prefetch = threads > 1;
             nonfinite += block(
-                kern, a, packed, 0, k, blk, cptr, c_len, ep, prefetch, &mut ws,
+                kern, a, packed, 0, k, blk, cptr, c_len, ep, prefetch, None, &mut ws,
             );
         }
         scratch::give_workspace(ws);
@@ -596,7 +614,9 @@ pub(crate) fn run_local_b<K: Microkernel, T: Element, C: Element>(
                     j0,
                     n: j1 - j0,
                 };
-                nonfinite += block(kern, a, &packed, c0, k, blk, cptr, c_len, ep, true, &mut ws);
+                nonfinite += block(
+                    kern, a, &packed, c0, k, blk, cptr, c_len, ep, true, None, &mut ws,
+                );
             }
         }
         scratch::give_workspace(ws);
@@ -604,6 +624,197 @@ pub(crate) fn run_local_b<K: Microkernel, T: Element, C: Element>(
         nonfinite
     };
     (0..mt * nt).into_par_iter().map(cell).sum()
+}
+
+/// Runs the GEMM on `threads` > 1 threads with both operands packed once
+/// and shared, and blocks of C handed out one at a time: A~ is packed
+/// whole (in parallel, row panels split evenly), B~ comes packed, and each
+/// thread takes the next block of C from a shared counter until none is
+/// left, so a core that runs slower (the lent AMX host's cores differ by
+/// up to 2x under load, and change from moment to moment) takes fewer
+/// blocks instead of holding up the call. Blocks are small enough for at
+/// least [`ITEMS_PER_THREAD`] per thread (see [`item_shape`]); in the
+/// counter's order the row blocks of one column block follow each other,
+/// so the threads at work at one time share that column block's B~.
+/// Shapes, strides and `packed` were validated by the caller. Returns the
+/// number of non-finite outputs.
+#[expect(clippy::too_many_arguments, reason = "internal: the loops' inputs")]
+pub(crate) fn run_dynamic<K: Microkernel, T: Element, C: Element>(
+    kern: K,
+    a: MatRef<'_, T>,
+    packed: &PackedPanels,
+    k: usize,
+    n: usize,
+    c: MatMut<'_, C>,
+    ep: &Epilogue<'_>,
+    threads: usize,
+) -> usize {
+    let m = a.rows;
+    debug_assert_eq!((a.cols, c.rows, c.cols), (k, m, n));
+    if m == 0 || n == 0 {
+        return 0;
+    }
+    let shared_a = pack_a_shared(kern, a, threads);
+    let a_panel_len = total_slots(k, K::FORMAT_A) * K::MR;
+    let (mc, nc) = item_shape(m, n, threads, K::MR, K::NR, K::MC);
+    let (mb, nb) = (div_ceil(m, mc), div_ceil(n, nc));
+    let items = mb * nb;
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let (cptr, c_len) = CPtr::of(c);
+    let work = |_| -> usize {
+        let mut ws = scratch::take_workspace();
+        let mut nonfinite = 0;
+        loop {
+            let item = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if item >= items {
+                break;
+            }
+            let (ib, jb) = (item % mb, item / mb);
+            let (i0, j0) = (ib * mc, jb * nc);
+            let blk = Block {
+                i0,
+                m: mc.min(m - i0),
+                j0,
+                n: nc.min(n - j0),
+            };
+            let a_rows = &shared_a[i0 / K::MR * a_panel_len..];
+            nonfinite += block(
+                kern,
+                a,
+                packed,
+                0,
+                k,
+                blk,
+                cptr,
+                c_len,
+                ep,
+                true,
+                Some(a_rows),
+                &mut ws,
+            );
+        }
+        scratch::give_workspace(ws);
+        nonfinite
+    };
+    let nonfinite = (0..threads).into_par_iter().map(work).sum();
+    shared_a.recycle();
+    nonfinite
+}
+
+/// Blocks of C per thread that [`run_dynamic`] aims for: enough that the
+/// last block a thread starts is a small part of its share. Host, 16
+/// threads, n = 2048, one run, GFLOP/s against the static split: 2 per
+/// thread 1.02x, 4 1.11x, 8 1.04x.
+const ITEMS_PER_THREAD: usize = 4;
+
+/// Whether [`run_dynamic`] is the split for this kernel and shape: kernels
+/// that ask for it ([`Microkernel::DYNAMIC`]), on several threads, with at
+/// least 2^28 multiply-adds per thread (n = 2048 on 16 threads). Host, 16
+/// threads, GFLOP/s against the static splits in the same run (each build
+/// alternated, 5-6 runs of 20 calls, three lent machines): n = 2048
+/// 1.11x/1.55x/2.00x, 4096 1.10x/1.98x, but 1536 0.92x, 1024 0.77-0.81x,
+/// 512 0.60-0.79x, where its two packing passes and finer blocks cost more
+/// than the balance gains.
+pub(crate) fn dynamic_pays<K: Microkernel>(m: usize, n: usize, k: usize, threads: usize) -> bool {
+    K::DYNAMIC && threads > 1 && (m as u128) * (n as u128) * (k as u128) >= (threads as u128) << 28
+}
+
+/// Rows and columns of [`run_dynamic`]'s blocks of C (multiples of `mr`
+/// and `nr`): from `mc_max x 512`, the larger side halved until there are
+/// [`ITEMS_PER_THREAD`] blocks per thread or the sides reach `2 * mr` and
+/// `4 * nr`.
+fn item_shape(
+    m: usize,
+    n: usize,
+    threads: usize,
+    mr: usize,
+    nr: usize,
+    mc_max: usize,
+) -> (usize, usize) {
+    let round = |x: usize, r: usize| div_ceil(x, r) * r;
+    let (mut mc, mut nc) = (round(mc_max.min(m), mr), round(512.min(n), nr));
+    while div_ceil(m, mc) * div_ceil(n, nc) < ITEMS_PER_THREAD * threads {
+        if mc >= nc / 2 && mc > 2 * mr {
+            mc = round(mc / 2, mr);
+        } else if nc > 4 * nr {
+            nc = round(nc / 2, nr);
+        } else if mc > 2 * mr {
+            mc = round(mc / 2, mr);
+        } else {
+            break;
+        }
+    }
+    (mc, nc)
+}
+
+/// A~ of all of `a` for kernel `K`, row panel by row panel, each panel's
+/// KC blocks one after the other (the layout `block` reads), packed over
+/// up to `threads` threads into this thread's A~ scratch.
+fn pack_a_shared<K: Microkernel, T: Element>(kern: K, a: MatRef<'_, T>, threads: usize) -> SharedA {
+    let (m, k) = (a.rows, a.cols);
+    let mr = K::MR;
+    let panel_len = total_slots(k, K::FORMAT_A) * mr;
+    let panels = div_ceil(m, mr);
+    let mut buf = scratch::take_a();
+    let data = aligned(&mut buf, panel_len * panels);
+    let pack_panels = |p0: usize, chunk: &mut [f32]| {
+        let mut tmp = Vec::new();
+        for (q, dst) in chunk.chunks_mut(panel_len).enumerate() {
+            let i0 = (p0 + q) * mr;
+            let lanes = mr.min(m - i0);
+            let mut off = 0;
+            for pc in (0..k).step_by(K::KC) {
+                let kc = K::KC.min(k - pc);
+                let len = slots(kc, K::FORMAT_A) * mr;
+                pack_panel(
+                    kern,
+                    a,
+                    i0,
+                    lanes,
+                    pc,
+                    kc,
+                    mr,
+                    K::FORMAT_A,
+                    &mut dst[off..off + len],
+                    &mut tmp,
+                );
+                off += len;
+            }
+        }
+    };
+    if panel_len > 0 {
+        let per_task = div_ceil(panels, threads.max(1));
+        data.par_chunks_mut(panel_len * per_task)
+            .enumerate()
+            .for_each(|(t, chunk)| pack_panels(t * per_task, chunk));
+    }
+    let start = buf.as_ptr().align_offset(64).min(LINE);
+    SharedA {
+        buf,
+        start,
+        len: panel_len * panels,
+    }
+}
+
+/// The result of [`pack_a_shared`]: its slots, and the buffer to recycle.
+struct SharedA {
+    buf: Vec<f32>,
+    start: usize,
+    len: usize,
+}
+
+impl core::ops::Deref for SharedA {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.buf[self.start..self.start + self.len]
+    }
+}
+
+impl SharedA {
+    /// Gives the buffer back to this thread's scratch.
+    fn recycle(self) {
+        scratch::give_a(self.buf);
+    }
 }
 
 /// Largest B~ a thread of [`run_local_b`] packs for its cell: 2 MiB at
@@ -673,6 +884,7 @@ fn block<K: Microkernel, T: Element, C: Element>(
     c_len: usize,
     ep: &Epilogue<'_>,
     prefetch: bool,
+    shared_a: Option<&[f32]>,
     ws: &mut Workspace,
 ) -> usize {
     let (mr, nr) = (K::MR, K::NR);
@@ -682,12 +894,19 @@ fn block<K: Microkernel, T: Element, C: Element>(
     let panel_len = packed.panel_len(k);
     let acc_all = aligned(&mut ws.acc, m_panels * n_panels * tile);
     let blocks_k = div_ceil(k, K::KC).max(1);
-    // A~ over all of k for the block's rows: packed by the first block of
-    // these rows, reused by the next ones (the same rows, other columns).
-    let a_full = aligned(&mut ws.a, m_panels * total_slots(k, K::FORMAT_A) * mr);
-    let a_packed = ws.a_rows == Some((blk.i0, blk.m));
-    ws.a_rows = Some((blk.i0, blk.m));
-    let mut b_off = 0; // slot offset of block pc inside a B~ panel
+    // A~ over all of k for the block's rows, panel by panel (each MR-row
+    // panel's KC blocks one after the other, as in [`pack_a_shared`]):
+    // `shared_a` from the block's first panel on, or packed here by the
+    // first block of these rows and reused by the next ones (the same
+    // rows, other columns).
+    let a_panel_len = total_slots(k, K::FORMAT_A) * mr;
+    let mut own_a = match shared_a {
+        Some(_) => None,
+        None => Some(aligned(&mut ws.a, m_panels * a_panel_len)),
+    };
+    let a_packed = shared_a.is_some() || ws.a_rows == Some((blk.i0, blk.m));
+    ws.a_rows = shared_a.is_none().then_some((blk.i0, blk.m));
+    let mut b_off = 0; // slot offset of block pc inside a B~ or A~ panel
     // LOOP 4: pc over k by KC.
     for q in 0..blocks_k {
         let pc = q * K::KC;
@@ -695,12 +914,10 @@ fn block<K: Microkernel, T: Element, C: Element>(
         let nslots = slots(kc, K::FORMAT);
         let first = q == 0;
         // A~ of this MC x KC block: MR-row panels, packed unless done.
-        let a0 = m_panels * b_off * mr;
-        let a_all = &mut a_full[a0..a0 + m_panels * nslots * mr];
-        if !a_packed {
+        if let (Some(a_full), false) = (own_a.as_deref_mut(), a_packed) {
             for p in 0..m_panels {
                 let lanes = mr.min(blk.m - p * mr);
-                let dst = &mut a_all[p * nslots * mr..(p + 1) * nslots * mr];
+                let dst = &mut a_full[p * a_panel_len + b_off * mr..][..nslots * mr];
                 pack_panel(
                     kern,
                     a,
@@ -715,6 +932,11 @@ fn block<K: Microkernel, T: Element, C: Element>(
                 );
             }
         }
+        let a_full = match (shared_a, own_a.as_deref()) {
+            (Some(a_full), _) | (None, Some(a_full)) => a_full,
+            (None, None) => unreachable!("A~ is shared or packed here"),
+        };
+        let a_panel = |ip: usize| &a_full[ip * a_panel_len + b_off * mr..][..nslots * mr];
         // LOOP 2: jr over the block's columns by NR.
         for jp in 0..n_panels {
             let gp = (blk.j0 - packed_j0) / nr + jp;
@@ -722,7 +944,7 @@ fn block<K: Microkernel, T: Element, C: Element>(
             let bp = &packed.data()[b0..b0 + nslots * nr];
             // LOOP 1: ir over the block's rows by MR.
             for ip in 0..m_panels {
-                let ap = &a_all[ip * nslots * mr..(ip + 1) * nslots * mr];
+                let ap = a_panel(ip);
                 // What the next call reads first: the next A~ panel, or
                 // after the last the next B~ micro-panel. Only on several
                 // threads (AMX on the host, bf16, builds alternated): one
@@ -733,7 +955,7 @@ fn block<K: Microkernel, T: Element, C: Element>(
                 let next: &[f32] = if !prefetch {
                     &[]
                 } else if ip + 1 < m_panels {
-                    &a_all[(ip + 1) * nslots * mr..(ip + 2) * nslots * mr]
+                    a_panel(ip + 1)
                 } else if jp + 1 < n_panels {
                     &packed.data()[b0 + panel_len..b0 + panel_len + nslots * nr]
                 } else {
@@ -982,11 +1204,12 @@ mod tests {
         }
     }
 
-    /// `run_local_b` (each thread packs its own B~) gives the bits of `run`
-    /// (B~ packed once), on 2 to 4 threads, with every epilogue step, for
+    /// `run_local_b` (each thread packs its own B~) and `run_dynamic` (A~
+    /// and B~ shared, blocks handed out) give the bits of `run` (one
+    /// thread), on 2 to 4 threads, with every epilogue step, for
     /// shapes with edge tiles, several row and column blocks and a KC tail;
     /// fresh random inputs, C poisoned before each call.
-    fn local_b_matches_shared<K: Microkernel>(kern: K) {
+    fn splits_match_one_thread<K: Microkernel>(kern: K) {
         let mut bits = fresh_rng();
         let mut next = move || (bits() >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
         let pool = rayon::ThreadPoolBuilder::new()
@@ -1044,21 +1267,72 @@ mod tests {
                         "{m}x{n}x{k}, {threads} threads, output {i}"
                     );
                 }
+                let mut got = c0.clone();
+                let bad = pool.install(|| {
+                    run_dynamic(
+                        kern,
+                        av,
+                        &packed,
+                        k,
+                        n,
+                        MatMut::row_major(&mut got, m, n).unwrap(),
+                        &ep,
+                        threads,
+                    )
+                });
+                assert_eq!(bad, bad_want);
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert_eq!(
+                        g.to_bits(),
+                        w.to_bits(),
+                        "{m}x{n}x{k}, {threads} threads, dynamic, output {i}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// `item_shape` gives whole tiles, at most `mc_max` rows (rounded up to
+    /// whole tiles), and enough blocks per thread unless both sides are at
+    /// their floor.
+    #[test]
+    fn item_shape_gives_enough_whole_blocks() {
+        for (m, n) in [
+            (1, 1),
+            (31, 2000),
+            (512, 512),
+            (1024, 1024),
+            (2048, 2048),
+            (100, 9000),
+        ] {
+            for threads in 1..=16 {
+                let (mr, nr, mc_max) = (32, 32, 256);
+                let (mc, nc) = item_shape(m, n, threads, mr, nr, mc_max);
+                let items = m.div_ceil(mc) * n.div_ceil(nc);
+                assert!(
+                    mc % mr == 0 && nc % nr == 0 && mc > 0 && nc > 0,
+                    "{m}x{n}: {mc}x{nc}"
+                );
+                assert!(mc <= mc_max && nc <= 512, "{m}x{n}: {mc}x{nc}");
+                assert!(
+                    items >= ITEMS_PER_THREAD * threads || (mc <= 2 * mr && nc <= 4 * nr),
+                    "{m}x{n} on {threads} threads: {mc}x{nc} gives {items} blocks"
+                );
             }
         }
     }
 
     #[test]
-    fn local_b_matches_shared_b() {
-        local_b_matches_shared(ScalarKernel);
+    fn threaded_splits_match_one_thread() {
+        splits_match_one_thread(ScalarKernel);
         #[cfg(target_arch = "x86_64")]
         if let Some(t) = crate::arch::x86_64::Avx512Bf16::try_new() {
             use crate::arch::x86_64::avx512bf16::gemm::Avx512Dot;
-            local_b_matches_shared(Avx512Dot(t));
+            splits_match_one_thread(Avx512Dot(t));
         }
         #[cfg(target_arch = "x86_64")]
         if let Some(t) = crate::arch::x86_64::amx::Amx::try_new() {
-            local_b_matches_shared(crate::arch::x86_64::amx::gemm::AmxBf16(t));
+            splits_match_one_thread(crate::arch::x86_64::amx::gemm::AmxBf16(t));
         }
     }
 

@@ -97,6 +97,12 @@ pub(crate) trait Microkernel: Copy + Send + Sync {
     /// AVX-512 kernels measured 10% slower with it on 2 threads at n = 512
     /// (every thread then packs all of A or all of B).
     const LOCAL_B: bool = false;
+    /// Whether large GEMMs on several threads pack A~ and B~ once, shared,
+    /// and hand out blocks of C one at a time (see `blis::run_dynamic` and
+    /// `blis::dynamic_pays`): for kernels whose speed differs from core to
+    /// core (AMX on the lent host: a static split waited up to 2x longer
+    /// for its slowest thread). Not measured for the AVX-512 kernels.
+    const DYNAMIC: bool = false;
     /// Shown in [`GemmReport::kernel`](crate::GemmReport).
     const NAME: &'static str;
 
