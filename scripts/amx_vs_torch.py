@@ -18,7 +18,10 @@ On one thread both sides run pinned to the same CPU and alternate call by
 call (halfkern's binary runs with --serve and times one call per line it
 reads): the lent host's one-core speed differs up to 3x between its CPUs
 and from one second to the next, which unpinned process-by-process
-alternation turned into per-round ratios from 0.4 to 2.3.
+alternation turned into per-round ratios from 0.4 to 2.3. `--cpu fastest`
+pins each round to the CPU where torch alone runs fastest just before it
+(a pick by torch's speed, not halfkern's): in a CPU's slow phase both sides
+run at about a third of their speed and level with each other.
 With more threads they alternate process by process: torch's OpenMP workers
 keep spinning after a call and would take the cores from halfkern's.
 """
@@ -28,6 +31,8 @@ import os
 import statistics
 import subprocess
 import time
+
+from amx_ab import fastest_cpu
 
 
 def torch_gflops(n, threads, reps):
@@ -47,14 +52,14 @@ def torch_gflops(n, threads, reps):
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
-def interleaved_gflops(binary, isa, n, reps, out):
+def interleaved_gflops(binary, isa, n, reps, out, cpu):
     """One thread: (torch, halfkern) GFLOP/s, medians of `reps` single calls
-    alternated one by one."""
+    alternated one by one, both pinned to `cpu`."""
     import torch
 
     # One CPU for both sides (the child inherits the affinity).
     cpus = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {max(cpus)})
+    os.sched_setaffinity(0, {cpu})
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(n)
     a = torch.randn(n, n, generator=g).to(torch.bfloat16)
@@ -101,6 +106,9 @@ def main():
     ap.add_argument("--sizes", default="512,1024,2048,4096")
     ap.add_argument("--out", default="bf16", choices=["bf16", "f32"],
                     help="halfkern's C type (torch's is bf16)")
+    ap.add_argument("--cpu", default="last",
+                    help="one thread: the CPU both sides are pinned to: 'last', a number, or "
+                         "'fastest' (where torch runs fastest, probed before each round)")
     ap.add_argument("--rounds", type=int, default=3,
                     help="alternate torch and halfkern this many times per row; "
                          "each side's figure is the median over rounds")
@@ -120,7 +128,13 @@ def main():
             ts, hs = [], []
             for _ in range(args.rounds):
                 if threads == 1:
-                    t, h = interleaved_gflops(args.binary, args.isa, n, reps, args.out)
+                    if args.cpu == "fastest":
+                        cpu = fastest_cpu()
+                    elif args.cpu == "last":
+                        cpu = max(os.sched_getaffinity(0))
+                    else:
+                        cpu = int(args.cpu)
+                    t, h = interleaved_gflops(args.binary, args.isa, n, reps, args.out, cpu)
                     ts.append(t)
                     hs.append(h)
                 else:
