@@ -480,9 +480,9 @@ unsafe impl<C: Send> Send for CPtr<C> {}
 // SAFETY: as above; no two threads touch the same element.
 unsafe impl<C: Send> Sync for CPtr<C> {}
 
-/// Runs the GEMM with B already packed by [`pack_b`] for this kernel.
-/// Shapes, strides and `packed` were validated by the caller. Returns the
-/// number of non-finite outputs.
+/// Runs the GEMM with B already packed by [`pack_b`] for this kernel
+/// ([`run_dynamic`] where [`dynamic_pays`]). Shapes, strides and `packed`
+/// were validated by the caller. Returns the number of non-finite outputs.
 #[expect(clippy::too_many_arguments, reason = "internal: the loops' inputs")]
 pub(crate) fn run<K: Microkernel, T: Element, C: Element>(
     kern: K,
@@ -502,6 +502,9 @@ pub(crate) fn run<K: Microkernel, T: Element, C: Element>(
     );
     if m == 0 || n == 0 {
         return 0;
+    }
+    if dynamic_pays::<K>(m, n, k, threads) {
+        return run_dynamic(kern, a, packed, k, n, c, ep, threads);
     }
     // Balanced blocks: MR-row panels spread evenly over `mb` blocks (sizes
     // differ by at most one panel), and `mb` a multiple of the thread count
@@ -639,7 +642,7 @@ pub(crate) fn run_local_b<K: Microkernel, T: Element, C: Element>(
 /// Shapes, strides and `packed` were validated by the caller. Returns the
 /// number of non-finite outputs.
 #[expect(clippy::too_many_arguments, reason = "internal: the loops' inputs")]
-pub(crate) fn run_dynamic<K: Microkernel, T: Element, C: Element>(
+fn run_dynamic<K: Microkernel, T: Element, C: Element>(
     kern: K,
     a: MatRef<'_, T>,
     packed: &PackedPanels,
@@ -715,7 +718,7 @@ const ITEMS_PER_THREAD: usize = 4;
 /// 1.11x/1.55x/2.00x, 4096 1.10x/1.98x, but 1536 0.92x, 1024 0.77-0.81x,
 /// 512 0.60-0.79x, where its two packing passes and finer blocks cost more
 /// than the balance gains.
-pub(crate) fn dynamic_pays<K: Microkernel>(m: usize, n: usize, k: usize, threads: usize) -> bool {
+fn dynamic_pays<K: Microkernel>(m: usize, n: usize, k: usize, threads: usize) -> bool {
     K::DYNAMIC && threads > 1 && (m as u128) * (n as u128) * (k as u128) >= (threads as u128) << 28
 }
 
@@ -823,12 +826,15 @@ impl SharedA {
 /// crowd the shared L3).
 const LOCAL_B_MAX_BYTES: usize = 4 << 20;
 
-/// Whether [`run_local_b`] is the better split for this kernel and shape.
+/// Whether [`run_local_b`] is the better split for this kernel and shape
+/// (never where [`dynamic_pays`]).
 pub(crate) fn local_b_pays<K: Microkernel>(m: usize, n: usize, k: usize, threads: usize) -> bool {
     let (pm, pn) = (div_ceil(m, K::MR), div_ceil(n, K::NR));
     let (_, nt) = grid(pm.max(1), pn.max(1), threads);
     let cell_cols = div_ceil(pn, nt) * K::NR;
-    K::LOCAL_B && total_slots(k, K::FORMAT) * cell_cols * 4 <= LOCAL_B_MAX_BYTES
+    K::LOCAL_B
+        && !dynamic_pays::<K>(m, n, k, threads)
+        && total_slots(k, K::FORMAT) * cell_cols * 4 <= LOCAL_B_MAX_BYTES
 }
 
 /// The grid of [`run_local_b`]: `mt x nt` cells (`mt * nt <= threads`)

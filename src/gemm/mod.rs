@@ -317,13 +317,7 @@ impl<T: Element, C: Element> KernelOp for Unpacked<'_, '_, T, C> {
             (bad, "gemv")
         } else {
             let (m, threads) = (self.a.rows, self.threads);
-            let bad = if blis::dynamic_pays::<K>(m, n, k, threads) {
-                let packed = blis::pack_b_scratch(kern, self.b, self.threads);
-                let bad =
-                    blis::run_dynamic(kern, self.a, &packed, k, n, self.c, &self.ep, self.threads);
-                blis::recycle(packed);
-                bad
-            } else if threads > 1 && blis::local_b_pays::<K>(m, n, k, threads) {
+            let bad = if threads > 1 && blis::local_b_pays::<K>(m, n, k, threads) {
                 blis::run_local_b(kern, self.a, self.b, self.c, &self.ep, self.threads)
             } else {
                 let packed = blis::pack_b_scratch(kern, self.b, self.threads);
@@ -364,13 +358,7 @@ impl<T: Element, C: Element> KernelOp for Prepacked<'_, '_, T, C> {
                 ),
             });
         }
-        let (m, k, n) = (self.a.rows, self.b.k, self.b.n);
-        let run = if blis::dynamic_pays::<K>(m, n, k, self.threads) {
-            blis::run_dynamic
-        } else {
-            blis::run
-        };
-        let nonfinite = run(
+        let nonfinite = blis::run(
             kern,
             self.a,
             &self.b.panels,
