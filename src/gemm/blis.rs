@@ -706,8 +706,9 @@ fn run_dynamic<K: Microkernel, T: Element, C: Element>(
 
 /// Blocks of C per thread that [`run_dynamic`] aims for: enough that the
 /// last block a thread starts is a small part of its share. Host, 16
-/// threads, n = 2048, one run, GFLOP/s against the static split: 2 per
-/// thread 1.02x, 4 1.11x, 8 1.04x.
+/// threads, GFLOP/s against the static split, n = 2048: 2 per thread
+/// 1.02x, 4 1.11x, 8 1.04x; another machine, against 4: n = 2048 3 0.96x,
+/// 6 0.93x; n = 3072 3 0.99x, 6 1.05x.
 const ITEMS_PER_THREAD: usize = 4;
 
 /// Whether [`run_dynamic`] is the split for this kernel and shape: kernels
@@ -875,8 +876,10 @@ struct Workspace {
 }
 
 /// One `MC x NC` block of C: LOOP 4, 2 and 1, and the epilogue. `packed`
-/// holds B~ from column `packed_j0` on (a multiple of NR); `prefetch` lets
-/// the kernel prefetch each next call's operand.
+/// holds B~ from column `packed_j0` on (a multiple of NR); `shared_a`, if
+/// given, A~ from the block's first row panel on (see [`pack_a_shared`]),
+/// else the block packs its A~ into `ws`; `prefetch` lets the kernel
+/// prefetch each next call's operand.
 #[expect(clippy::too_many_arguments, reason = "internal: the loops' inputs")]
 #[inline(never)]
 fn block<K: Microkernel, T: Element, C: Element>(
