@@ -41,6 +41,15 @@ def fastest_cpu(n=1024, calls=3):
     return best[1]
 
 
+def pick_cpu(spec):
+    """The CPU named by a `--cpu` value: 'last', 'fastest' or a number."""
+    if spec == "last":
+        return max(os.sched_getaffinity(0))
+    if spec == "fastest":
+        return fastest_cpu()
+    return int(spec)
+
+
 def one_thread(bins, n, reps, isa, cpu):
     """Seconds per call, per side, single calls alternated on one CPU."""
     import torch
@@ -113,13 +122,8 @@ def main():
     ap.add_argument("--cpu", default="last",
                     help="one thread: the CPU to pin to, 'last' or 'fastest' (torch's, now)")
     args = ap.parse_args()
-    if args.cpu == "last":
-        cpu = max(os.sched_getaffinity(0))
-    elif args.cpu == "fastest":
-        cpu = fastest_cpu()
-    else:
-        cpu = int(args.cpu)
     if args.threads == 1:
+        cpu = pick_cpu(args.cpu)
         print(f"one thread, pinned to CPU {cpu}", flush=True)
     bins = args.binaries.split(",")
     if len(set(bins)) != len(bins):

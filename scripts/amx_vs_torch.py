@@ -32,7 +32,7 @@ import statistics
 import subprocess
 import time
 
-from amx_ab import fastest_cpu
+from amx_ab import pick_cpu
 
 
 def torch_gflops(n, threads, reps):
@@ -128,12 +128,7 @@ def main():
             ts, hs = [], []
             for _ in range(args.rounds):
                 if threads == 1:
-                    if args.cpu == "fastest":
-                        cpu = fastest_cpu()
-                    elif args.cpu == "last":
-                        cpu = max(os.sched_getaffinity(0))
-                    else:
-                        cpu = int(args.cpu)
+                    cpu = pick_cpu(args.cpu)
                     t, h = interleaved_gflops(args.binary, args.isa, n, reps, args.out, cpu)
                     ts.append(t)
                     hs.append(h)
