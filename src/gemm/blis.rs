@@ -1010,22 +1010,36 @@ impl<C: Element> StoreBlock<'_, C> {
     /// block's tiles: C is written along its rows in runs of the block's
     /// width, the order its cache lines are best fetched for ownership in.
     /// Tile by tile (32 rows in 32 pages at a time) cost about a quarter
-    /// of a one-thread AMX GEMM at n = 2048. Returns how many stored values
-    /// are non-finite.
+    /// of a one-thread AMX GEMM at n = 2048. Each row's tile segments are
+    /// gathered into one span first, so every stage of the epilogue (and
+    /// the non-finite count) runs once per row instead of once per tile.
+    /// Returns how many stored values are non-finite.
     #[inline(always)]
     pub(crate) fn run<K: Microkernel>(&self, kern: K) -> usize {
         let (mr, nr) = (K::MR, K::NR);
         let (blk, tile) = (self.blk, mr * nr);
+        let span_tiles = ROW_SPAN / nr;
+        let mut span = [0.0f32; ROW_SPAN];
         let mut nonfinite = 0;
         for ip in 0..self.m_panels {
             let rows = mr.min(blk.m - ip * mr);
             for r in 0..rows {
-                for jp in 0..self.n_panels {
-                    let cols = nr.min(blk.n - jp * nr);
-                    let t0 = (jp * self.m_panels + ip) * tile + r * nr;
-                    let row = &self.acc[t0..t0 + cols];
-                    let (i, j0) = (blk.i0 + ip * mr + r, blk.j0 + jp * nr);
-                    nonfinite += store_row(kern, self.ep, row, i, j0, self.c, self.c_len);
+                let i = blk.i0 + ip * mr + r;
+                for jp0 in (0..self.n_panels).step_by(span_tiles) {
+                    let jp1 = (jp0 + span_tiles).min(self.n_panels);
+                    let cols = (blk.n - jp0 * nr).min((jp1 - jp0) * nr);
+                    let t = &mut span[..cols];
+                    let (whole, tail) = t.split_at_mut(cols / nr * nr);
+                    let row_at = |jp: usize| (jp * self.m_panels + ip) * tile + r * nr;
+                    for (jp, seg) in (jp0..).zip(whole.chunks_exact_mut(nr)) {
+                        seg.copy_from_slice(&self.acc[row_at(jp)..][..nr]);
+                    }
+                    if !tail.is_empty() {
+                        let jp = jp0 + cols / nr;
+                        tail.copy_from_slice(&self.acc[row_at(jp)..][..tail.len()]);
+                    }
+                    let j0 = blk.j0 + jp0 * nr;
+                    nonfinite += store_row(kern, self.ep, t, i, j0, self.c, self.c_len);
                 }
             }
         }
@@ -1076,16 +1090,21 @@ fn count_nonfinite(d: &[f32]) -> usize {
     d.iter().map(|x| u32::from(!x.is_finite())).sum::<u32>() as usize
 }
 
-/// The most columns a microkernel tile has on any ISA.
-pub(super) const MAX_NR: usize = 64;
+/// The most columns of a row of C that [`StoreBlock::run`] stages at once
+/// (whole tiles of every ISA; a block up to [`NC_MAX`] wide takes two spans,
+/// so the tests of any ISA reach the span loop).
+const ROW_SPAN: usize = 512;
+const _: () = assert!(ROW_SPAN >= 64 && ROW_SPAN < NC_MAX);
 
 /// Applies the epilogue to `acc` (outputs `(i, j0..j0 + acc.len())`) and
-/// stores it into C; returns how many stored values are non-finite.
+/// stores it into C; returns how many stored values are non-finite. `acc`
+/// is the staging buffer of the stages (left holding the f32 results where
+/// C is not contiguous f32).
 #[inline(always)]
 pub(super) fn store_row<K: Microkernel, C: Element>(
     kern: K,
     ep: &Epilogue<'_>,
-    acc: &[f32],
+    acc: &mut [f32],
     i: usize,
     j0: usize,
     c: CPtr<C>,
@@ -1102,11 +1121,10 @@ pub(super) fn store_row<K: Microkernel, C: Element>(
             return store_row_f32(ep, acc, i, j0, d);
         }
     }
-    let mut t = [0.0f32; MAX_NR];
-    let t = &mut t[..n];
+    let t = acc;
     // Stage by stage, so each loop vectorizes.
-    for (x, &y) in t.iter_mut().zip(acc) {
-        *x = ep.alpha * y;
+    for x in t.iter_mut() {
+        *x *= ep.alpha;
     }
     if let Some(s) = ep.inv_scale {
         t.iter_mut().for_each(|x| *x *= s);
@@ -1507,7 +1525,10 @@ mod probe {
         };
         let busy = Busy(Avx512Dot(t));
         let threads: usize = std::env::var("PROBE_THREADS").map_or(1, |t| t.parse().unwrap());
-        for n in [512usize, 1024, 2048, 4096] {
+        let ns: Vec<usize> = std::env::var("PROBE_N").map_or(vec![512, 1024, 2048, 4096], |v| {
+            v.split(',').map(|x| x.parse().unwrap()).collect()
+        });
+        for n in ns {
             let busy_s = 2.0 * (n as f64).powi(3) / 1370e9 / threads as f64;
             let busy_s = busy_s * busy_per_256() as f64 / 745.0;
             for (out, (pack, loops)) in [

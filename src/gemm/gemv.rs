@@ -12,7 +12,7 @@
 
 use rayon::prelude::*;
 
-use super::blis::{CPtr, MAX_NR, store_row};
+use super::blis::{CPtr, store_row};
 use super::epilogue::Epilogue;
 use super::kernel::Microkernel;
 use super::view::{MatMut, MatRef};
@@ -84,10 +84,8 @@ pub(crate) fn run<K: Microkernel, T: Element, C: Element>(
                 kern.widen(&b.data[off..off + w], t);
                 kern.axpy_rows(&xt[l * m..(l + 1) * m], t, &mut rows);
             }
-            for (r, row) in rows.iter().enumerate() {
-                for (q, piece) in row.chunks(MAX_NR).enumerate() {
-                    bad += store_row(kern, ep, piece, r, j0 + q * MAX_NR, cptr, c_len);
-                }
+            for (r, row) in rows.iter_mut().enumerate() {
+                bad += store_row(kern, ep, row, r, j0, cptr, c_len);
             }
         }
         bad
