@@ -10,8 +10,11 @@ and torch pinned to one CPU, and single calls alternate torch, build 1,
 build 2, ... `--reps` times, so the host's fast and slow phases (up to 3x
 apart within a second) fall on all sides alike. More threads: the builds
 alternate process by process `--reps` times (gemm_speed's own median of 20
-calls each). Prints each side's median GFLOP/s and its speed relative to
-the first build. bf16 inputs and C, square n, row-major, packing included.
+calls each). Prints each side's median GFLOP/s, then its speed relative to
+the first build as the median over rounds of the two sides' ratio in the
+same round (the host's speed moves from second to second, so rounds differ),
+and in how many rounds it was the faster. bf16 inputs and C, square n,
+row-major, packing included.
 """
 import argparse
 import json
@@ -133,10 +136,17 @@ def main():
             times = one_thread(bins, n, args.reps, args.isa, cpu)
         else:
             times = many_threads(bins, n, args.threads, args.reps, args.isa)
-        base = statistics.median(times[bins[0]])
+        base = times[bins[0]]
+
+        def paired(t):
+            """The median over rounds of the base's time over this side's in
+            the same round, and in how many rounds this side was faster."""
+            ratios = [b / x for b, x in zip(base, t)]
+            return statistics.median(ratios), sum(r > 1 for r in ratios)
+
         cols = "  ".join(
             f"{label(side)} {2 * n**3 / statistics.median(t) / 1e9:.0f} "
-            f"({base / statistics.median(t):.2f}x)"
+            f"({paired(t)[0]:.2f}x, {paired(t)[1]}/{len(t)})"
             for side, t in times.items()
         )
         print(f"n={n} threads={args.threads}: {cols}", flush=True)

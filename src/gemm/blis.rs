@@ -15,6 +15,11 @@
 //!   epilogue and the single store of the MC x NC block, row by row
 //! ```
 //!
+//! A kernel may take LOOP 4 in runs of [`Microkernel::KC_RUN`] KC blocks
+//! and put LOOP 2 outside each run (every column of tiles through the
+//! run's blocks, then the next): AMX, whose accumulators go through memory
+//! between KC blocks, then finds a column's tiles near the core again.
+//!
 //! Large GEMMs on several threads with a kernel that asks for it
 //! ([`Microkernel::DYNAMIC`], AMX) pack A~ whole as well and hand the
 //! blocks of C out one at a time instead ([`run_dynamic`]); smaller ones
@@ -915,71 +920,88 @@ fn block<K: Microkernel, T: Element, C: Element>(
     };
     let a_packed = shared_a.is_some() || ws.a_rows == Some((blk.i0, blk.m));
     ws.a_rows = shared_a.is_none().then_some((blk.i0, blk.m));
-    let mut b_off = 0; // slot offset of block pc inside a B~ or A~ panel
-    // LOOP 4: pc over k by KC.
-    for q in 0..blocks_k {
+    // KC block q: its first k, its depth, its slots, and its slot offset
+    // inside a B~ or A~ panel (every block before the last is KC deep).
+    let kblock = |q: usize| {
         let pc = q * K::KC;
         let kc = K::KC.min(k - pc.min(k));
-        let nslots = slots(kc, K::FORMAT);
-        let first = q == 0;
-        // A~ of this MC x KC block: MR-row panels, packed unless done.
+        (pc, kc, slots(kc, K::FORMAT), q * slots(K::KC, K::FORMAT))
+    };
+    // LOOP 4: pc over k by KC, in runs of `K::KC_RUN` blocks: each column
+    // of tiles goes through a run's blocks before the next column starts.
+    for q0 in (0..blocks_k).step_by(K::KC_RUN) {
+        let q1 = (q0 + K::KC_RUN).min(blocks_k);
+        // A~ of this run's MC x KC blocks: MR-row panels, packed unless done.
         if let (Some(a_full), false) = (own_a.as_deref_mut(), a_packed) {
-            for p in 0..m_panels {
-                let lanes = mr.min(blk.m - p * mr);
-                let dst = &mut a_full[p * a_panel_len + b_off * mr..][..nslots * mr];
-                pack_panel(
-                    kern,
-                    a,
-                    blk.i0 + p * mr,
-                    lanes,
-                    pc,
-                    kc,
-                    mr,
-                    K::FORMAT_A,
-                    dst,
-                    &mut ws.tmp,
-                );
+            for q in q0..q1 {
+                let (pc, kc, nslots, b_off) = kblock(q);
+                for p in 0..m_panels {
+                    let lanes = mr.min(blk.m - p * mr);
+                    let dst = &mut a_full[p * a_panel_len + b_off * mr..][..nslots * mr];
+                    pack_panel(
+                        kern,
+                        a,
+                        blk.i0 + p * mr,
+                        lanes,
+                        pc,
+                        kc,
+                        mr,
+                        K::FORMAT_A,
+                        dst,
+                        &mut ws.tmp,
+                    );
+                }
             }
         }
         let a_full = match (shared_a, own_a.as_deref()) {
             (Some(a_full), _) | (None, Some(a_full)) => a_full,
             (None, None) => unreachable!("A~ is shared or packed here"),
         };
-        let a_panel = |ip: usize| &a_full[ip * a_panel_len + b_off * mr..][..nslots * mr];
+        let a_panel = |ip: usize, b_off: usize, nslots: usize| {
+            &a_full[ip * a_panel_len + b_off * mr..][..nslots * mr]
+        };
+        let b_panel = |jp: usize, b_off: usize, nslots: usize| {
+            let b0 = ((blk.j0 - packed_j0) / nr + jp) * panel_len + b_off * nr;
+            &packed.data()[b0..b0 + nslots * nr]
+        };
         // LOOP 2: jr over the block's columns by NR.
         for jp in 0..n_panels {
-            let gp = (blk.j0 - packed_j0) / nr + jp;
-            let b0 = gp * panel_len + b_off * nr;
-            let bp = &packed.data()[b0..b0 + nslots * nr];
-            // LOOP 1: ir over the block's rows by MR.
-            for ip in 0..m_panels {
-                let ap = a_panel(ip);
-                // What the next call reads first: the next A~ panel, or
-                // after the last the next B~ micro-panel. Only on several
-                // threads (AMX on the host, bf16, builds alternated): one
-                // thread ran 4-11% faster without it (n = 512 to 4096, two
-                // runs of pinned single calls); 16 threads ran up to 12%
-                // slower without it at n = 2048 and 4096 in three runs of
-                // four (26-53% in the fourth), within the noise at 1024.
-                let next: &[f32] = if !prefetch {
-                    &[]
-                } else if ip + 1 < m_panels {
-                    a_panel(ip + 1)
-                } else if jp + 1 < n_panels {
-                    &packed.data()[b0 + panel_len..b0 + panel_len + nslots * nr]
-                } else {
-                    &[]
-                };
-                let t0 = (jp * m_panels + ip) * tile;
-                let acc = &mut acc_all[t0..t0 + tile];
-                if nslots > 0 {
-                    kern.kernel_then(nslots, ap, bp, acc, !first, next);
-                } else {
-                    acc.fill(0.0);
+            for q in q0..q1 {
+                let (_, _, nslots, b_off) = kblock(q);
+                let bp = b_panel(jp, b_off, nslots);
+                // LOOP 1: ir over the block's rows by MR.
+                for ip in 0..m_panels {
+                    let ap = a_panel(ip, b_off, nslots);
+                    // What the next call reads first: the next A~ panel, or
+                    // after the last the next B~ micro-panel. Only on several
+                    // threads (AMX on the host, bf16, builds alternated): one
+                    // thread ran 4-11% faster without it (n = 512 to 4096, two
+                    // runs of pinned single calls); 16 threads ran up to 12%
+                    // slower without it at n = 2048 and 4096 in three runs of
+                    // four (26-53% in the fourth), within the noise at 1024.
+                    let next: &[f32] = if !prefetch {
+                        &[]
+                    } else if ip + 1 < m_panels {
+                        a_panel(ip + 1, b_off, nslots)
+                    } else if q + 1 < q1 {
+                        let (_, _, nslots, b_off) = kblock(q + 1);
+                        b_panel(jp, b_off, nslots)
+                    } else if jp + 1 < n_panels {
+                        let (_, _, nslots, b_off) = kblock(q0);
+                        b_panel(jp + 1, b_off, nslots)
+                    } else {
+                        &[]
+                    };
+                    let t0 = (jp * m_panels + ip) * tile;
+                    let acc = &mut acc_all[t0..t0 + tile];
+                    if nslots > 0 {
+                        kern.kernel_then(nslots, ap, bp, acc, q > 0, next);
+                    } else {
+                        acc.fill(0.0);
+                    }
                 }
             }
         }
-        b_off += nslots;
     }
     kern.store_block(&StoreBlock {
         ep,
@@ -1360,6 +1382,89 @@ mod tests {
         #[cfg(target_arch = "x86_64")]
         if let Some(t) = crate::arch::x86_64::amx::Amx::try_new() {
             splits_match_one_thread(crate::arch::x86_64::amx::gemm::AmxBf16(t));
+        }
+    }
+
+    /// `K` with KC = 64 and runs of `R` KC blocks per column of tiles
+    /// ([`Microkernel::KC_RUN`]); everything else is `K`'s.
+    #[derive(Clone, Copy)]
+    struct InRuns<K, const R: usize>(K);
+
+    impl<K: Microkernel, const R: usize> Microkernel for InRuns<K, R> {
+        const MR: usize = K::MR;
+        const NR: usize = K::NR;
+        const FORMAT: Format = K::FORMAT;
+        const FORMAT_A: Format = K::FORMAT_A;
+        const KC: usize = 64;
+        const KC_RUN: usize = R;
+        const NAME: &'static str = "in-runs";
+
+        fn kernel(self, slots: usize, a: &[f32], b: &[f32], tile: &mut [f32], acc: bool) {
+            self.0.kernel(slots, a, b, tile, acc);
+        }
+
+        fn widen<T: Element>(self, src: &[T], dst: &mut [f32]) {
+            self.0.widen(src, dst);
+        }
+
+        fn narrow_f16(self, src: &[f32], dst: &mut [half::f16]) {
+            self.0.narrow_f16(src, dst);
+        }
+
+        fn axpy_rows(self, x: &[f32], b: &[f32], y: &mut [&mut [f32]]) {
+            self.0.axpy_rows(x, b, y);
+        }
+
+        fn axpy_rows4(self, x: &[f32], b: [&[f32]; 4], y: &mut [&mut [f32]]) {
+            self.0.axpy_rows4(x, b, y);
+        }
+    }
+
+    /// Columns of tiles run through 3 KC blocks at a time: the bits of the
+    /// BLIS order (one KC block for every column), for k with whole runs,
+    /// a short last run and a KC tail; then the threaded splits in runs.
+    fn runs_match_blis_order<K: Microkernel>(kern: K) {
+        let mut bits = fresh_rng();
+        let mut next = move || (bits() >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
+        for (m, n, k) in [(37, 45, 300), (70, 90, 384), (9, 130, 64), (3, 5, 0)] {
+            let a: Vec<bf16> = (0..m * k).map(|_| bf16::from_f32(next())).collect();
+            let b: Vec<bf16> = (0..k * n).map(|_| bf16::from_f32(next())).collect();
+            let c0: Vec<f32> = (0..m * n).map(|_| next()).collect();
+            let ep = Epilogue::new(&Gemm::new().beta(0.5));
+            let av = MatRef::row_major(&a, m, k).unwrap();
+            let bv = MatRef::row_major(&b, k, n).unwrap();
+            let one_by_one = |c: &mut Vec<f32>| {
+                let kern = InRuns::<K, 1>(kern);
+                let packed = pack_b(kern, bv, 1);
+                let cv = MatMut::row_major(c, m, n).unwrap();
+                run(kern, av, &packed, k, n, cv, &ep, 1)
+            };
+            let in_runs = |c: &mut Vec<f32>| {
+                let kern = InRuns::<K, 3>(kern);
+                let packed = pack_b(kern, bv, 1);
+                let cv = MatMut::row_major(c, m, n).unwrap();
+                run(kern, av, &packed, k, n, cv, &ep, 1)
+            };
+            let (mut want, mut got) = (c0.clone(), c0.clone());
+            assert_eq!(in_runs(&mut got), one_by_one(&mut want));
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(g.to_bits(), w.to_bits(), "{m}x{n}x{k}, output {i}");
+            }
+        }
+        splits_match_one_thread(InRuns::<K, 3>(kern));
+    }
+
+    #[test]
+    fn kc_runs_match_blis_order() {
+        runs_match_blis_order(ScalarKernel);
+        #[cfg(target_arch = "x86_64")]
+        if let Some(t) = crate::arch::x86_64::Avx512Bf16::try_new() {
+            use crate::arch::x86_64::avx512bf16::gemm::Avx512Dot;
+            runs_match_blis_order(Avx512Dot(t));
+        }
+        #[cfg(target_arch = "x86_64")]
+        if let Some(t) = crate::arch::x86_64::amx::Amx::try_new() {
+            runs_match_blis_order(crate::arch::x86_64::amx::gemm::AmxBf16(t));
         }
     }
 

@@ -87,6 +87,11 @@ pub(crate) trait Microkernel: Copy + Send + Sync {
     /// Depth of a packed block (LOOP 4's step); even, so a bf16 pair never
     /// straddles two blocks. Default: see `blis::KC`.
     const KC: usize = super::blis::KC;
+    /// KC blocks each column of tiles of a block of C runs through before
+    /// the next column starts (`blis::block`): 1 is the BLIS order (every
+    /// column per KC block); more keep a column's accumulators near the
+    /// core across its KC blocks while the run's A~ stays in L2.
+    const KC_RUN: usize = 1;
     /// Most rows of a block of C in `blis::run` (B~ packed once): each B~
     /// micro-panel serves `MC / MR` A~ panels from L1. Default: see
     /// `blis::MC_MAX`. (`blis::run_local_b` keeps `MC_MAX`.)

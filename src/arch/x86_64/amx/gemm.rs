@@ -74,6 +74,16 @@ impl Microkernel for AmxBf16 {
     // 0.96x/1.00x. In the cells of `run_local_b` (16 threads, n = 1024 and
     // 2048) 256-row blocks ran 9-21% slower, so it keeps 168 there.
     const MC: usize = 256;
+    // Each column of tiles runs through 4 KC blocks (2048 k) before the
+    // next column: its 8 accumulator tiles (32 KiB) are reloaded after 8
+    // kernel calls instead of after the whole block's (1 MiB of them, with
+    // a KC block of B~ as large passing through L2 in between), while the
+    // run's A~ (256 rows x 2048 k, 1 MiB) stays in L2. Host,
+    // one thread, single calls alternated, 20 rounds, the median of each
+    // round's ratio to KC_RUN = 1 (rounds faster): n = 1024 1.06x (15/20),
+    // 2048 1.05x (14/20), 4096 1.08x (16/20); 16 threads 0.97-1.05x (8
+    // rounds). KC = 1024 or 2048 in one call instead: 0.93-1.03x.
+    const KC_RUN: usize = 4;
 
     #[inline(always)]
     fn kernel(self, slots: usize, a: &[f32], b: &[f32], tile: &mut [f32], accumulate: bool) {
