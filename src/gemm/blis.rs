@@ -39,7 +39,7 @@
 use rayon::prelude::*;
 
 use super::epilogue::Epilogue;
-use super::kernel::{Format, Microkernel, ROW_GROUP};
+use super::kernel::{Ahead, Format, Microkernel, ROW_GROUP};
 use super::view::{MatMut, MatRef};
 use crate::element::{DType, Element, Slice, SliceMut};
 use half::bf16;
@@ -544,9 +544,9 @@ pub(crate) fn run<K: Microkernel, T: Element, C: Element>(
                 j0: jc,
                 n: nc.min(n - jc),
             };
-            let prefetch = threads > 1;
+            let ahead = Prefetch::for_threads(threads);
             nonfinite += block(
-                kern, a, packed, 0, k, blk, cptr, c_len, ep, prefetch, None, &mut ws,
+                kern, a, packed, 0, k, blk, cptr, c_len, ep, ahead, None, &mut ws,
             );
         }
         scratch::give_workspace(ws);
@@ -623,7 +623,18 @@ pub(crate) fn run_local_b<K: Microkernel, T: Element, C: Element>(
                     n: j1 - j0,
                 };
                 nonfinite += block(
-                    kern, a, &packed, c0, k, blk, cptr, c_len, ep, true, None, &mut ws,
+                    kern,
+                    a,
+                    &packed,
+                    c0,
+                    k,
+                    blk,
+                    cptr,
+                    c_len,
+                    ep,
+                    Prefetch::NextIntoL1,
+                    None,
+                    &mut ws,
                 );
             }
         }
@@ -696,7 +707,7 @@ fn run_dynamic<K: Microkernel, T: Element, C: Element>(
                 cptr,
                 c_len,
                 ep,
-                true,
+                Prefetch::NextIntoL1,
                 Some(a_rows),
                 &mut ws,
             );
@@ -880,11 +891,45 @@ struct Workspace {
     tmp: Vec<f32>,
 }
 
+/// What the kernel calls of a block prefetch (a kernel may ignore it; the
+/// AMX kernel does it, see [`Ahead`]). Host, AMX, builds alternated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Prefetch {
+    /// What the next call reads first, into L1: on several threads, where
+    /// 16 threads ran up to 12% slower without it at n = 2048 and 4096 in
+    /// three runs of four (26-53% in the fourth), and [`LaterIntoL2`]
+    /// instead ran 0.91-1.09x (n = 1024 to 4096, two runs of six rounds).
+    ///
+    /// [`LaterIntoL2`]: Prefetch::LaterIntoL2
+    NextIntoL1,
+    /// The B~ micro-panel of the next (column, KC block) step into L2, a
+    /// share per call: on one thread, where [`NextIntoL1`] ran 4-11% slower
+    /// than none, and this one faster than none in two runs (20 single
+    /// calls alternated, median of per-round ratios, rounds faster): n =
+    /// 1024 1.03x (14/20) and 1.12x (18/20), 2048 1.16x (19/20) and 1.15x
+    /// (19/20), 4096 1.23x (17/20) and 1.19x (19/20). Eight lines per group
+    /// instead of four, or the step after next, ran no faster.
+    ///
+    /// [`NextIntoL1`]: Prefetch::NextIntoL1
+    LaterIntoL2,
+}
+
+impl Prefetch {
+    /// The choice for a GEMM on `threads` threads.
+    fn for_threads(threads: usize) -> Self {
+        if threads > 1 {
+            Prefetch::NextIntoL1
+        } else {
+            Prefetch::LaterIntoL2
+        }
+    }
+}
+
 /// One `MC x NC` block of C: LOOP 4, 2 and 1, and the epilogue. `packed`
 /// holds B~ from column `packed_j0` on (a multiple of NR); `shared_a`, if
 /// given, A~ from the block's first row panel on (see [`pack_a_shared`]),
-/// else the block packs its A~ into `ws`; `prefetch` lets the kernel
-/// prefetch each next call's operand.
+/// else the block packs its A~ into `ws`; `ahead` says what each kernel
+/// call may prefetch for the calls after it.
 #[expect(clippy::too_many_arguments, reason = "internal: the loops' inputs")]
 #[inline(never)]
 fn block<K: Microkernel, T: Element, C: Element>(
@@ -897,7 +942,7 @@ fn block<K: Microkernel, T: Element, C: Element>(
     c: CPtr<C>,
     c_len: usize,
     ep: &Epilogue<'_>,
-    prefetch: bool,
+    ahead: Prefetch,
     shared_a: Option<&[f32]>,
     ws: &mut Workspace,
 ) -> usize {
@@ -964,38 +1009,48 @@ fn block<K: Microkernel, T: Element, C: Element>(
             let b0 = ((blk.j0 - packed_j0) / nr + jp) * panel_len + b_off * nr;
             &packed.data()[b0..b0 + nslots * nr]
         };
+        // The (column, KC block) after (jp, q) in this run's order.
+        let step_after = |jp: usize, q: usize| {
+            if q + 1 < q1 {
+                Some((jp, q + 1))
+            } else if jp + 1 < n_panels {
+                Some((jp + 1, q0))
+            } else {
+                None
+            }
+        };
         // LOOP 2: jr over the block's columns by NR.
         for jp in 0..n_panels {
             for q in q0..q1 {
                 let (_, _, nslots, b_off) = kblock(q);
                 let bp = b_panel(jp, b_off, nslots);
+                // The B~ micro-panel of the next step.
+                let b_next = step_after(jp, q).map(|(jp, q)| {
+                    let (_, _, nslots, b_off) = kblock(q);
+                    b_panel(jp, b_off, nslots)
+                });
                 // LOOP 1: ir over the block's rows by MR.
                 for ip in 0..m_panels {
                     let ap = a_panel(ip, b_off, nslots);
-                    // What the next call reads first: the next A~ panel, or
-                    // after the last the next B~ micro-panel. Only on several
-                    // threads (AMX on the host, bf16, builds alternated): one
-                    // thread ran 4-11% faster without it (n = 512 to 4096, two
-                    // runs of pinned single calls); 16 threads ran up to 12%
-                    // slower without it at n = 2048 and 4096 in three runs of
-                    // four (26-53% in the fourth), within the noise at 1024.
-                    let next: &[f32] = if !prefetch {
-                        &[]
-                    } else if ip + 1 < m_panels {
-                        a_panel(ip + 1, b_off, nslots)
-                    } else if q + 1 < q1 {
-                        let (_, _, nslots, b_off) = kblock(q + 1);
-                        b_panel(jp, b_off, nslots)
-                    } else if jp + 1 < n_panels {
-                        let (_, _, nslots, b_off) = kblock(q0);
-                        b_panel(jp + 1, b_off, nslots)
-                    } else {
-                        &[]
+                    let ahead = match (ahead, b_next) {
+                        // What the next call reads first: the next A~
+                        // panel, or after the last the next B~ micro-panel.
+                        (Prefetch::NextIntoL1, _) if ip + 1 < m_panels => {
+                            Ahead::Next(a_panel(ip + 1, b_off, nslots))
+                        }
+                        (Prefetch::NextIntoL1, Some(b_next)) => Ahead::Next(b_next),
+                        // Call ip's share of the next B~ micro-panel.
+                        (Prefetch::LaterIntoL2, Some(b_next)) => {
+                            let share = b_next.len().div_ceil(m_panels);
+                            let lo = (ip * share).min(b_next.len());
+                            Ahead::Later(&b_next[lo..(lo + share).min(b_next.len())])
+                        }
+                        _ => Ahead::Nothing,
                     };
                     let t0 = (jp * m_panels + ip) * tile;
                     let acc = &mut acc_all[t0..t0 + tile];
                     if nslots > 0 {
-                        kern.kernel_then(nslots, ap, bp, acc, q > 0, next);
+                        kern.kernel_then(nslots, ap, bp, acc, q > 0, ahead);
                     } else {
                         acc.fill(0.0);
                     }

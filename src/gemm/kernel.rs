@@ -19,6 +19,20 @@
 pub(crate) use super::blis::StoreBlock;
 use crate::element::Element;
 
+/// What the calls after a kernel call read, for the kernel to prefetch
+/// (see [`Microkernel::kernel_then`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Ahead<'a> {
+    /// Nothing to prefetch.
+    Nothing,
+    /// The operand the next call reads first (an A~ panel or a B~
+    /// micro-panel), wanted in L1 by the time that call starts.
+    Next(&'a [f32]),
+    /// This call's share of a B~ micro-panel read a few calls later,
+    /// wanted in L2.
+    Later(&'a [f32]),
+}
+
 /// How a microkernel wants its panels packed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Format {
@@ -117,8 +131,8 @@ pub(crate) trait Microkernel: Copy + Send + Sync {
     /// pair for [`Format::Bf16Pairs`]).
     fn kernel(self, slots: usize, a: &[f32], b: &[f32], tile: &mut [f32], accumulate: bool);
 
-    /// [`Microkernel::kernel`], told what the next call reads first
-    /// (`next`, possibly empty), which a kernel may prefetch as it goes.
+    /// [`Microkernel::kernel`], told what calls after it read
+    /// ([`Ahead`]), which a kernel may prefetch as it goes.
     #[inline(always)]
     fn kernel_then(
         self,
@@ -127,9 +141,9 @@ pub(crate) trait Microkernel: Copy + Send + Sync {
         b: &[f32],
         tile: &mut [f32],
         accumulate: bool,
-        next: &[f32],
+        ahead: Ahead<'_>,
     ) {
-        let _ = next;
+        let _ = ahead;
         self.kernel(slots, a, b, tile, accumulate);
     }
 

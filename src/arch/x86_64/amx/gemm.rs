@@ -36,7 +36,7 @@ use crate::arch::x86_64::avx512::gemm::store_block;
 use crate::arch::x86_64::avx512bf16::gemm::Avx512Dot;
 use crate::element::Element;
 use crate::gemm::kernel::StoreBlock;
-use crate::gemm::kernel::{Format, Microkernel, ROW_GROUP};
+use crate::gemm::kernel::{Ahead, Format, Microkernel, ROW_GROUP};
 
 /// Rows of a tile of C: two 16-row AMX tiles.
 const MR: usize = 32;
@@ -87,7 +87,7 @@ impl Microkernel for AmxBf16 {
 
     #[inline(always)]
     fn kernel(self, slots: usize, a: &[f32], b: &[f32], tile: &mut [f32], accumulate: bool) {
-        self.kernel_then(slots, a, b, tile, accumulate, &[]);
+        self.kernel_then(slots, a, b, tile, accumulate, Ahead::Nothing);
     }
 
     #[inline(always)]
@@ -98,11 +98,11 @@ impl Microkernel for AmxBf16 {
         b: &[f32],
         tile: &mut [f32],
         accumulate: bool,
-        next: &[f32],
+        ahead: Ahead<'_>,
     ) {
         TILES.with(|t| {
             let guard = t.get_or_init(|| TileGuard::new(self.0));
-            kernel(guard, slots, a, b, tile, accumulate, next);
+            kernel(guard, slots, a, b, tile, accumulate, ahead);
         });
     }
 
@@ -158,8 +158,9 @@ const A_STRIDE: usize = ROW_GROUP * 4;
 const B_STRIDE: usize = NR * 4;
 
 /// `tile = (accumulate ? tile : 0) + A~ B~` over `slots` slots, prefetching
-/// into L1 the first half of each group of `next` (the next call's first
-/// operand) while it runs the same group here. The C tiles
+/// what `ahead` names as it goes: into L1 the first half of each group of
+/// [`Ahead::Next`] while it runs the same group here, or into L2 four
+/// lines of [`Ahead::Later`] per group. The C tiles
 /// `tmm0..tmm3` stay in tile registers from the first `asm!` block to the
 /// last: the compiler never allocates tile registers itself, and nothing
 /// called in between (a copy into the tail buffers) uses AMX.
@@ -171,7 +172,7 @@ fn kernel(
     b: &[f32],
     tile: &mut [f32],
     accumulate: bool,
-    next: &[f32],
+    ahead: Ahead<'_>,
 ) {
     assert!(a.len() >= slots * MR && b.len() >= slots * NR && tile.len() >= MR * NR);
     let c = tile.as_mut_ptr();
@@ -206,18 +207,24 @@ fn kernel(
     }
     let full = slots / ROW_GROUP;
     let tail = slots % ROW_GROUP;
-    // The next call's groups that are whole (the first `ahead`), each
-    // prefetched while this call runs the group of the same index.
-    let ahead = (next.len() / GROUP_SLOTS).min(full);
+    // The first `with` groups run beside prefetches: the next call's
+    // group of the same index, or a 256-byte step of the later share.
+    let with = match ahead {
+        Ahead::Nothing => 0,
+        Ahead::Next(next) => (next.len() / GROUP_SLOTS).min(full),
+        Ahead::Later(later) => (later.len() / LATER_STEP).min(full),
+    };
+    let (a_ptr, b_ptr) = (a.as_ptr(), b.as_ptr());
     // SAFETY: `full` groups of `GROUP_SLOTS` f32 slots are inside `a` and
-    // `b` (slots * 32 <= len, asserted above), `ahead` groups inside `next`.
+    // `b` (slots * 32 <= len, asserted above); prefetches never fault.
     unsafe {
-        groups_prefetch(_tiles, a.as_ptr(), b.as_ptr(), next.as_ptr(), ahead);
-        let (a, b) = (
-            a.as_ptr().add(ahead * GROUP_SLOTS),
-            b.as_ptr().add(ahead * GROUP_SLOTS),
-        );
-        groups(_tiles, a, b, full - ahead);
+        match ahead {
+            Ahead::Next(p) => groups_prefetch(_tiles, a_ptr, b_ptr, p.as_ptr(), with),
+            Ahead::Later(p) => groups_later(_tiles, a_ptr, b_ptr, p.as_ptr(), with),
+            Ahead::Nothing => {}
+        }
+        let (a, b) = (a_ptr.add(with * GROUP_SLOTS), b_ptr.add(with * GROUP_SLOTS));
+        groups(_tiles, a, b, full - with);
     }
     if tail > 0 {
         // The short last group: copy it into full, zero-padded groups (zero
@@ -332,7 +339,7 @@ unsafe fn groups(_tiles: &TileGuard, a: *const f32, b: *const f32, n: usize) {
 /// [`groups`], and the first 1024 bytes of each of `n` groups of `next`
 /// prefetched into L1 (16 lines per 4 `tdpbf16ps`: half a group measured
 /// faster than a whole one; the driver asks for it on several threads
-/// only, see `blis::block`).
+/// only, see `blis::Prefetch`).
 ///
 /// # Safety
 ///
@@ -378,8 +385,49 @@ unsafe fn groups_prefetch(
     }
 }
 
+/// f32 of [`Ahead::Later`] prefetched per group: four lines.
+const LATER_STEP: usize = 64;
+
+/// [`groups`], and four lines of `later` per group prefetched into L2
+/// (`prefetcht1`): `n` steps of [`LATER_STEP`]. The driver hands each of
+/// the 8 calls on one B~ micro-panel an eighth of the next one (4 KiB, the
+/// 16 groups of a KC = 512 call), on one thread (see `blis::Prefetch`).
+///
+/// # Safety
+///
+/// As [`groups`]; `later` need only be an address.
+#[inline(always)]
+unsafe fn groups_later(
+    _tiles: &TileGuard,
+    a: *const f32,
+    b: *const f32,
+    later: *const f32,
+    n: usize,
+) {
+    if n == 0 {
+        return;
+    }
+    // SAFETY: as in `groups`; PREFETCHT1 reads nothing architecturally.
+    unsafe {
+        group_loop!(
+            a,
+            b,
+            n,
+            [
+                "prefetcht1 [{p}]",
+                "prefetcht1 [{p} + 64]",
+                "prefetcht1 [{p} + 128]",
+                "prefetcht1 [{p} + 192]",
+                "add {p}, 256"
+            ],
+            p = later
+        )
+    }
+}
+
 // The group arithmetic above assumes these.
-const _: () = assert!(GROUP_SLOTS * 4 == 2048 && tile::MR == MR && tile::NR == NR);
+const _: () = assert!(GROUP_SLOTS * 4 == 2048 && LATER_STEP * 4 == 256);
+const _: () = assert!(tile::MR == MR && tile::NR == NR);
 
 #[cfg(test)]
 mod tests {
@@ -512,7 +560,11 @@ mod tests {
                                     (false, false) => &a_all[((ip + 1) % mp) * panel..],
                                 };
                                 let acc = &mut acc_all[(jp * mp + ip) * 1024..][..1024];
-                                let next = if pf { next } else { &[] };
+                                let next = if pf {
+                                    Ahead::Next(next)
+                                } else {
+                                    Ahead::Nothing
+                                };
                                 kernel(tiles, slots, a, b, acc, pc > 0, next);
                             }
                         }
