@@ -578,6 +578,78 @@ mod tests {
         secs
     }
 
+    /// Where the kernel's time goes in the one-thread GEMM's loops, a probe
+    /// for AMX hosts: `./halfkern amx_loop_parts --ignored --nocapture`.
+    /// One 256 x 1024 block over k = 2048 in `blis::block`'s order (columns
+    /// of tiles outer, KC = 512 blocks in one run, A~ panels inner), then
+    /// the same with one cost taken away at a time: B~ from 2 columns only
+    /// (hot in L2), the accumulators of one column only (hot), one A~
+    /// panel only, no prefetch. GFLOP/s, best of 5 rounds, variants
+    /// alternated in each round.
+    #[test]
+    #[ignore = "timing probe for AMX hosts"]
+    fn amx_loop_parts() {
+        let Some(t) = Amx::try_new() else {
+            eprintln!("no AMX here");
+            return;
+        };
+        let (mp, np, k, kc) = (8usize, 32usize, 2048usize, 512usize);
+        let (slots, runs) = (kc / 2, k / kc);
+        let one = f32::from_bits(0x3F80_3F80);
+        let panel = slots * 32; // f32 of one KC block of a panel
+        let a = filled(mp * runs * panel / GROUP_SLOTS, one);
+        let b = filled(np * runs * panel / GROUP_SLOTS, one);
+        let mut acc = filled(np * mp * 1024 / GROUP_SLOTS, one);
+        let (a, b) = (slots_of(&a), slots_of(&b));
+        let acc = slots_of_mut(&mut acc);
+        // (name, B~ columns, accumulator columns, A~ panels, prefetch)
+        let variants: [(&str, usize, usize, usize, bool); 6] = [
+            ("as the GEMM", np, np, mp, true),
+            ("no prefetch", np, np, mp, false),
+            ("B~ hot", 2, np, mp, true),
+            ("acc hot", np, 1, mp, true),
+            ("one A~ panel", np, np, 1, true),
+            ("B~ and acc hot", 2, 1, mp, true),
+        ];
+        let mut best = [f64::MAX; 6];
+        TILES.with(|cell| {
+            let tiles = cell.get_or_init(|| TileGuard::new(t));
+            for _ in 0..5 {
+                for (v, &(_, bcols, acols, apanels, pf)) in variants.iter().enumerate() {
+                    let b_at = |jp: usize, q: usize| &b[((jp % bcols) * runs + q) * panel..];
+                    let t0 = std::time::Instant::now();
+                    for jp in 0..np {
+                        for q in 0..runs {
+                            let next = if q + 1 < runs {
+                                (jp, q + 1)
+                            } else {
+                                (jp + 1, 0)
+                            };
+                            let b_next = &b_at(next.0, next.1)[..panel];
+                            for ip in 0..mp {
+                                let a = &a[((ip % apanels) * runs + q) * panel..];
+                                let tile = ((jp % acols) * mp + ip) * 1024;
+                                let ahead = if pf && jp + 1 < np {
+                                    Ahead::Later(&b_next[ip * 1024..(ip + 1) * 1024])
+                                } else {
+                                    Ahead::Nothing
+                                };
+                                let acc = &mut acc[tile..tile + 1024];
+                                kernel(tiles, slots, a, b_at(jp, q), acc, q > 0, ahead);
+                            }
+                        }
+                    }
+                    best[v] = best[v].min(t0.elapsed().as_secs_f64());
+                }
+            }
+        });
+        let flops = 2.0 * (mp * 32 * np * 32 * k) as f64;
+        for ((name, ..), secs) in variants.iter().zip(best) {
+            eprintln!("{name}: {:.0} GFLOP/s", flops / secs / 1e9);
+        }
+        assert!(acc.iter().all(|x| x.is_finite()));
+    }
+
     /// The kernel in the GEMM's loops, a probe for AMX hosts:
     /// `PROBE_THREADS=16 ./halfkern amx_block_speed --ignored --nocapture`
     /// (default one thread). On each thread one `MC x NC` block (MC = 160,
