@@ -903,12 +903,18 @@ enum Prefetch {
     /// [`LaterIntoL2`]: Prefetch::LaterIntoL2
     NextIntoL1,
     /// The B~ micro-panel of the next (column, KC block) step into L2, a
-    /// share per call: on one thread, where [`NextIntoL1`] ran 4-11% slower
-    /// than none, and this one faster than none in two runs (20 single
-    /// calls alternated, median of per-round ratios, rounds faster): n =
-    /// 1024 1.03x (14/20) and 1.12x (18/20), 2048 1.16x (19/20) and 1.15x
-    /// (19/20), 4096 1.23x (17/20) and 1.19x (19/20). Eight lines per group
-    /// instead of four, or the step after next, ran no faster.
+    /// share per call, and the next call's accumulator tile into L1: on
+    /// one thread, where [`NextIntoL1`] ran 4-11% slower than none. Host,
+    /// 20-25 single calls alternated, median of per-round ratios (rounds
+    /// faster). The B~ share alone against none, two runs: n = 1024 1.03x
+    /// (14/20) and 1.12x (18/20), 2048 1.16x (19/20) and 1.15x (19/20),
+    /// 4096 1.23x (17/20) and 1.19x (19/20); eight lines per group instead
+    /// of four, or the step after next, no faster. The accumulator tile
+    /// added (`amx_loop_parts` had put "accumulators hot" 10-30% above the
+    /// loop as it was), against the share alone, two runs: n = 512 1.07x
+    /// (18/25), 1024 1.11x (20/20) and 1.15x (25/25), 2048 1.07x (15/20)
+    /// and 1.12x (25/25), 4096 1.11x (16/20) and 1.10x (17/25);
+    /// `prefetchw` instead of `prefetcht0` 1.06-1.13x.
     ///
     /// [`NextIntoL1`]: Prefetch::NextIntoL1
     LaterIntoL2,
@@ -1040,10 +1046,22 @@ fn block<K: Microkernel, T: Element, C: Element>(
                         }
                         (Prefetch::NextIntoL1, Some(b_next)) => Ahead::Next(b_next),
                         // Call ip's share of the next B~ micro-panel.
+                        // Call ip's share of the next B~ micro-panel, and
+                        // the next call's accumulator tile.
                         (Prefetch::LaterIntoL2, Some(b_next)) => {
                             let share = b_next.len().div_ceil(m_panels);
                             let lo = (ip * share).min(b_next.len());
-                            Ahead::Later(&b_next[lo..(lo + share).min(b_next.len())])
+                            let (njp, nip) = match step_after(jp, q) {
+                                _ if ip + 1 < m_panels => (jp, ip + 1),
+                                Some((njp, _)) => (njp, 0),
+                                None => (jp, ip),
+                            };
+                            Ahead::Later {
+                                b_share: &b_next[lo..(lo + share).min(b_next.len())],
+                                next_tile: acc_all
+                                    .as_ptr()
+                                    .wrapping_add((njp * m_panels + nip) * tile),
+                            }
                         }
                         _ => Ahead::Nothing,
                     };

@@ -29,8 +29,13 @@ pub(crate) enum Ahead<'a> {
     /// micro-panel), wanted in L1 by the time that call starts.
     Next(&'a [f32]),
     /// This call's share of a B~ micro-panel read a few calls later,
-    /// wanted in L2.
-    Later(&'a [f32]),
+    /// wanted in L2, and the accumulator tile the next call loads, wanted
+    /// in L1 (an address only: never read through, it may be the tile a
+    /// call after the next one writes).
+    Later {
+        b_share: &'a [f32],
+        next_tile: *const f32,
+    },
 }
 
 /// How a microkernel wants its panels packed.

@@ -159,8 +159,9 @@ const B_STRIDE: usize = NR * 4;
 
 /// `tile = (accumulate ? tile : 0) + A~ B~` over `slots` slots, prefetching
 /// what `ahead` names as it goes: into L1 the first half of each group of
-/// [`Ahead::Next`] while it runs the same group here, or into L2 four
-/// lines of [`Ahead::Later`] per group. The C tiles
+/// [`Ahead::Next`] while it runs the same group here, or per group four
+/// lines of [`Ahead::Later`]'s B~ share into L2 and four of its next
+/// accumulator tile into L1. The C tiles
 /// `tmm0..tmm3` stay in tile registers from the first `asm!` block to the
 /// last: the compiler never allocates tile registers itself, and nothing
 /// called in between (a copy into the tail buffers) uses AMX.
@@ -212,7 +213,7 @@ fn kernel(
     let with = match ahead {
         Ahead::Nothing => 0,
         Ahead::Next(next) => (next.len() / GROUP_SLOTS).min(full),
-        Ahead::Later(later) => (later.len() / LATER_STEP).min(full),
+        Ahead::Later { b_share, .. } => (b_share.len() / LATER_STEP).min(full),
     };
     let (a_ptr, b_ptr) = (a.as_ptr(), b.as_ptr());
     // SAFETY: `full` groups of `GROUP_SLOTS` f32 slots are inside `a` and
@@ -220,7 +221,9 @@ fn kernel(
     unsafe {
         match ahead {
             Ahead::Next(p) => groups_prefetch(_tiles, a_ptr, b_ptr, p.as_ptr(), with),
-            Ahead::Later(p) => groups_later(_tiles, a_ptr, b_ptr, p.as_ptr(), with),
+            Ahead::Later { b_share, next_tile } => {
+                groups_later(_tiles, a_ptr, b_ptr, b_share.as_ptr(), next_tile, with)
+            }
             Ahead::Nothing => {}
         }
         let (a, b) = (a_ptr.add(with * GROUP_SLOTS), b_ptr.add(with * GROUP_SLOTS));
@@ -388,26 +391,29 @@ unsafe fn groups_prefetch(
 /// f32 of [`Ahead::Later`] prefetched per group: four lines.
 const LATER_STEP: usize = 64;
 
-/// [`groups`], and four lines of `later` per group prefetched into L2
-/// (`prefetcht1`): `n` steps of [`LATER_STEP`]. The driver hands each of
-/// the 8 calls on one B~ micro-panel an eighth of the next one (4 KiB, the
-/// 16 groups of a KC = 512 call), on one thread (see `blis::Prefetch`).
+/// [`groups`], and per group four lines of `later` prefetched into L2
+/// (`prefetcht1`) and four of `tile` into L1 (`prefetcht0`): `n` steps of
+/// [`LATER_STEP`] each. The driver hands each of the 8 calls on one B~
+/// micro-panel an eighth of the next one (4 KiB, the 16 groups of a KC =
+/// 512 call) and the next call's accumulator tile (4 KiB), on one thread
+/// (see `blis::Prefetch`).
 ///
 /// # Safety
 ///
-/// As [`groups`]; `later` need only be an address.
+/// As [`groups`]; `later` and `tile` need only be addresses.
 #[inline(always)]
 unsafe fn groups_later(
     _tiles: &TileGuard,
     a: *const f32,
     b: *const f32,
     later: *const f32,
+    tile: *const f32,
     n: usize,
 ) {
     if n == 0 {
         return;
     }
-    // SAFETY: as in `groups`; PREFETCHT1 reads nothing architecturally.
+    // SAFETY: as in `groups`; prefetches read nothing architecturally.
     unsafe {
         group_loop!(
             a,
@@ -418,9 +424,15 @@ unsafe fn groups_later(
                 "prefetcht1 [{p} + 64]",
                 "prefetcht1 [{p} + 128]",
                 "prefetcht1 [{p} + 192]",
-                "add {p}, 256"
+                "prefetcht0 [{t}]",
+                "prefetcht0 [{t} + 64]",
+                "prefetcht0 [{t} + 128]",
+                "prefetcht0 [{t} + 192]",
+                "add {p}, 256",
+                "add {t}, 256"
             ],
-            p = later
+            p = later,
+            t = tile
         )
     }
 }
@@ -603,15 +615,14 @@ mod tests {
         let (a, b) = (slots_of(&a), slots_of(&b));
         let acc = slots_of_mut(&mut acc);
         // (name, B~ columns, accumulator columns, A~ panels, prefetch)
-        let variants: [(&str, usize, usize, usize, bool); 6] = [
+        let variants: [(&str, usize, usize, usize, bool); 5] = [
             ("as the GEMM", np, np, mp, true),
             ("no prefetch", np, np, mp, false),
             ("B~ hot", 2, np, mp, true),
             ("acc hot", np, 1, mp, true),
             ("one A~ panel", np, np, 1, true),
-            ("B~ and acc hot", 2, 1, mp, true),
         ];
-        let mut best = [f64::MAX; 6];
+        let mut best = [f64::MAX; 5];
         TILES.with(|cell| {
             let tiles = cell.get_or_init(|| TileGuard::new(t));
             for _ in 0..5 {
@@ -629,8 +640,18 @@ mod tests {
                             for ip in 0..mp {
                                 let a = &a[((ip % apanels) * runs + q) * panel..];
                                 let tile = ((jp % acols) * mp + ip) * 1024;
+                                // The next call's tile, as `blis::block` names it.
+                                let (njp, nip) = if ip + 1 < mp {
+                                    (jp, ip + 1)
+                                } else {
+                                    (next.0, 0)
+                                };
+                                let nt = ((njp % acols) * mp + nip) * 1024;
                                 let ahead = if pf && jp + 1 < np {
-                                    Ahead::Later(&b_next[ip * 1024..(ip + 1) * 1024])
+                                    Ahead::Later {
+                                        b_share: &b_next[ip * 1024..(ip + 1) * 1024],
+                                        next_tile: acc.as_ptr().wrapping_add(nt),
+                                    }
                                 } else {
                                     Ahead::Nothing
                                 };
