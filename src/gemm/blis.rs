@@ -1456,6 +1456,14 @@ mod tests {
         if let Some(t) = crate::arch::x86_64::amx::Amx::try_new() {
             splits_match_one_thread(crate::arch::x86_64::amx::gemm::AmxBf16(t));
         }
+        #[cfg(target_arch = "aarch64")]
+        if let Some(t) = crate::arch::aarch64::Neon::try_new() {
+            splits_match_one_thread(crate::arch::aarch64::neon::gemm::NeonF32(t));
+        }
+        #[cfg(target_arch = "aarch64")]
+        if let Some(t) = crate::arch::aarch64::NeonBf16::try_new() {
+            splits_match_one_thread(crate::arch::aarch64::neonbf16::gemm::NeonBfmmla(t));
+        }
     }
 
     /// `K` with KC = 64 and runs of `R` KC blocks per column of tiles
@@ -1538,6 +1546,14 @@ mod tests {
         #[cfg(target_arch = "x86_64")]
         if let Some(t) = crate::arch::x86_64::amx::Amx::try_new() {
             runs_match_blis_order(crate::arch::x86_64::amx::gemm::AmxBf16(t));
+        }
+        #[cfg(target_arch = "aarch64")]
+        if let Some(t) = crate::arch::aarch64::Neon::try_new() {
+            runs_match_blis_order(crate::arch::aarch64::neon::gemm::NeonF32(t));
+        }
+        #[cfg(target_arch = "aarch64")]
+        if let Some(t) = crate::arch::aarch64::NeonBf16::try_new() {
+            runs_match_blis_order(crate::arch::aarch64::neonbf16::gemm::NeonBfmmla(t));
         }
     }
 

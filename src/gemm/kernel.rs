@@ -22,6 +22,10 @@ use crate::element::Element;
 /// What the calls after a kernel call read, for the kernel to prefetch
 /// (see [`Microkernel::kernel_then`]).
 #[derive(Clone, Copy, Debug)]
+#[cfg_attr(
+    not(target_arch = "x86_64"),
+    expect(dead_code, reason = "only the AMX kernel prefetches")
+)]
 pub(crate) enum Ahead<'a> {
     /// Nothing to prefetch.
     Nothing,
