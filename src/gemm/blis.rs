@@ -1444,26 +1444,33 @@ mod tests {
         }
     }
 
+    /// Calls `$check` with every BLIS kernel this machine has (the scalar
+    /// one everywhere).
+    macro_rules! with_every_kernel {
+        ($check:ident) => {{
+            $check(ScalarKernel);
+            #[cfg(target_arch = "x86_64")]
+            if let Some(t) = crate::arch::x86_64::Avx512Bf16::try_new() {
+                $check(crate::arch::x86_64::avx512bf16::gemm::Avx512Dot(t));
+            }
+            #[cfg(target_arch = "x86_64")]
+            if let Some(t) = crate::arch::x86_64::amx::Amx::try_new() {
+                $check(crate::arch::x86_64::amx::gemm::AmxBf16(t));
+            }
+            #[cfg(target_arch = "aarch64")]
+            if let Some(t) = crate::arch::aarch64::Neon::try_new() {
+                $check(crate::arch::aarch64::neon::gemm::NeonF32(t));
+            }
+            #[cfg(target_arch = "aarch64")]
+            if let Some(t) = crate::arch::aarch64::NeonBf16::try_new() {
+                $check(crate::arch::aarch64::neonbf16::gemm::NeonBfmmla(t));
+            }
+        }};
+    }
+
     #[test]
     fn threaded_splits_match_one_thread() {
-        splits_match_one_thread(ScalarKernel);
-        #[cfg(target_arch = "x86_64")]
-        if let Some(t) = crate::arch::x86_64::Avx512Bf16::try_new() {
-            use crate::arch::x86_64::avx512bf16::gemm::Avx512Dot;
-            splits_match_one_thread(Avx512Dot(t));
-        }
-        #[cfg(target_arch = "x86_64")]
-        if let Some(t) = crate::arch::x86_64::amx::Amx::try_new() {
-            splits_match_one_thread(crate::arch::x86_64::amx::gemm::AmxBf16(t));
-        }
-        #[cfg(target_arch = "aarch64")]
-        if let Some(t) = crate::arch::aarch64::Neon::try_new() {
-            splits_match_one_thread(crate::arch::aarch64::neon::gemm::NeonF32(t));
-        }
-        #[cfg(target_arch = "aarch64")]
-        if let Some(t) = crate::arch::aarch64::NeonBf16::try_new() {
-            splits_match_one_thread(crate::arch::aarch64::neonbf16::gemm::NeonBfmmla(t));
-        }
+        with_every_kernel!(splits_match_one_thread);
     }
 
     /// `K` with KC = 64 and runs of `R` KC blocks per column of tiles
@@ -1537,24 +1544,7 @@ mod tests {
 
     #[test]
     fn kc_runs_match_blis_order() {
-        runs_match_blis_order(ScalarKernel);
-        #[cfg(target_arch = "x86_64")]
-        if let Some(t) = crate::arch::x86_64::Avx512Bf16::try_new() {
-            use crate::arch::x86_64::avx512bf16::gemm::Avx512Dot;
-            runs_match_blis_order(Avx512Dot(t));
-        }
-        #[cfg(target_arch = "x86_64")]
-        if let Some(t) = crate::arch::x86_64::amx::Amx::try_new() {
-            runs_match_blis_order(crate::arch::x86_64::amx::gemm::AmxBf16(t));
-        }
-        #[cfg(target_arch = "aarch64")]
-        if let Some(t) = crate::arch::aarch64::Neon::try_new() {
-            runs_match_blis_order(crate::arch::aarch64::neon::gemm::NeonF32(t));
-        }
-        #[cfg(target_arch = "aarch64")]
-        if let Some(t) = crate::arch::aarch64::NeonBf16::try_new() {
-            runs_match_blis_order(crate::arch::aarch64::neonbf16::gemm::NeonBfmmla(t));
-        }
+        with_every_kernel!(runs_match_blis_order);
     }
 
     /// [`Format::Bf16Rows`] (the AMX A~ layout, otherwise only packed on
