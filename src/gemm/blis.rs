@@ -632,7 +632,7 @@ pub(crate) fn run_local_b<K: Microkernel, T: Element, C: Element>(
                     cptr,
                     c_len,
                     ep,
-                    Prefetch::NextIntoL1,
+                    Prefetch::NextOperand,
                     None,
                     &mut ws,
                 );
@@ -707,7 +707,7 @@ fn run_dynamic<K: Microkernel, T: Element, C: Element>(
                 cptr,
                 c_len,
                 ep,
-                Prefetch::NextIntoL1,
+                Prefetch::NextOperand,
                 Some(a_rows),
                 &mut ws,
             );
@@ -897,14 +897,15 @@ struct Workspace {
 enum Prefetch {
     /// What the next call reads first, into L1: on several threads, where
     /// 16 threads ran up to 12% slower without it at n = 2048 and 4096 in
-    /// three runs of four (26-53% in the fourth), and [`LaterIntoL2`]
-    /// instead ran 0.91-1.09x (n = 1024 to 4096, two runs of six rounds).
+    /// three runs of four (26-53% in the fourth), and [`PanelAndTile`]
+    /// instead ran 0.98-1.10x (n = 1024 to 4096, two runs of 5 and 8
+    /// rounds; above 1.02x only at 4096; its B~ share alone 0.91-1.09x).
     ///
-    /// [`LaterIntoL2`]: Prefetch::LaterIntoL2
-    NextIntoL1,
+    /// [`PanelAndTile`]: Prefetch::PanelAndTile
+    NextOperand,
     /// The B~ micro-panel of the next (column, KC block) step into L2, a
     /// share per call, and the next call's accumulator tile into L1: on
-    /// one thread, where [`NextIntoL1`] ran 4-11% slower than none. Host,
+    /// one thread, where [`NextOperand`] ran 4-11% slower than none. Host,
     /// 20-25 single calls alternated, median of per-round ratios (rounds
     /// faster). The B~ share alone against none, two runs: n = 1024 1.03x
     /// (14/20) and 1.12x (18/20), 2048 1.16x (19/20) and 1.15x (19/20),
@@ -916,17 +917,17 @@ enum Prefetch {
     /// and 1.12x (25/25), 4096 1.11x (16/20) and 1.10x (17/25);
     /// `prefetchw` instead of `prefetcht0` 1.06-1.13x.
     ///
-    /// [`NextIntoL1`]: Prefetch::NextIntoL1
-    LaterIntoL2,
+    /// [`NextOperand`]: Prefetch::NextOperand
+    PanelAndTile,
 }
 
 impl Prefetch {
     /// The choice for a GEMM on `threads` threads.
     fn for_threads(threads: usize) -> Self {
         if threads > 1 {
-            Prefetch::NextIntoL1
+            Prefetch::NextOperand
         } else {
-            Prefetch::LaterIntoL2
+            Prefetch::PanelAndTile
         }
     }
 }
@@ -1041,14 +1042,14 @@ fn block<K: Microkernel, T: Element, C: Element>(
                     let ahead = match (ahead, b_next) {
                         // What the next call reads first: the next A~
                         // panel, or after the last the next B~ micro-panel.
-                        (Prefetch::NextIntoL1, _) if ip + 1 < m_panels => {
+                        (Prefetch::NextOperand, _) if ip + 1 < m_panels => {
                             Ahead::Next(a_panel(ip + 1, b_off, nslots))
                         }
-                        (Prefetch::NextIntoL1, Some(b_next)) => Ahead::Next(b_next),
+                        (Prefetch::NextOperand, Some(b_next)) => Ahead::Next(b_next),
                         // Call ip's share of the next B~ micro-panel.
                         // Call ip's share of the next B~ micro-panel, and
                         // the next call's accumulator tile.
-                        (Prefetch::LaterIntoL2, Some(b_next)) => {
+                        (Prefetch::PanelAndTile, Some(b_next)) => {
                             let share = b_next.len().div_ceil(m_panels);
                             let lo = (ip * share).min(b_next.len());
                             let (njp, nip) = match step_after(jp, q) {

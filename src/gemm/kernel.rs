@@ -34,8 +34,8 @@ pub(crate) enum Ahead<'a> {
     Next(&'a [f32]),
     /// This call's share of a B~ micro-panel read a few calls later,
     /// wanted in L2, and the accumulator tile the next call loads, wanted
-    /// in L1 (an address only: never read through, it may be the tile a
-    /// call after the next one writes).
+    /// in L1 (an address only, never dereferenced: it points into the
+    /// workspace that this call's own tile is borrowed from).
     Later {
         b_share: &'a [f32],
         next_tile: *const f32,
