@@ -1031,8 +1031,9 @@ fn block<K: Microkernel, T: Element, C: Element>(
             for q in q0..q1 {
                 let (_, _, nslots, b_off) = kblock(q);
                 let bp = b_panel(jp, b_off, nslots);
-                // The B~ micro-panel of the next step.
-                let b_next = step_after(jp, q).map(|(jp, q)| {
+                // The next step and its B~ micro-panel.
+                let next_step = step_after(jp, q);
+                let b_next = next_step.map(|(jp, q)| {
                     let (_, _, nslots, b_off) = kblock(q);
                     b_panel(jp, b_off, nslots)
                 });
@@ -1046,16 +1047,16 @@ fn block<K: Microkernel, T: Element, C: Element>(
                             Ahead::Next(a_panel(ip + 1, b_off, nslots))
                         }
                         (Prefetch::NextOperand, Some(b_next)) => Ahead::Next(b_next),
-                        // Call ip's share of the next B~ micro-panel.
                         // Call ip's share of the next B~ micro-panel, and
-                        // the next call's accumulator tile.
+                        // the next call's accumulator tile (the next row
+                        // panel's, or after the last the next step's first).
                         (Prefetch::PanelAndTile, Some(b_next)) => {
                             let share = b_next.len().div_ceil(m_panels);
                             let lo = (ip * share).min(b_next.len());
-                            let (njp, nip) = match step_after(jp, q) {
-                                _ if ip + 1 < m_panels => (jp, ip + 1),
-                                Some((njp, _)) => (njp, 0),
-                                None => (jp, ip),
+                            let (njp, nip) = if ip + 1 < m_panels {
+                                (jp, ip + 1)
+                            } else {
+                                (next_step.map_or(jp, |(njp, _)| njp), 0)
                             };
                             Ahead::Later {
                                 b_share: &b_next[lo..(lo + share).min(b_next.len())],
