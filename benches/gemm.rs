@@ -1,8 +1,11 @@
 //! GEMM throughput: every available ISA (and both bf16 kernels of
 //! avx512bf16), bf16/f16/f32 inputs into f32 C, row-major, packing
 //! included, 1 and 2 threads, with the `gemm` crate 0.19 (f16, f32) beside
-//! it. Criterion's "elements" are flops (2 m n k), so its throughput reads
-//! as GFLOP/s ("Gelem/s").
+//! it. `square-same-c` writes C in the inputs' type instead (bf16 C is what
+//! `torch.matmul` returns; f16 C is the `gemm` crate's native f16 form), so
+//! the epilogue's rounding and stores are timed against the peer too.
+//! Criterion's "elements" are flops (2 m n k), so its throughput reads as
+//! GFLOP/s ("Gelem/s").
 //!
 //! Filter with criterion's regex, e.g. `cargo bench --bench gemm -- 'square/bf16/n512/'`.
 
@@ -44,19 +47,20 @@ fn threads_of(t: usize) -> Threads {
 }
 
 /// A peer library's GEMM: `(a, b, c, threads)`.
-type Peer<T> = dyn Fn(&[T], &[T], &mut [f32], usize);
+type Peer<T, O> = dyn Fn(&[T], &[T], &mut [O], usize);
 
-fn one<T: Element + 'static>(
+/// One shape, `T` inputs into an `O` C, every variant and the peer.
+fn one<T: Element + 'static, O: Element>(
     c: &mut Criterion,
     group: &str,
     m: usize,
     n: usize,
     k: usize,
-    peer: Option<&Peer<T>>,
+    peer: Option<&Peer<T, O>>,
 ) {
     let a: Vec<T> = data(m * k, 1);
     let b: Vec<T> = data(k * n, 2);
-    let mut out = vec![0.0f32; m * n];
+    let mut out = vec![O::from_f32(0.0); m * n];
     let mut g = c.benchmark_group(format!("{group}/{}/m{m}n{n}k{k}", T::DTYPE.name()));
     g.sample_size(10);
     g.warm_up_time(Duration::from_millis(300));
@@ -125,19 +129,16 @@ fn peer_f32(m: usize, n: usize, k: usize) -> impl Fn(&[f32], &[f32], &mut [f32],
     }
 }
 
-fn peer_f16(m: usize, n: usize, k: usize) -> impl Fn(&[f16], &[f16], &mut [f32], usize) {
-    let mut out = vec![f16::ZERO; m * n];
-    let out_ptr = out.as_mut_ptr() as usize;
-    let keep = std::sync::Arc::new(std::sync::Mutex::new(out));
-    move |a, b, _c, threads| {
-        let _guard = keep.lock().unwrap();
-        // SAFETY: as in `peer_f32`; `out` (m x n f16) lives in `keep`.
+/// The `gemm` crate, f16 x f16 -> f16 C (its native form), into `c`.
+fn peer_f16_into(m: usize, n: usize, k: usize) -> impl Fn(&[f16], &[f16], &mut [f16], usize) {
+    move |a, b, c, threads| {
+        // SAFETY: as in `peer_f32`.
         unsafe {
             gemm::gemm(
                 m,
                 n,
                 k,
-                out_ptr as *mut f16,
+                c.as_mut_ptr(),
                 1,
                 n as isize,
                 false,
@@ -158,6 +159,14 @@ fn peer_f16(m: usize, n: usize, k: usize) -> impl Fn(&[f16], &[f16], &mut [f32],
     }
 }
 
+/// [`peer_f16_into`] beside halfkern's f32 C: the peer writes its f16 C
+/// into a buffer of its own.
+fn peer_f16(m: usize, n: usize, k: usize) -> impl Fn(&[f16], &[f16], &mut [f32], usize) {
+    let into = peer_f16_into(m, n, k);
+    let out = std::sync::Mutex::new(vec![f16::ZERO; m * n]);
+    move |a, b, _c, threads| into(a, b, &mut out.lock().unwrap(), threads)
+}
+
 fn par(threads: usize) -> gemm::Parallelism {
     if threads == 1 {
         gemm::Parallelism::None
@@ -168,22 +177,31 @@ fn par(threads: usize) -> gemm::Parallelism {
 
 fn square(c: &mut Criterion) {
     for n in [256usize, 512, 1024, 2048] {
-        one::<bf16>(c, "square", n, n, n, None);
+        one::<bf16, f32>(c, "square", n, n, n, None);
         let p = peer_f16(n, n, n);
-        one::<f16>(c, "square", n, n, n, Some(&p));
+        one::<f16, f32>(c, "square", n, n, n, Some(&p));
         let p = peer_f32(n, n, n);
-        one::<f32>(c, "square", n, n, n, Some(&p));
+        one::<f32, f32>(c, "square", n, n, n, Some(&p));
+    }
+}
+
+/// C in the inputs' type (see the module docs).
+fn square_same_c(c: &mut Criterion) {
+    for n in [512usize, 2048] {
+        one::<bf16, bf16>(c, "square-same-c", n, n, n, None);
+        let p = peer_f16_into(n, n, n);
+        one::<f16, f16>(c, "square-same-c", n, n, n, Some(&p));
     }
 }
 
 fn small_m(c: &mut Criterion) {
     for m in [1usize, 16] {
         let (n, k) = (4096, 4096);
-        one::<bf16>(c, "smallm", m, n, k, None);
+        one::<bf16, f32>(c, "smallm", m, n, k, None);
         let p = peer_f16(m, n, k);
-        one::<f16>(c, "smallm", m, n, k, Some(&p));
+        one::<f16, f32>(c, "smallm", m, n, k, Some(&p));
         let p = peer_f32(m, n, k);
-        one::<f32>(c, "smallm", m, n, k, Some(&p));
+        one::<f32, f32>(c, "smallm", m, n, k, Some(&p));
     }
 }
 
@@ -263,5 +281,5 @@ fn peaks(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, peaks, square, small_m);
+criterion_group!(benches, peaks, square, square_same_c, small_m);
 criterion_main!(benches);
