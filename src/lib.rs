@@ -77,3 +77,8 @@ pub mod oracle {
         f32_to_f16_sr_bits, sr_bits, sr_key,
     };
 }
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
