@@ -11,7 +11,7 @@
 //! weights) and times `gemm_packed` instead.
 //!
 //! `--serve` times one call per line read from stdin and prints its
-//! seconds, after two warm-up calls: `scripts/amx_vs_torch.py` alternates
+//! seconds, after two warm-up calls: `dev/host/amx_vs_torch.py` alternates
 //! single calls of halfkern and torch that way, so a host whose speed
 //! swings from one second to the next slows both sides alike.
 //!
@@ -19,7 +19,7 @@
 //! from rayon's global pool (`RAYON_NUM_THREADS`), capped by `--threads`.
 //! With `--json` it prints one line
 //! `{"isa":..,"kernel":..,"threads":..,"n":..,"packed":..,"out":..,"gflops":..}`
-//! (what `scripts/amx_vs_torch.py` reads); otherwise a sentence.
+//! (what `dev/host/amx_vs_torch.py` reads); otherwise a sentence.
 
 use std::time::Instant;
 

@@ -3,7 +3,7 @@
 
 Usage (there, from the repo root, with the builds carried along):
 
-    python3 scripts/amx_ab.py carry/gs_new,carry/gs_old --sizes 2048 --threads 1 --reps 15
+    python3 dev/host/amx_ab.py carry/gs_new,carry/gs_old --sizes 2048 --threads 1 --reps 15
 
 One thread: every build runs as a `gemm_speed --serve` process, all of them
 and torch pinned to one CPU, and single calls alternate torch, build 1,

@@ -4,7 +4,7 @@
 Usage (on the Intel host, from the repo root, with a gemm_speed binary built
 on the dev machine and carried along):
 
-    python3 scripts/amx_vs_torch.py carry/gemm_speed [--isa amx] [--threads 1,16] [--out bf16]
+    python3 dev/host/amx_vs_torch.py carry/gemm_speed [--isa amx] [--threads 1,16] [--out bf16]
 
 Both sides compute C = A[bf16] @ B[bf16] for square n, row-major inputs, with
 f32 accumulation and C in bf16 (what torch.matmul returns for bf16 inputs;

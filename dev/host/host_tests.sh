@@ -10,7 +10,7 @@
 #       if m.get("executable") and m["profile"]["test"] and m["target"]["kind"][0] in ("lib", "test"):
 #           shutil.copy(m["executable"], "carry/amx/" + m["target"]["name"])'
 #   strip carry/amx/*
-# then, there: bash scripts/host_tests.sh carry/amx
+# then, there: bash dev/host/host_tests.sh carry/amx
 set -u
 dir=${1:?usage: host_tests.sh DIR_WITH_TEST_BINARIES}
 out=$(mktemp -d)
