@@ -56,6 +56,14 @@ pub enum Error {
         /// The argument, e.g. `"a"`.
         arg: &'static str,
     },
+    /// The scratch memory a call needs cannot be allocated (the request was
+    /// refused by the allocator through `try_reserve`; nothing was written).
+    Allocation {
+        /// What the memory was for, e.g. `"gemm scratch"`.
+        what: &'static str,
+        /// Bytes requested.
+        bytes: usize,
+    },
     /// Any other argument outside its documented range.
     InvalidArgument {
         /// The argument's name.
@@ -107,6 +115,9 @@ impl fmt::Display for Error {
             } => write!(f, "{op}: shape mismatch: {what} ({left} != {right})"),
             Error::Overflow { arg } => {
                 write!(f, "{arg}: shape and strides overflow the address space")
+            }
+            Error::Allocation { what, bytes } => {
+                write!(f, "{what}: cannot allocate {bytes} bytes")
             }
             Error::InvalidArgument { arg, reason } => write!(f, "{arg}: {reason}"),
             Error::UnknownIsa { name } => write!(

@@ -231,14 +231,25 @@ impl Backend {
     pub fn global() -> Result<Backend, Error> {
         static GLOBAL: OnceLock<Result<Backend, Error>> = OnceLock::new();
         GLOBAL
-            .get_or_init(|| match std::env::var("HALFKERN_ISA") {
-                Ok(name) if !name.trim().is_empty() => {
-                    let isa: Isa = name.parse()?;
-                    Backend::new(isa).ok_or(Error::IsaUnavailable { isa })
-                }
-                _ => Ok(Backend::best()),
-            })
+            .get_or_init(|| Backend::from_env(std::env::var_os("HALFKERN_ISA")))
             .clone()
+    }
+
+    /// The backend `HALFKERN_ISA` asks for, given its value: unset or blank
+    /// is [`Backend::best`]; a value that is not UTF-8 names no ISA, so it
+    /// is [`Error::UnknownIsa`] like any other unknown name.
+    fn from_env(value: Option<std::ffi::OsString>) -> Result<Backend, Error> {
+        let Some(value) = value else {
+            return Ok(Backend::best());
+        };
+        let name = value.into_string().map_err(|raw| Error::UnknownIsa {
+            name: raw.to_string_lossy().into_owned(),
+        })?;
+        if name.trim().is_empty() {
+            return Ok(Backend::best());
+        }
+        let isa: Isa = name.parse()?;
+        Backend::new(isa).ok_or(Error::IsaUnavailable { isa })
     }
 
     /// The ISA this backend runs.
@@ -295,6 +306,31 @@ mod tests {
             assert_eq!(Backend::new(isa).map(|b| b.isa()), Some(isa));
         }
         assert_eq!(Some(&Backend::best().isa()), Isa::available().last());
+    }
+
+    #[test]
+    fn env_values_that_name_no_isa_are_errors() {
+        use std::ffi::OsString;
+        assert_eq!(Backend::from_env(None), Ok(Backend::best()));
+        assert_eq!(Backend::from_env(Some(" ".into())), Ok(Backend::best()));
+        assert_eq!(
+            Backend::from_env(Some("scalar".into())),
+            Ok(Backend::scalar())
+        );
+        assert!(matches!(
+            Backend::from_env(Some("avx9000".into())),
+            Err(Error::UnknownIsa { .. })
+        ));
+        // Not UTF-8: an error, never a silent fall back to the best ISA.
+        #[cfg(unix)]
+        {
+            use std::os::unix::ffi::OsStringExt;
+            let raw = OsString::from_vec(vec![b's', 0xff, b'x']);
+            assert!(matches!(
+                Backend::from_env(Some(raw)),
+                Err(Error::UnknownIsa { name }) if name.starts_with('s')
+            ));
+        }
     }
 
     #[test]

@@ -55,6 +55,7 @@ mod convert;
 mod element;
 mod error;
 pub mod finite;
+mod fp_env;
 pub mod gemm;
 mod isa;
 pub mod train;

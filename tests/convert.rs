@@ -416,10 +416,23 @@ fn forcing_an_isa_the_machine_lacks_is_an_error_not_a_fallback() {
             let err = halfkern::convert(&[1.0f32; 16], &mut [f16::ZERO; 16]).unwrap_err();
             assert!(matches!(err, Error::UnknownIsa { ref name } if name == "avx9000"));
         }
+        Ok("not_utf8") => {
+            // Bytes that are no name at all: an error like any unknown name,
+            // never the best ISA.
+            let err = halfkern::convert(&[1.0f32; 16], &mut [f16::ZERO; 16]).unwrap_err();
+            assert!(matches!(err, Error::UnknownIsa { ref name } if name.starts_with("avx")));
+            assert!(Isa::selected().is_err());
+        }
         _ => {
-            let mut cases = vec![("unknown", "avx9000".to_owned())];
+            let mut cases = vec![("unknown", std::ffi::OsString::from("avx9000"))];
             if let Some(missing) = missing {
-                cases.push(("missing", missing.name().to_owned()));
+                cases.push(("missing", missing.name().into()));
+            }
+            #[cfg(unix)]
+            {
+                use std::os::unix::ffi::OsStringExt;
+                let raw = std::ffi::OsString::from_vec(b"avx\xff512".to_vec());
+                cases.push(("not_utf8", raw));
             }
             for (case, isa) in cases {
                 let out = common::self_command()

@@ -903,3 +903,76 @@ fn amx_runs_tiles_for_bf16_only() {
         assert_eq!(r.kernel, "gemv", "m = 1 on amx");
     }
 }
+
+/// Broadcast views (stride 0) are valid however many rows they name, but
+/// the packed operands such a shape implies may not fit the address space
+/// or memory: every such call is a clear `Err` with C untouched, on every
+/// backend, one thread and several, for every input type. Empty outputs
+/// return at once without packing anything, however large the operands.
+#[test]
+fn extreme_broadcast_shapes_are_errors_not_panics() {
+    fn on<T: Element>(backend: &Backend) {
+        let one = [T::from_f32(1.5)];
+        let bcast = |rows, cols| MatRef::strided(&one, rows, cols, 0, 0).unwrap();
+        let (huge, big) = ((1usize << 60) + 1, 1usize << 40);
+        let isa = backend.isa();
+        // B~ of 2^60 rows cannot be addressed.
+        let packed = backend.pack_b(bcast(huge, 1));
+        assert!(
+            matches!(packed, Err(Error::Overflow { arg: "b" })),
+            "{isa}: {:?}",
+            packed.err()
+        );
+        for threads in [Threads::Single, Threads::Auto] {
+            let params = Gemm::new().threads(threads).beta(1.0);
+            // m = 1 and m = 2 through the small-m path, m = 40 blocked:
+            // k = 2^58 and more overflow, k = 2^40 (4 TiB of widened A or A~)
+            // cannot be allocated.
+            for (m, k) in [(1, huge), (2, 1 << 61), (40, 1 << 58), (1, big), (40, big)] {
+                let mut c = vec![7.0f32; m];
+                let before = c.clone();
+                let got = backend.gemm(
+                    bcast(m, k),
+                    bcast(k, 1),
+                    MatMut::row_major(&mut c, m, 1).unwrap(),
+                    &params,
+                );
+                assert!(
+                    matches!(got, Err(Error::Overflow { .. } | Error::Allocation { .. })),
+                    "{isa} m={m} k={k}: {got:?}"
+                );
+                assert_eq!(c, before, "{isa}: a failed call wrote C");
+            }
+            // Empty outputs: B~ of 2^20 x 2^20 (4 TiB) is never packed.
+            let mut empty: [f32; 0] = [];
+            let side = 1usize << 20;
+            let got = backend.gemm(
+                bcast(0, side),
+                bcast(side, side),
+                MatMut::row_major(&mut empty, 0, side).unwrap(),
+                &params,
+            );
+            assert_eq!(got.map(|r| r.nonfinite), Ok(0), "{isa} m = 0");
+            let got = backend.gemm(
+                bcast(side, side),
+                bcast(side, 0),
+                MatMut::row_major(&mut empty, side, 0).unwrap(),
+                &params,
+            );
+            assert_eq!(got.map(|r| r.nonfinite), Ok(0), "{isa} n = 0");
+            let small = backend.pack_b(bcast(3, 3)).unwrap();
+            let got = backend.gemm_packed(
+                bcast(0, 3),
+                &small,
+                MatMut::row_major(&mut empty, 0, 3).unwrap(),
+                &params,
+            );
+            assert_eq!(got.map(|r| r.nonfinite), Ok(0), "{isa} packed, m = 0");
+        }
+    }
+    for backend in backends() {
+        on::<f32>(&backend);
+        on::<bf16>(&backend);
+        on::<f16>(&backend);
+    }
+}

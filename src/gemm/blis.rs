@@ -71,6 +71,50 @@ pub(crate) const fn total_slots(k: usize, format: Format) -> usize {
     full * slots(KC, format) + slots(k % KC, format)
 }
 
+/// Bytes of scratch the blocked GEMM allocates for `A (m x k) B (k x n)`
+/// on `threads` threads with kernel `K`: B~ unless `b_prepacked`, and A~
+/// (one row block of at most `max(K::MC, MC_MAX)` rows per thread, or all
+/// of A where [`run_dynamic`] takes it), plus each thread's tile workspace.
+/// `None` when the count overflows or passes `isize::MAX`: a broadcast
+/// view (stride 0) can name a shape whose packed form cannot exist.
+pub(crate) fn scratch_bytes<K: Microkernel>(
+    m: usize,
+    n: usize,
+    k: usize,
+    threads: usize,
+    b_prepacked: bool,
+) -> Option<usize> {
+    let b = if b_prepacked {
+        0
+    } else {
+        packed_b_slots::<K>(k, n)?
+    };
+    let a_panel = total_slots(k, K::FORMAT_A).checked_mul(K::MR)?;
+    let a = if dynamic_pays::<K>(m, n, k, threads) {
+        div_ceil(m, K::MR).checked_mul(a_panel)?
+    } else {
+        let rows = m.min(K::MC.max(MC_MAX));
+        let busy = threads.clamp(1, div_ceil(m, K::MR).max(1));
+        div_ceil(rows, K::MR)
+            .checked_mul(a_panel)?
+            .checked_mul(busy)?
+    };
+    let tiles = threads.checked_mul((K::MC.max(MC_MAX) + K::MR) * (NC_MAX + K::NR))?;
+    let slots = b.checked_add(a)?.checked_add(tiles)?;
+    slots
+        .checked_mul(size_of::<f32>())
+        .filter(|&bytes| bytes <= isize::MAX as usize)
+}
+
+/// f32 slots of B~ for a `k x n` B and kernel `K` (see [`PackedPanels`]),
+/// or `None` on overflow.
+pub(crate) fn packed_b_slots<K: Microkernel>(k: usize, n: usize) -> Option<usize> {
+    total_slots(k, K::FORMAT)
+        .checked_mul(K::NR)?
+        .checked_mul(div_ceil(n, K::NR))?
+        .checked_add(LINE)
+}
+
 /// Rows of B packed per pass over all panels (see `pack_b_into`); a
 /// multiple of 4.
 const PACK_ROWS: usize = 64;
@@ -500,8 +544,10 @@ pub(crate) fn run<K: Microkernel, T: Element, C: Element>(
     threads: usize,
 ) -> usize {
     let m = a.rows;
-    debug_assert_eq!((a.cols, c.rows, c.cols), (k, m, n));
-    debug_assert_eq!(
+    // Checked for real: the blocks below are cut from these sizes and
+    // written through a raw pointer.
+    assert_eq!((a.cols, c.rows, c.cols), (k, m, n), "gemm shapes");
+    assert_eq!(
         (packed.format, packed.nr, packed.kc),
         (K::FORMAT, K::NR, K::KC)
     );
@@ -528,6 +574,7 @@ pub(crate) fn run<K: Microkernel, T: Element, C: Element>(
     let threads = threads.min(items).max(1);
     let (cptr, c_len) = CPtr::of(c);
     let work = |t: usize| -> usize {
+        let _mode = crate::fp_env::Ieee::enter();
         let mut ws = scratch::take_workspace();
         ws.a_rows = None; // A~ of an earlier call is stale
         let mut nonfinite = 0;
@@ -545,9 +592,13 @@ pub(crate) fn run<K: Microkernel, T: Element, C: Element>(
                 n: nc.min(n - jc),
             };
             let ahead = Prefetch::for_threads(threads);
-            nonfinite += block(
-                kern, a, packed, 0, k, blk, cptr, c_len, ep, ahead, None, &mut ws,
-            );
+            // SAFETY: the items' blocks tile the m x n of C (checked above)
+            // without overlap, and each item runs on one thread only.
+            nonfinite += unsafe {
+                block(
+                    kern, a, packed, 0, k, blk, cptr, c_len, ep, ahead, None, &mut ws,
+                )
+            };
         }
         scratch::give_workspace(ws);
         nonfinite
@@ -578,7 +629,8 @@ pub(crate) fn run_local_b<K: Microkernel, T: Element, C: Element>(
     threads: usize,
 ) -> usize {
     let (m, k, n) = (a.rows, a.cols, b.cols);
-    debug_assert_eq!((b.rows, c.rows, c.cols), (k, m, n));
+    // Checked for real: the cells are cut from these sizes.
+    assert_eq!((b.rows, c.rows, c.cols), (k, m, n), "gemm shapes");
     if m == 0 || n == 0 {
         return 0;
     }
@@ -588,6 +640,7 @@ pub(crate) fn run_local_b<K: Microkernel, T: Element, C: Element>(
     let cols_of = |j: usize| (j * pn / nt * K::NR).min(n);
     let (cptr, c_len) = CPtr::of(c);
     let cell = |t: usize| -> usize {
+        let _mode = crate::fp_env::Ieee::enter();
         let (i, j) = (t / nt, t % nt);
         let (r0, r1, c0, c1) = (rows_of(i), rows_of(i + 1), cols_of(j), cols_of(j + 1));
         if r0 == r1 || c0 == c1 {
@@ -622,20 +675,25 @@ pub(crate) fn run_local_b<K: Microkernel, T: Element, C: Element>(
                     j0,
                     n: j1 - j0,
                 };
-                nonfinite += block(
-                    kern,
-                    a,
-                    &packed,
-                    c0,
-                    k,
-                    blk,
-                    cptr,
-                    c_len,
-                    ep,
-                    Prefetch::NextOperand,
-                    None,
-                    &mut ws,
-                );
+                // SAFETY: the cells of the grid tile C (checked above)
+                // without overlap, one thread each, and the blocks tile
+                // the cell.
+                nonfinite += unsafe {
+                    block(
+                        kern,
+                        a,
+                        &packed,
+                        c0,
+                        k,
+                        blk,
+                        cptr,
+                        c_len,
+                        ep,
+                        Prefetch::NextOperand,
+                        None,
+                        &mut ws,
+                    )
+                };
             }
         }
         scratch::give_workspace(ws);
@@ -669,7 +727,8 @@ fn run_dynamic<K: Microkernel, T: Element, C: Element>(
     threads: usize,
 ) -> usize {
     let m = a.rows;
-    debug_assert_eq!((a.cols, c.rows, c.cols), (k, m, n));
+    // Checked for real: the blocks below are cut from these sizes.
+    assert_eq!((a.cols, c.rows, c.cols), (k, m, n), "gemm shapes");
     if m == 0 || n == 0 {
         return 0;
     }
@@ -681,6 +740,7 @@ fn run_dynamic<K: Microkernel, T: Element, C: Element>(
     let next = std::sync::atomic::AtomicUsize::new(0);
     let (cptr, c_len) = CPtr::of(c);
     let work = |_| -> usize {
+        let _mode = crate::fp_env::Ieee::enter();
         let mut ws = scratch::take_workspace();
         let mut nonfinite = 0;
         loop {
@@ -697,20 +757,24 @@ fn run_dynamic<K: Microkernel, T: Element, C: Element>(
                 n: nc.min(n - j0),
             };
             let a_rows = &shared_a[i0 / K::MR * a_panel_len..];
-            nonfinite += block(
-                kern,
-                a,
-                packed,
-                0,
-                k,
-                blk,
-                cptr,
-                c_len,
-                ep,
-                Prefetch::NextOperand,
-                Some(a_rows),
-                &mut ws,
-            );
+            // SAFETY: the items tile C (checked above) without overlap,
+            // and the counter hands each one to exactly one thread.
+            nonfinite += unsafe {
+                block(
+                    kern,
+                    a,
+                    packed,
+                    0,
+                    k,
+                    blk,
+                    cptr,
+                    c_len,
+                    ep,
+                    Prefetch::NextOperand,
+                    Some(a_rows),
+                    &mut ws,
+                )
+            };
         }
         scratch::give_workspace(ws);
         nonfinite
@@ -851,7 +915,9 @@ pub(crate) fn local_b_pays<K: Microkernel>(m: usize, n: usize, k: usize, threads
     let cell_cols = div_ceil(pn, nt) * K::NR;
     K::LOCAL_B
         && !dynamic_pays::<K>(m, n, k, threads)
-        && total_slots(k, K::FORMAT) * cell_cols * 4 <= LOCAL_B_MAX_BYTES
+        && total_slots(k, K::FORMAT)
+            .checked_mul(cell_cols * size_of::<f32>())
+            .is_some_and(|bytes| bytes <= LOCAL_B_MAX_BYTES)
 }
 
 /// The grid of [`run_local_b`]: `mt x nt` cells (`mt * nt <= threads`)
@@ -937,9 +1003,16 @@ impl Prefetch {
 /// given, A~ from the block's first row panel on (see [`pack_a_shared`]),
 /// else the block packs its A~ into `ws`; `ahead` says what each kernel
 /// call may prefetch for the calls after it.
+///
+/// # Safety
+///
+/// `blk` lies inside the C view that `c` was taken from ([`CPtr::of`]),
+/// whose borrow outlives the call, and no other thread reads or writes
+/// `blk`'s elements of C during the call. (Everything else is read
+/// through bounds-checked slices.)
 #[expect(clippy::too_many_arguments, reason = "internal: the loops' inputs")]
 #[inline(never)]
-fn block<K: Microkernel, T: Element, C: Element>(
+unsafe fn block<K: Microkernel, T: Element, C: Element>(
     kern: K,
     a: MatRef<'_, T>,
     packed: &PackedPanels,
@@ -1078,6 +1151,7 @@ fn block<K: Microkernel, T: Element, C: Element>(
             }
         }
     }
+    // A `StoreBlock` is only made here, under this function's contract.
     kern.store_block(&StoreBlock {
         ep,
         acc: acc_all,
@@ -1092,6 +1166,10 @@ fn block<K: Microkernel, T: Element, C: Element>(
 /// A finished block of C: its f32 sums in the workspace (tile by tile,
 /// `(jp * m_panels + ip) * MR * NR`), waiting for the epilogue and the
 /// single store of each output ([`Microkernel::store_block`]).
+///
+/// Only [`block`] makes one (the fields are private to this module), under
+/// its contract: the block lies inside C and this thread alone writes it.
+/// That is what lets [`StoreBlock::run`] be a safe fn.
 pub(crate) struct StoreBlock<'a, C> {
     ep: &'a Epilogue<'a>,
     acc: &'a [f32],
@@ -1136,7 +1214,10 @@ impl<C: Element> StoreBlock<'_, C> {
                         tail.copy_from_slice(&self.acc[row_at(jp)..][..tail.len()]);
                     }
                     let j0 = blk.j0 + jp0 * nr;
-                    nonfinite += store_row(kern, self.ep, t, i, j0, self.c, self.c_len);
+                    // SAFETY: row i, columns j0..j0 + cols of the block,
+                    // which `block`'s contract puts inside C and gives to
+                    // this thread alone (see the type's docs).
+                    nonfinite += unsafe { store_row(kern, self.ep, t, i, j0, self.c, self.c_len) };
                 }
             }
         }
@@ -1197,8 +1278,14 @@ const _: () = assert!(ROW_SPAN >= 64 && ROW_SPAN < NC_MAX);
 /// stores it into C; returns how many stored values are non-finite. `acc`
 /// is the staging buffer of the stages (left holding the f32 results where
 /// C is not contiguous f32).
+///
+/// # Safety
+///
+/// Outputs `(i, j0..j0 + acc.len())` lie inside the C view that `c` was
+/// taken from ([`CPtr::of`], `c_len` its slice's length), whose borrow
+/// outlives the call, and no other thread reads or writes them during it.
 #[inline(always)]
-pub(super) fn store_row<K: Microkernel, C: Element>(
+pub(super) unsafe fn store_row<K: Microkernel, C: Element>(
     kern: K,
     ep: &Epilogue<'_>,
     acc: &mut [f32],
@@ -1212,7 +1299,7 @@ pub(super) fn store_row<K: Microkernel, C: Element>(
     debug_assert!(n == 0 || base + (n - 1) * c.cs < c_len);
     let _ = c_len;
     if c.cs == 1 && C::DTYPE == DType::F32 {
-        // SAFETY: as for the contiguous store below.
+        // SAFETY: as for the contiguous store below (the caller's contract).
         let dst = unsafe { core::slice::from_raw_parts_mut(c.ptr.add(base), n) };
         if let SliceMut::F32(d) = C::slice_mut(dst) {
             return store_row_f32(ep, acc, i, j0, d);
@@ -1228,18 +1315,16 @@ pub(super) fn store_row<K: Microkernel, C: Element>(
     }
     if ep.beta != 0.0 {
         for (j, x) in t.iter_mut().enumerate() {
-            // This thread owns the element (see `CPtr`).
-            // SAFETY: (i, j0 + j) is inside C's validated shape, so the
-            // offset is inside the slice `c.ptr` came from.
+            // SAFETY: (i, j0 + j) is inside C and this thread's alone (the
+            // caller's contract), so the offset is inside `c.ptr`'s slice.
             let old = unsafe { *c.ptr.add(base + j * c.cs) };
             *x += ep.beta * old.to_f32();
         }
     }
     ep.add_bias_and_activate(t, i, j0);
     if c.cs == 1 {
-        // The row segment of a validated view with unit column stride.
-        // SAFETY: base..base + n is inside C's slice and belongs to this
-        // thread's block only.
+        // SAFETY: base..base + n is the row segment the caller's contract
+        // puts inside C's slice and gives to this thread only.
         let dst = unsafe { core::slice::from_raw_parts_mut(c.ptr.add(base), n) };
         match C::slice_mut(dst) {
             SliceMut::F32(d) => {

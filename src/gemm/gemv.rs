@@ -30,6 +30,16 @@ pub(crate) fn applies<T: Element>(a: &MatRef<'_, T>, b: &MatRef<'_, T>) -> bool 
     a.rows <= GEMV_MAX_M && (b.cs == 1 || b.cols <= 1) && b.rows > 0
 }
 
+/// Bytes of scratch [`run`] allocates: A widened (`k x m` f32) and each
+/// thread's accumulators and widened B rows; `None` on overflow.
+pub(crate) fn scratch_bytes(m: usize, k: usize, threads: usize) -> Option<usize> {
+    let per_thread = (m + 4) * (CHUNK_FLOATS / (m + 4)).clamp(16, 4096);
+    k.checked_mul(m)?
+        .checked_add(threads.checked_mul(per_thread)?)?
+        .checked_mul(size_of::<f32>())
+        .filter(|&bytes| bytes <= isize::MAX as usize)
+}
+
 /// Runs the small-m GEMM; returns the number of non-finite outputs.
 pub(crate) fn run<K: Microkernel, T: Element, C: Element>(
     kern: K,
@@ -40,6 +50,8 @@ pub(crate) fn run<K: Microkernel, T: Element, C: Element>(
     threads: usize,
 ) -> usize {
     let (m, k, n) = (a.rows, a.cols, b.cols);
+    // Checked for real: the rows below are written through a raw pointer.
+    assert_eq!((b.rows, c.rows, c.cols), (k, m, n), "gemv shapes");
     if m == 0 || n == 0 {
         return 0;
     }
@@ -58,6 +70,7 @@ pub(crate) fn run<K: Microkernel, T: Element, C: Element>(
     let (cptr, c_len) = CPtr::of(c);
     let xt = &xt;
     let work = |t: usize| -> usize {
+        let _mode = crate::fp_env::Ieee::enter();
         let (lo, hi) = ((t * per).min(n), ((t + 1) * per).min(n));
         let mut acc = vec![0.0f32; m * nb.min(hi - lo)];
         let mut tmp = vec![0.0f32; 4 * nb.min(hi - lo)];
@@ -85,7 +98,10 @@ pub(crate) fn run<K: Microkernel, T: Element, C: Element>(
                 kern.axpy_rows(&xt[l * m..(l + 1) * m], t, &mut rows);
             }
             for (r, row) in rows.iter_mut().enumerate() {
-                bad += store_row(kern, ep, row, r, j0, cptr, c_len);
+                // SAFETY: row r < m, columns j0..j0 + w inside this
+                // thread's range lo..hi <= n (shapes checked above); the
+                // ranges of the threads do not overlap.
+                bad += unsafe { store_row(kern, ep, row, r, j0, cptr, c_len) };
             }
         }
         bad

@@ -157,7 +157,8 @@ impl Backend {
     ) -> Result<GemmReport, Error> {
         let (m, n, k) = check((a.rows, a.cols), (b.rows, b.cols), (c.rows, c.cols), params)?;
         let threads = params.thread_count(m as f64 * n as f64 * k as f64);
-        Ok(with_kernel(
+        let _mode = crate::fp_env::Ieee::enter();
+        with_kernel(
             self.token,
             T::DTYPE,
             params.dot,
@@ -169,7 +170,7 @@ impl Backend {
                 threads,
                 isa: self.isa(),
             },
-        ))
+        )
     }
 
     /// [`gemm_packed`] on this backend's ISA.
@@ -186,6 +187,7 @@ impl Backend {
     ) -> Result<GemmReport, Error> {
         let (m, n, k) = check((a.rows, a.cols), (b.k, b.n), (c.rows, c.cols), params)?;
         let threads = params.thread_count(m as f64 * n as f64 * k as f64);
+        let _mode = crate::fp_env::Ieee::enter();
         with_kernel(
             self.token,
             T::DTYPE,
@@ -200,6 +202,28 @@ impl Backend {
             },
         )
     }
+}
+
+/// Above this many bytes of scratch a call first asks the allocator
+/// (`try_reserve`) whether it can have them, so that a shape whose packed
+/// operands cannot fit in memory is an [`Error::Allocation`] before
+/// anything is written, not an abort inside a worker thread. Below it the
+/// question costs more than it could save.
+const PREFLIGHT_BYTES: usize = 256 << 20;
+
+/// Checks that `bytes` of scratch (`None`: the size overflowed) can be had;
+/// `arg` names the operand whose shape implies them.
+fn preflight(bytes: Option<usize>, arg: &'static str) -> Result<(), Error> {
+    let bytes = bytes.ok_or(Error::Overflow { arg })?;
+    if bytes > PREFLIGHT_BYTES {
+        Vec::<u8>::new()
+            .try_reserve_exact(bytes)
+            .map_err(|_| Error::Allocation {
+                what: "gemm scratch",
+                bytes,
+            })?;
+    }
+    Ok(())
 }
 
 /// Something to run with the microkernel chosen for an ISA and input type.
@@ -304,35 +328,38 @@ struct Unpacked<'a, 'p, T: Element, C: Element> {
 }
 
 impl<T: Element, C: Element> KernelOp for Unpacked<'_, '_, T, C> {
-    type Output = GemmReport;
+    type Output = Result<GemmReport, Error>;
     fn small_m(&self) -> bool {
         gemv::applies(&self.a, &self.b)
     }
-    fn run<K: Microkernel>(self, kern: K) -> GemmReport {
-        let (k, n) = (self.b.rows, self.b.cols);
-        let (nonfinite, name) = if gemv::applies(&self.a, &self.b)
-            && K::FORMAT == kernel::Format::F32
-        {
-            let bad = gemv::run(kern, self.a, self.b, self.c, &self.ep, self.threads);
-            (bad, "gemv")
-        } else {
-            let (m, threads) = (self.a.rows, self.threads);
-            let bad = if threads > 1 && blis::local_b_pays::<K>(m, n, k, threads) {
-                blis::run_local_b(kern, self.a, self.b, self.c, &self.ep, self.threads)
-            } else {
-                let packed = blis::pack_b_scratch(kern, self.b, self.threads);
-                let bad = blis::run(kern, self.a, &packed, k, n, self.c, &self.ep, self.threads);
-                blis::recycle(packed);
-                bad
-            };
-            (bad, K::NAME)
-        };
-        GemmReport {
+    fn run<K: Microkernel>(self, kern: K) -> Result<GemmReport, Error> {
+        let (m, k, n, threads) = (self.a.rows, self.b.rows, self.b.cols, self.threads);
+        let report = |nonfinite, kernel| GemmReport {
             nonfinite,
             isa: self.isa,
-            kernel: name,
-            threads: self.threads,
+            kernel,
+            threads,
+        };
+        if m == 0 || n == 0 {
+            // Nothing to write: B is not even packed.
+            return Ok(report(0, K::NAME));
         }
+        let small_m = gemv::applies(&self.a, &self.b) && K::FORMAT == kernel::Format::F32;
+        if small_m {
+            preflight(gemv::scratch_bytes(m, k, threads), "a")?;
+            let bad = gemv::run(kern, self.a, self.b, self.c, &self.ep, threads);
+            return Ok(report(bad, "gemv"));
+        }
+        preflight(blis::scratch_bytes::<K>(m, n, k, threads, false), "b")?;
+        let bad = if threads > 1 && blis::local_b_pays::<K>(m, n, k, threads) {
+            blis::run_local_b(kern, self.a, self.b, self.c, &self.ep, threads)
+        } else {
+            let packed = blis::pack_b_scratch(kern, self.b, threads);
+            let bad = blis::run(kern, self.a, &packed, k, n, self.c, &self.ep, threads);
+            blis::recycle(packed);
+            bad
+        };
+        Ok(report(bad, K::NAME))
     }
 }
 
@@ -358,21 +385,27 @@ impl<T: Element, C: Element> KernelOp for Prepacked<'_, '_, T, C> {
                 ),
             });
         }
-        let nonfinite = blis::run(
-            kern,
-            self.a,
-            &self.b.panels,
-            self.b.k,
-            self.b.n,
-            self.c,
-            &self.ep,
-            self.threads,
-        );
+        let (m, k, n, threads) = (self.a.rows, self.b.k, self.b.n, self.threads);
+        let nonfinite = if m == 0 || n == 0 {
+            0
+        } else {
+            preflight(blis::scratch_bytes::<K>(m, n, k, threads, true), "a")?;
+            blis::run(
+                kern,
+                self.a,
+                &self.b.panels,
+                k,
+                n,
+                self.c,
+                &self.ep,
+                threads,
+            )
+        };
         Ok(GemmReport {
             nonfinite,
             isa: self.isa,
             kernel: K::NAME,
-            threads: self.threads,
+            threads,
         })
     }
 }

@@ -3,7 +3,7 @@
 
 use core::marker::PhantomData;
 
-use super::blis::{PackedPanels, pack_b};
+use super::blis::{PackedPanels, pack_b, packed_b_slots};
 use super::view::MatRef;
 use crate::element::Element;
 use crate::error::Error;
@@ -33,7 +33,7 @@ impl<T: Element> PackedB<T> {
     ///
     /// # Errors
     ///
-    /// The process-wide ISA error.
+    /// As [`Backend::pack_b`], and the process-wide ISA error.
     pub fn new(b: MatRef<'_, T>) -> Result<Self, Error> {
         Backend::global()?.pack_b(b)
     }
@@ -55,7 +55,9 @@ impl Backend {
     ///
     /// # Errors
     ///
-    /// None today; `Result` keeps room for allocation limits.
+    /// [`Error::Overflow`] when the packed form of `b`'s shape cannot be
+    /// addressed (a broadcast view, stride 0, of 2^60 rows, say), and
+    /// [`Error::Allocation`] when its memory cannot be had.
     pub fn pack_b<T: Element>(&self, b: MatRef<'_, T>) -> Result<PackedB<T>, Error> {
         self.pack_b_for(b, &super::Gemm::new())
     }
@@ -72,7 +74,7 @@ impl Backend {
         b: MatRef<'_, T>,
         params: &super::Gemm<'_>,
     ) -> Result<PackedB<T>, Error> {
-        Ok(super::with_kernel(
+        super::with_kernel(
             self.token,
             T::DTYPE,
             params.dot,
@@ -80,7 +82,7 @@ impl Backend {
                 b,
                 threads: rayon::current_num_threads(),
             },
-        ))
+        )
     }
 }
 
@@ -90,14 +92,18 @@ struct Pack<'a, T: Element> {
 }
 
 impl<T: Element> super::KernelOp for Pack<'_, T> {
-    type Output = PackedB<T>;
-    fn run<K: super::Microkernel>(self, kern: K) -> PackedB<T> {
-        PackedB {
+    type Output = Result<PackedB<T>, Error>;
+    fn run<K: super::Microkernel>(self, kern: K) -> Result<PackedB<T>, Error> {
+        let slots = packed_b_slots::<K>(self.b.rows, self.b.cols);
+        let bytes = slots.and_then(|s| s.checked_mul(size_of::<f32>()));
+        let bytes = bytes.filter(|&b| b <= isize::MAX as usize);
+        super::preflight(bytes, "b")?;
+        Ok(PackedB {
             k: self.b.rows,
             n: self.b.cols,
             kernel: K::NAME,
             panels: pack_b(kern, self.b, self.threads),
             _t: PhantomData,
-        }
+        })
     }
 }

@@ -65,7 +65,8 @@ const NR: usize = 12;
 
 #[target_feature(enable = "neon")]
 fn kernel(slots: usize, a: &[f32], b: &[f32], tile: &mut [f32], accumulate: bool) {
-    assert!(a.len() >= slots * MR && b.len() >= slots * NR && tile.len() >= MR * NR);
+    // Divisions, not products: a huge `slots` must not wrap past the check.
+    assert!(slots <= a.len() / MR && slots <= b.len() / NR && tile.len() >= MR * NR);
     let mut acc = [[vdupq_n_f32(0.0); NR / 4]; MR];
     if accumulate {
         for (i, row) in acc.iter_mut().enumerate() {

@@ -102,7 +102,8 @@ fn to_blocks(r0: float32x4_t, r1: float32x4_t) -> (float32x4_t, float32x4_t) {
 fn kernel(slots: usize, a: &[f32], b: &[f32], tile: &mut [f32], accumulate: bool) {
     // `slots` is even (whole k-quads) for this format.
     assert!(slots.is_multiple_of(2));
-    assert!(a.len() >= slots * MR && b.len() >= slots * NR && tile.len() >= MR * NR);
+    // Divisions, not products: a huge `slots` must not wrap past the check.
+    assert!(slots <= a.len() / MR && slots <= b.len() / NR && tile.len() >= MR * NR);
     // acc[p][c]: rows 2p, 2p + 1 by columns 2c, 2c + 1.
     let mut acc = [[vdupq_n_f32(0.0); NR / 2]; MR / 2];
     if accumulate {

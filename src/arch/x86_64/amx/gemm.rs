@@ -175,7 +175,8 @@ fn kernel(
     accumulate: bool,
     ahead: Ahead<'_>,
 ) {
-    assert!(a.len() >= slots * MR && b.len() >= slots * NR && tile.len() >= MR * NR);
+    // Divisions, not products: a huge `slots` must not wrap past the check.
+    assert!(slots <= a.len() / MR && slots <= b.len() / NR && tile.len() >= MR * NR);
     let c = tile.as_mut_ptr();
     if accumulate {
         // Each load reads 16 rows of 64 bytes at stride 128 from inside

@@ -43,6 +43,12 @@ struct TileConfig {
 
 /// Proof that this thread's tiles are configured for the 2 x 2 layout.
 /// Releases them (TILERELEASE) when dropped.
+///
+/// Guards must not nest on one thread: dropping an inner one releases the
+/// tiles under the outer one, and the next tile instruction then faults
+/// (`SIGILL`, a crash rather than a memory error). The GEMM keeps one per
+/// thread in a thread-local (`amx::gemm`); only tests and probes make
+/// others, each on a thread of its own.
 pub(crate) struct TileGuard {
     _not_send: PhantomData<*const ()>,
 }
@@ -104,7 +110,8 @@ pub(crate) fn microkernel(
     c: &mut [f32; MR * NR],
     accumulate: bool,
 ) {
-    assert!(a.len() >= k_blocks * BLOCK_ELEMS && b.len() >= k_blocks * BLOCK_ELEMS);
+    // Divisions, not products: a huge `k_blocks` must not wrap past the check.
+    assert!(k_blocks <= a.len() / BLOCK_ELEMS && k_blocks <= b.len() / BLOCK_ELEMS);
     let c_ptr = c.as_mut_ptr();
     const C_STRIDE: usize = NR * 4; // bytes per row of c
     const AB_STRIDE: usize = 64; // bytes per tile row of packed A and B

@@ -75,7 +75,8 @@ const NR: usize = 32;
 /// accumulators (measured 1.8 GFLOP/s), but keeps these in registers.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")]
 fn kernel(slots: usize, a: &[f32], b: &[f32], tile: &mut [f32], accumulate: bool) {
-    assert!(a.len() >= slots * MR && b.len() >= slots * NR && tile.len() >= MR * NR);
+    // Divisions, not products: a huge `slots` must not wrap past the check.
+    assert!(slots <= a.len() / MR && slots <= b.len() / NR && tile.len() >= MR * NR);
     let mut acc = [[_mm512_setzero_ps(); 2]; MR];
     if accumulate {
         for (i, row) in acc.iter_mut().enumerate() {
