@@ -62,6 +62,24 @@ const PARALLEL_CHUNK: usize = 1 << 18;
 /// hold replicas of the same gradients rather than shards, do not sum:
 /// every rank already has the global answer.
 ///
+/// # Valid statistics
+///
+/// Values that come back from outside (an all-reduce, a hand-built
+/// [`GradStats::new`]) are checked by [`GradStats::validate`] before a
+/// training step uses them, and [`GradStats::from_array`] checks the raw
+/// array the same way:
+///
+/// - `nonfinite` is a count: in the array, a finite, non-negative integer
+///   no larger than `usize::MAX` (`-0.0` is zero). 0.5, -1 or NaN are not
+///   counts; they come from a reduction that averaged, or from a rank that
+///   sent garbage, and reading them as "0" would apply a step that some rank
+///   found inf/NaN in.
+/// - `sum_sq` is finite and `>= 0` (`-0.0` included), whatever `nonfinite`
+///   is: it sums squares of finite f32 values only, so it is never negative
+///   and cannot overflow an f64 (2^64 squares of `f32::MAX` are below
+///   1e97). A negative, NaN or infinite `sum_sq` is an error, not a reason
+///   to skip: it can only be a broken reduction, and a skip would hide it.
+///
 /// # Examples
 ///
 /// ```
@@ -77,7 +95,12 @@ const PARALLEL_CHUNK: usize = 1 << 18;
 /// // All-reduce across ranks: sum the arrays element-wise.
 /// let (r0, r1) = (a.to_array(), b.to_array());
 /// let summed = [r0[0] + r1[0], r0[1] + r1[1]];
-/// assert_eq!(GradStats::from_array(summed), all);
+/// assert_eq!(GradStats::from_array(summed)?, all);
+///
+/// // An average is not a count: rejected, not read as "no inf/NaN".
+/// assert!(GradStats::from_array([0.5, 25.0]).is_err());
+/// assert!(GradStats::new(0, -1.0).validate().is_err());
+/// # Ok::<(), halfkern::Error>(())
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 #[non_exhaustive]
@@ -95,16 +118,20 @@ impl GradStats {
         sum_sq: 0.0,
     };
 
-    /// Stats from their parts (e.g. after an all-reduce).
+    /// Stats from their parts (e.g. after an all-reduce). Not checked here
+    /// (a `const fn` cannot build an error); a training step checks them
+    /// with [`GradStats::validate`].
     pub const fn new(nonfinite: usize, sum_sq: f64) -> GradStats {
         GradStats { nonfinite, sum_sq }
     }
 
     /// The stats of the union of two disjoint sets of gradients (counts and
-    /// sums of squares add).
+    /// sums of squares add). The count saturates at `usize::MAX` rather
+    /// than wrapping (which would read as "all finite"); no real set of
+    /// gradients gets there.
     #[must_use]
     pub fn merge(mut self, other: GradStats) -> GradStats {
-        self.nonfinite += other.nonfinite;
+        self.nonfinite = self.nonfinite.saturating_add(other.nonfinite);
         self.sum_sq += other.sum_sq;
         self
     }
@@ -141,11 +168,62 @@ impl GradStats {
         [self.nonfinite as f64, self.sum_sq]
     }
 
-    /// The inverse of [`GradStats::to_array`] after a sum all-reduce.
-    pub fn from_array(a: [f64; 2]) -> GradStats {
-        GradStats {
-            nonfinite: a[0] as usize,
-            sum_sq: a[1],
+    /// The inverse of [`GradStats::to_array`] after a sum all-reduce,
+    /// checked (see [Valid statistics](GradStats#valid-statistics)).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] naming `nonfinite` when `a[0]` is not a
+    /// finite, non-negative integer that fits a `usize` (0.5, -1, NaN, inf,
+    /// 2^64), or naming `sum_sq` when `a[1]` is negative, NaN or infinite.
+    pub fn from_array(a: [f64; 2]) -> Result<GradStats, Error> {
+        let [count, sum_sq] = a;
+        // `usize::MAX as f64 + 1.0` is 2^64 (2^32 on 32-bit targets): the
+        // first integer a usize cannot hold, exact in f64.
+        let is_count = count.is_finite()
+            && count >= 0.0
+            && count.fract() == 0.0
+            && count < usize::MAX as f64 + 1.0;
+        if !is_count {
+            return Err(Error::InvalidArgument {
+                arg: "nonfinite",
+                reason: format!(
+                    "GradStats count must be a finite, non-negative integer that fits a usize \
+                     (a sum all-reduce of counts, not an average), got {count:e}"
+                ),
+            });
+        }
+        let stats = GradStats {
+            nonfinite: count as usize,
+            sum_sq,
+        };
+        stats.validate()?;
+        Ok(stats)
+    }
+
+    /// Checks that these stats can be real ones (see
+    /// [Valid statistics](GradStats#valid-statistics)): `sum_sq` finite and
+    /// `>= 0`. Every count is valid once it is a `usize`. This is the one
+    /// check [`GradStats::from_array`],
+    /// [`Step::all_reduced`](crate::train::Step::all_reduced) and
+    /// [`Step::apply`](crate::train::Step::apply) share.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] naming `sum_sq` and its value.
+    pub fn validate(&self) -> Result<(), Error> {
+        let s = self.sum_sq;
+        if s.is_finite() && s >= 0.0 {
+            Ok(())
+        } else {
+            Err(Error::InvalidArgument {
+                arg: "sum_sq",
+                reason: format!(
+                    "GradStats sum of squares must be finite and >= 0 (it sums squares of \
+                     finite values only), got {s:e} with nonfinite = {}",
+                    self.nonfinite
+                ),
+            })
         }
     }
 }
@@ -154,25 +232,33 @@ impl GradStats {
 /// process-wide backend. bf16/f16 are tested on their exponent bits; the
 /// scan stops early at the first block holding a non-finite value.
 ///
-/// If `HALFKERN_ISA` names an ISA this machine cannot run, this runs the
-/// scalar path (the answer is the same on every ISA).
+/// # Errors
+///
+/// The process-wide ISA error (see [`Backend::global`]), as every other
+/// top-level call: a `HALFKERN_ISA` this machine cannot run is never a
+/// silent fallback. [`Backend::all_finite`] cannot fail (a [`Backend`]
+/// already proves its ISA).
 ///
 /// # Examples
 ///
 /// ```
 /// use halfkern::bf16;
 ///
-/// assert!(halfkern::finite::all_finite(&[1.0f32, -2.0, 0.0]));
-/// assert!(!halfkern::finite::all_finite(&[bf16::ONE, bf16::NAN]));
+/// assert!(halfkern::finite::all_finite(&[1.0f32, -2.0, 0.0])?);
+/// assert!(!halfkern::finite::all_finite(&[bf16::ONE, bf16::NAN])?);
+/// # Ok::<(), halfkern::Error>(())
 /// ```
-pub fn all_finite<T: Element>(src: &[T]) -> bool {
-    Backend::global()
-        .unwrap_or(Backend::scalar())
-        .all_finite(src)
+pub fn all_finite<T: Element>(src: &[T]) -> Result<bool, Error> {
+    Ok(Backend::global()?.all_finite(src))
 }
 
 /// How many elements of `src` are ±inf or NaN, on the process-wide backend
-/// (scalar if `HALFKERN_ISA` is unusable; the count is the same everywhere).
+/// (the count is the same on every ISA).
+///
+/// # Errors
+///
+/// The process-wide ISA error, as [`all_finite`];
+/// [`Backend::count_nonfinite`] cannot fail.
 ///
 /// # Examples
 ///
@@ -180,12 +266,11 @@ pub fn all_finite<T: Element>(src: &[T]) -> bool {
 /// use halfkern::f16;
 ///
 /// let g = [f16::ONE, f16::INFINITY, f16::NEG_INFINITY, f16::NAN];
-/// assert_eq!(halfkern::finite::count_nonfinite(&g), 3);
+/// assert_eq!(halfkern::finite::count_nonfinite(&g)?, 3);
+/// # Ok::<(), halfkern::Error>(())
 /// ```
-pub fn count_nonfinite<T: Element>(src: &[T]) -> usize {
-    Backend::global()
-        .unwrap_or(Backend::scalar())
-        .count_nonfinite(src)
+pub fn count_nonfinite<T: Element>(src: &[T]) -> Result<usize, Error> {
+    Ok(Backend::global()?.count_nonfinite(src))
 }
 
 /// Unscales gradients in place, `x <- round(x * inv_scale)`, and returns
@@ -525,6 +610,10 @@ mod tests {
         assert_eq!(bad.nonfinite, 2);
         assert!(bad.norm().is_nan());
         assert!(bad.clip_coef(1.0).is_nan());
-        assert_eq!(GradStats::from_array(bad.to_array()), bad);
+        assert_eq!(GradStats::from_array(bad.to_array()), Ok(bad));
+        assert_eq!(
+            GradStats::new(usize::MAX, 0.0).merge(GradStats::new(1, 0.0)),
+            GradStats::new(usize::MAX, 0.0)
+        );
     }
 }

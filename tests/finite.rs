@@ -547,8 +547,8 @@ fn unscale_many_equals_per_tensor_calls() {
 fn top_level_functions_match_the_backends() {
     let mut g = vec![f16::from_f32(2.0); 40];
     g[17] = f16::NAN;
-    assert!(!finite::all_finite(&g));
-    assert_eq!(finite::count_nonfinite(&g), 1);
+    assert!(!finite::all_finite(&g).unwrap());
+    assert_eq!(finite::count_nonfinite(&g).unwrap(), 1);
     let s = finite::unscale(&mut g, 0.5).unwrap();
     assert_eq!(s.nonfinite, 1);
     assert_eq!(s.sum_sq, 39.0);
@@ -600,6 +600,130 @@ proptest! {
             let all = backend.unscale(&mut whole, 0.25).unwrap();
             prop_assert_eq!(parts.nonfinite, all.nonfinite);
             prop_assert!((parts.sum_sq - all.sum_sq).abs() <= 1e-6 * all.sum_sq);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Statistics from outside (an all-reduce) and the process-wide ISA error
+// ---------------------------------------------------------------------------
+
+/// `GradStats::from_array` accepts exactly what a sum all-reduce of real
+/// stats gives: a count that is a finite, non-negative integer fitting a
+/// usize, and a finite sum `>= 0`. A fractional, negative, NaN or infinite
+/// count (an engine that averaged, a rank that sent garbage) and a
+/// negative or non-finite sum are errors naming the field, never "no
+/// inf/NaN". Fresh random values around fixed edge cases.
+#[test]
+fn grad_stats_from_array_rejects_what_no_sum_of_counts_gives() {
+    let mut rng = Rng::fresh("grad_stats_from_array_rejects_what_no_sum_of_counts_gives");
+    let two_64 = 2f64.powi(64);
+    for _ in 0..200 {
+        // Valid: any integer count, any finite sum >= 0; round trip exact.
+        let count = [
+            0.0,
+            -0.0,
+            rng.below(1000) as f64,
+            (rng.next_u64() >> 11) as f64,
+            two_64 - 2048.0,
+        ][rng.below(5)];
+        let sum = [
+            0.0,
+            (rng.unit() as f64).abs() * 1e30,
+            rng.unit().abs() as f64,
+        ][rng.below(3)];
+        let s = GradStats::from_array([count, sum]).unwrap();
+        assert_eq!(s.nonfinite as f64, count);
+        assert_eq!(s.sum_sq.to_bits(), sum.to_bits());
+        assert_eq!(s.validate(), Ok(()));
+        assert_eq!(GradStats::from_array(s.to_array()), Ok(s));
+
+        // Invalid counts: each with a valid sum.
+        let frac = rng.below(1 << 20) as f64 + 0.5 + 0.49 * rng.unit() as f64;
+        let neg = -(rng.below(1000) as f64 + 1.0);
+        for bad in [
+            0.5,
+            -1.0,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            two_64,
+            frac,
+            neg,
+            -frac,
+        ] {
+            let e = GradStats::from_array([bad, sum]).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    Error::InvalidArgument {
+                        arg: "nonfinite",
+                        ..
+                    }
+                ),
+                "{bad}: {e:?}"
+            );
+            assert!(e.to_string().contains(&format!("{bad:e}")), "{e}");
+        }
+
+        // Invalid sums, with a zero and a non-zero count alike.
+        let neg_sum = -((rng.unit() as f64).abs() + 1e-300);
+        for bad in [neg_sum, -1.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            for count in [0usize, 1 + rng.below(100)] {
+                let e = GradStats::from_array([count as f64, bad]).unwrap_err();
+                assert!(
+                    matches!(e, Error::InvalidArgument { arg: "sum_sq", .. }),
+                    "{bad}: {e:?}"
+                );
+                assert!(e.to_string().contains(&format!("{bad:e}")), "{e}");
+                // The same rule for stats built by hand.
+                let e2 = GradStats::new(count, bad).validate().unwrap_err();
+                assert_eq!(e, e2);
+            }
+        }
+    }
+}
+
+/// `finite::all_finite` and `finite::count_nonfinite` return the
+/// process-wide ISA error as every other top-level call does (no silent
+/// scalar fallback); the `Backend` methods stay infallible. Checked in
+/// child processes, since the choice is made once per process.
+#[test]
+fn all_finite_and_count_nonfinite_carry_the_isa_error() {
+    let g = [bf16::ONE, bf16::NAN, bf16::INFINITY];
+    match std::env::var("HALFKERN_CHILD").as_deref() {
+        Ok("unknown") => {
+            let want = Error::UnknownIsa {
+                name: "avx9000".into(),
+            };
+            assert_eq!(finite::all_finite(&g), Err(want.clone()));
+            assert_eq!(finite::count_nonfinite(&g), Err(want.clone()));
+            assert_eq!(finite::all_finite::<f32>(&[]), Err(want.clone()));
+            let mut h = g;
+            assert_eq!(finite::unscale(&mut h, 1.0), Err(want));
+            assert_eq!(Backend::scalar().count_nonfinite(&g), 2);
+            assert!(!Backend::scalar().all_finite(&g));
+        }
+        _ => {
+            assert!(!finite::all_finite(&g).unwrap());
+            assert_eq!(finite::count_nonfinite(&g).unwrap(), 2);
+            let out = common::self_command()
+                .args([
+                    "--exact",
+                    "all_finite_and_count_nonfinite_carry_the_isa_error",
+                    "--nocapture",
+                ])
+                .env("HALFKERN_ISA", "avx9000")
+                .env("HALFKERN_CHILD", "unknown")
+                .output()
+                .unwrap();
+            let log = String::from_utf8_lossy(&out.stdout);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                out.status.success() && log.contains("1 passed"),
+                "{:?}\n{log}\n{err}",
+                out.status
+            );
         }
     }
 }

@@ -2,12 +2,14 @@
 //! a transcription of torch's update rule (unit and proptest), SGD and
 //! AdamW against f64 references of the published rules, cross-ISA bit
 //! identity, skipped steps that change nothing, pure-bf16 stochastic
-//! rounding, checkpoints (round trip, resume, corruption, mismatch) and bad
-//! input.
+//! rounding, checkpoints (round trip, resume, corruption, mismatch, states
+//! no live trainer reaches), and bad input (all-reduced statistics,
+//! hyper-parameters, a step counter at its maximum).
 
 mod common;
 
 use common::{Rng, backends, special_f32};
+use halfkern::finite::GradStats;
 use halfkern::train::{
     AdamW, LossScaler, Optimizer, Precision, Rounding, ScalerMode, ScalerOptions, Sgd, Trainer,
 };
@@ -1163,5 +1165,402 @@ fn check_unscaled_matches_unscale_and_check() {
                 );
             }
         }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Statistics from an all-reduce
+// ---------------------------------------------------------------------------
+
+/// Everything a rejected call must leave alone: the checkpoint bytes (the
+/// scaler, hyper-parameters, step counter, master weights and moments, bit
+/// for bit), the scaler itself, and the model.
+#[expect(clippy::type_complexity, reason = "a tuple compared as a whole")]
+fn full_state<W: Element>(
+    t: &Trainer,
+    model: &[Vec<W>],
+) -> (Vec<u8>, LossScaler, (Vec<Vec<u32>>, u64, Vec<u32>)) {
+    (t.to_bytes(), *t.scaler(), snapshot(t, model))
+}
+
+/// Stats no sum all-reduce of real ones gives (`sum_sq` negative, NaN or
+/// infinite) are an error at `all_reduced`, whatever the count, and change
+/// nothing: not the weights, the moments, the step counter or the scaler.
+/// Valid global stats then apply or skip as their count says. Every ISA,
+/// every optimizer, fresh random gradients and values.
+#[test]
+fn all_reduced_rejects_invalid_stats_and_changes_nothing() {
+    let mut rng = Rng::fresh("all_reduced_rejects_invalid_stats_and_changes_nothing");
+    let lens = [7usize, 33];
+    for backend in backends() {
+        for opt in optimizers() {
+            let init: Vec<Vec<f32>> = lens
+                .iter()
+                .map(|&n| (0..n).map(|_| rng.unit()).collect())
+                .collect();
+            let mut model: Vec<Vec<bf16>> = init
+                .iter()
+                .map(|w| w.iter().map(|&x| bf16::from_f32(x)).collect())
+                .collect();
+            let mut t = Trainer::builder(opt)
+                .backend(backend)
+                .clip_grad_norm(0.5)
+                .build(&init)
+                .unwrap();
+            let g: Vec<Vec<f32>> = lens
+                .iter()
+                .map(|&n| grads(&mut rng, n, t.scale()))
+                .collect();
+            assert!(t.step(&g, &mut model).unwrap().applied);
+            let g: Vec<Vec<f32>> = lens
+                .iter()
+                .map(|&n| grads(&mut rng, n, t.scale()))
+                .collect();
+            let isa = backend.isa();
+            let neg = -(rng.unit().abs() as f64 + 1e-3);
+            for sum in [neg, -1.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+                for count in [0usize, 1 + rng.below(5)] {
+                    let before = full_state(&t, &model);
+                    let step = t.begin().unscale_and_check(&g).unwrap();
+                    let e = step.all_reduced(GradStats::new(count, sum)).unwrap_err();
+                    assert!(
+                        matches!(e, Error::InvalidArgument { arg: "sum_sq", .. }),
+                        "{isa} {sum}: {e:?}"
+                    );
+                    assert!(full_state(&t, &model) == before, "{isa} {opt:?} {sum}");
+                }
+            }
+            // Valid stats decide: a count > 0 skips (only the scaler moves),
+            // a count of 0 applies with the global norm.
+            let before = snapshot(&t, &model);
+            let global = GradStats::new(1 + rng.below(5), rng.unit().abs() as f64);
+            let r = t
+                .begin()
+                .unscale_and_check(&g)
+                .unwrap()
+                .all_reduced(global)
+                .unwrap()
+                .apply(&mut model)
+                .unwrap();
+            assert!(!r.applied && r.nonfinite == global.nonfinite, "{isa}");
+            assert!(snapshot(&t, &model) == before, "{isa}");
+            let global = GradStats::new(0, 4.0 + rng.unit().abs() as f64);
+            let steps = t.steps();
+            let r = t
+                .begin()
+                .unscale_and_check(&g)
+                .unwrap()
+                .all_reduced(global)
+                .unwrap()
+                .apply(&mut model)
+                .unwrap();
+            assert!(r.applied && t.steps() == steps + 1, "{isa}");
+            assert_eq!(r.grad_norm, global.sum_sq.sqrt());
+            assert_eq!(r.clip_coef, global.clip_coef(0.5));
+            assert!(t.master(1).unwrap().iter().all(|x| x.is_finite()));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Checkpoints no live trainer writes
+// ---------------------------------------------------------------------------
+
+/// FNV-1a 64, the checkpoint's checksum (src/train/checkpoint.rs).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h = 0xCBF2_9CE4_8422_2325u64;
+    for &b in bytes {
+        h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01B3);
+    }
+    h
+}
+
+/// `bytes` with `new` written at `at` and the checksum recomputed, so only
+/// a check of the meaning can reject it.
+fn patch(bytes: &[u8], at: usize, new: &[u8]) -> Vec<u8> {
+    let mut c = bytes.to_vec();
+    c[at..at + new.len()].copy_from_slice(new);
+    let body = c.len() - 8;
+    let sum = fnv1a(&c[..body]);
+    c[body..].copy_from_slice(&sum.to_le_bytes());
+    c
+}
+
+// Offsets in a checkpoint (layout in src/train/checkpoint.rs): a 21-byte
+// header, then the scaler (mode u8, scale f32, growth tracker u32,
+// hysteresis left u32, options), then the optimizer.
+const CK_SCALE: usize = 22;
+const CK_OPT_KIND: usize = 70;
+
+/// Offset of the field after the optimizer: the precision byte.
+fn ck_precision(bytes: &[u8]) -> usize {
+    match bytes[CK_OPT_KIND] {
+        1 => CK_OPT_KIND + 18,
+        _ => CK_OPT_KIND + 21,
+    }
+}
+
+fn ck_steps(bytes: &[u8]) -> usize {
+    ck_precision(bytes) + 1 + 4 + 8
+}
+
+/// Offset of element `j` of buffer `b` (0 master, 1 first, 2 second) of
+/// tensor `i`.
+fn ck_buf(bytes: &[u8], i: usize, b: usize, j: usize) -> usize {
+    let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()) as usize;
+    let mut at = ck_steps(bytes) + 8 + 8;
+    for ti in 0..=i {
+        at += 8; // tensor length
+        for bi in 0..3 {
+            let n = u64_at(at);
+            at += 8;
+            if (ti, bi) == (i, b) {
+                assert!(j < n, "tensor {i} buffer {b} has {n} values");
+                return at + 4 * j;
+            }
+            at += 4 * n;
+        }
+    }
+    unreachable!()
+}
+
+/// Restores `bytes` into a fresh trainer like `like`'s and returns the
+/// error; the trainer must be bit-identical afterwards.
+fn rejected(fresh: &dyn Fn() -> Trainer, bytes: &[u8], what: &str) -> String {
+    let mut u = fresh();
+    let before = (u.to_bytes(), *u.scaler(), u.steps());
+    let e = u.restore(bytes).unwrap_err();
+    assert!(matches!(e, Error::Checkpoint { .. }), "{what}: {e:?}");
+    assert!(
+        (u.to_bytes(), *u.scaler(), u.steps()) == before,
+        "{what}: a rejected restore changed the trainer"
+    );
+    e.to_string()
+}
+
+/// Checkpoints whose checksum is right but whose state no live trainer can
+/// be in are rejected, naming the field, with the trainer untouched: a step
+/// counter at u64::MAX (the next step would wrap to t = 0 and AdamW would
+/// divide by zero), a NaN or infinite master weight, a negative or NaN
+/// second moment, an infinite first moment, a disabled scaler holding scale
+/// 65536, AdamW eps = 0, a Nesterov byte of 2, max_norm -0, non-zero
+/// moments at step 0. The same bytes with a valid value there restore.
+#[test]
+fn checkpoints_breaking_live_invariants_are_rejected() {
+    let mut rng = Rng::fresh("checkpoints_breaking_live_invariants_are_rejected");
+    let backend = backends()[rng.below(backends().len())];
+    let adam: Optimizer = AdamW::new(1e-3).into();
+    let (t, model) = trained(backend, adam, Precision::default());
+    let bytes = t.to_bytes();
+    let fresh = || {
+        Trainer::builder(adam)
+            .backend(backend)
+            .build(&model)
+            .unwrap()
+    };
+    // The patching is right: a valid value in each place restores.
+    let (i, j) = (rng.below(2), rng.below(9));
+    let x = rng.unit();
+    for (at, new) in [
+        (ck_buf(&bytes, i, 0, j), x.to_le_bytes()),
+        (ck_buf(&bytes, i, 1, j), x.to_le_bytes()),
+        (ck_buf(&bytes, i, 2, j), x.abs().to_le_bytes()),
+    ] {
+        let mut u = fresh();
+        u.restore(&patch(&bytes, at, &new)).unwrap();
+    }
+    let mut u = fresh();
+    u.restore(&patch(
+        &bytes,
+        ck_steps(&bytes),
+        &(u64::MAX - 1).to_le_bytes(),
+    ))
+    .unwrap();
+    assert_eq!(u.steps(), u64::MAX - 1);
+
+    let steps = ck_steps(&bytes);
+    let e = rejected(
+        &fresh,
+        &patch(&bytes, steps, &u64::MAX.to_le_bytes()),
+        "steps",
+    );
+    assert!(
+        e.contains("step counter") && e.contains(&u64::MAX.to_string()),
+        "{e}"
+    );
+
+    for nan in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let e = rejected(
+            &fresh,
+            &patch(&bytes, ck_buf(&bytes, i, 0, j), &nan.to_le_bytes()),
+            "master",
+        );
+        assert!(e.contains("master weight"), "{e}");
+        let e = rejected(
+            &fresh,
+            &patch(&bytes, ck_buf(&bytes, i, 1, j), &nan.to_le_bytes()),
+            "m",
+        );
+        assert!(e.contains("first buffer"), "{e}");
+    }
+    let neg = -(rng.unit().abs() + 1e-3);
+    for bad in [neg, -f32::MIN_POSITIVE, f32::NAN, f32::NEG_INFINITY] {
+        let e = rejected(
+            &fresh,
+            &patch(&bytes, ck_buf(&bytes, i, 2, j), &bad.to_le_bytes()),
+            "v",
+        );
+        assert!(e.contains("second moment"), "{e}");
+    }
+    // eps at its offset in the AdamW record (lr, beta1, beta2, eps, wd).
+    for eps in [0.0f32, -0.0, f32::INFINITY] {
+        let e = rejected(
+            &fresh,
+            &patch(&bytes, CK_OPT_KIND + 13, &eps.to_le_bytes()),
+            "eps",
+        );
+        assert!(e.contains("eps"), "{e}");
+    }
+    let clip = ck_precision(&bytes) + 1;
+    let e = rejected(
+        &fresh,
+        &patch(&bytes, clip, &(-0.0f32).to_le_bytes()),
+        "clip",
+    );
+    assert!(e.contains("max_norm"), "{e}");
+
+    // A disabled scaler holding 65536 (in [min_scale, max_scale], so the
+    // range check alone passes it); and as a scaler checkpoint.
+    let disabled = || {
+        Trainer::builder(adam)
+            .backend(backend)
+            .scaler(LossScaler::disabled())
+            .build(&model)
+            .unwrap()
+    };
+    let dbytes = disabled().to_bytes();
+    disabled().restore(&dbytes).unwrap();
+    let e = rejected(
+        &disabled,
+        &patch(&dbytes, CK_SCALE, &65536f32.to_le_bytes()),
+        "disabled scale",
+    );
+    assert!(e.contains("scale") && e.contains("6.5536e4"), "{e}");
+    let sbytes = LossScaler::disabled().to_bytes();
+    let e = LossScaler::from_bytes(&patch(&sbytes, CK_SCALE, &65536f32.to_le_bytes())).unwrap_err();
+    assert!(matches!(e, Error::Checkpoint { .. }), "{e:?}");
+    // A fixed scaler's growth tracker never moves.
+    let fbytes = LossScaler::fixed(1024.0).unwrap().to_bytes();
+    assert!(LossScaler::from_bytes(&fbytes).is_ok());
+    assert!(LossScaler::from_bytes(&patch(&fbytes, CK_SCALE + 4, &1u32.to_le_bytes())).is_err());
+
+    // Nesterov byte 2 (SGD record: lr, momentum, dampening, nesterov).
+    let sgd: Optimizer = Sgd::new(0.05).momentum(0.9).nesterov(true).into();
+    let sgd_fresh = || {
+        Trainer::builder(sgd)
+            .backend(backend)
+            .build(&model)
+            .unwrap()
+    };
+    let sgd_bytes = sgd_fresh().to_bytes();
+    sgd_fresh().restore(&sgd_bytes).unwrap();
+    let e = rejected(
+        &sgd_fresh,
+        &patch(&sgd_bytes, CK_OPT_KIND + 13, &[2]),
+        "nesterov",
+    );
+    assert!(e.contains("nesterov"), "{e}");
+    // Step 0 with a non-zero momentum buffer: no step ever wrote it.
+    let e = rejected(
+        &sgd_fresh,
+        &patch(
+            &sgd_bytes,
+            ck_buf(&sgd_bytes, i, 1, j),
+            &0.5f32.to_le_bytes(),
+        ),
+        "moment at step 0",
+    );
+    assert!(e.contains("before any step"), "{e}");
+}
+
+/// The step counter never wraps: at u64::MAX an applied step is an error
+/// that changes nothing (the scaler included), while a skipped one is
+/// still a skip. Reached by restoring a checkpoint at u64::MAX - 1.
+#[test]
+fn the_step_counter_never_wraps() {
+    let mut rng = Rng::fresh("the_step_counter_never_wraps");
+    for backend in backends() {
+        let adam: Optimizer = AdamW::new(1e-3).into();
+        let (t, mut model) = trained(backend, adam, Precision::default());
+        let bytes = t.to_bytes();
+        let mut u = Trainer::builder(adam)
+            .backend(backend)
+            .build(&model)
+            .unwrap();
+        u.restore(&patch(
+            &bytes,
+            ck_steps(&bytes),
+            &(u64::MAX - 1).to_le_bytes(),
+        ))
+        .unwrap();
+        let g = |rng: &mut Rng, s: f32| -> Vec<Vec<f32>> {
+            [37, 9].iter().map(|&n| grads(rng, n, s)).collect()
+        };
+        let r = u.step(&g(&mut rng, u.scale()), &mut model).unwrap();
+        assert!(r.applied && r.step == u64::MAX && u.steps() == u64::MAX);
+        assert!(u.master(0).unwrap().iter().all(|x| x.is_finite()));
+        let before = full_state(&u, &model);
+        let e = u.step(&g(&mut rng, u.scale()), &mut model).unwrap_err();
+        assert!(
+            matches!(e, Error::InvalidArgument { arg: "steps", .. }),
+            "{e:?}"
+        );
+        assert!(full_state(&u, &model) == before, "{}", backend.isa());
+        let mut bad = g(&mut rng, u.scale());
+        bad[1][rng.below(9)] = f32::NAN;
+        let r = u.step(&bad, &mut model).unwrap();
+        assert!(!r.applied && u.steps() == u64::MAX);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Hyper-parameters
+// ---------------------------------------------------------------------------
+
+/// AdamW with eps = 0 (or -0, negative, NaN, inf) is rejected at build
+/// time, naming eps: with eps = 0 a zero gradient makes `m / (sqrt(v) + eps)`
+/// 0/0 and the master weight NaN. Any finite eps > 0 is accepted, and
+/// then a zero gradient leaves every weight finite.
+#[test]
+fn adamw_eps_must_be_finite_and_positive() {
+    let mut rng = Rng::fresh("adamw_eps_must_be_finite_and_positive");
+    let w = vec![(0..17).map(|_| rng.unit()).collect::<Vec<f32>>()];
+    for eps in [0.0f32, -0.0, -1e-8, f32::NAN, f32::INFINITY] {
+        let e = Trainer::builder(AdamW::new(1e-3).eps(eps))
+            .build(&w)
+            .unwrap_err();
+        assert!(
+            matches!(e, Error::InvalidArgument { arg: "eps", .. }),
+            "{eps}: {e:?}"
+        );
+        assert!(
+            Optimizer::from(AdamW::new(1e-3).eps(eps))
+                .validate()
+                .is_err()
+        );
+    }
+    for backend in backends() {
+        let eps = f32::from_bits(1 + rng.below(0x7F7F_FFFF) as u32);
+        let mut t = Trainer::builder(AdamW::new(1e-3).eps(eps))
+            .backend(backend)
+            .build(&w)
+            .unwrap();
+        let mut model = w.clone();
+        assert!(t.step(&[vec![0f32; 17]], &mut model).unwrap().applied);
+        assert!(
+            t.master(0).unwrap().iter().all(|x| x.is_finite()),
+            "{} eps {eps:e}",
+            backend.isa()
+        );
     }
 }

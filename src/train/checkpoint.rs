@@ -5,6 +5,60 @@
 //! 64-bit checksum of everything before it. No dependency: the format is
 //! small and fixed, and the checksum only has to catch corruption, not
 //! tampering.
+//!
+//! # What a checkpoint must hold
+//!
+//! A checksum that matches says the bytes are the ones written, not that
+//! they mean something: a buggy writer, a hand-edited file or a checksum
+//! recomputed over changed bytes gets past it. So [`LossScaler::from_bytes`]
+//! and [`Trainer::restore`] also check every field against the invariants
+//! a live trainer keeps, and reject (changing nothing) a checkpoint that
+//! breaks one. Every state `to_bytes` writes satisfies them, except a
+//! diverged one (below), and every state they accept continues with the
+//! same invariants:
+//!
+//! - **Scaler** (`LossScaler::check_state`): its options pass
+//!   [`ScalerOptions::validate`] (growth factor finite and `> 1`, back-off
+//!   in `(0, 1)`, interval and hysteresis `>= 1`, `min_scale` a positive
+//!   normal `f32`, `max_scale` finite and `>= min_scale`, `init_scale` in
+//!   between). Dynamic: `min_scale <= scale <= max_scale`, growth tracker
+//!   `< growth_interval`, `1 <= hysteresis_left <= hysteresis`. Fixed: the
+//!   default options with `init_scale == scale`, tracker 0,
+//!   `hysteresis_left == hysteresis`. Disabled: the same with scale 1. The
+//!   mode byte is 0, 1 or 2.
+//! - **Hyper-parameters**: [`Optimizer::validate`], the builders' check
+//!   (lr finite and `>= 0`; SGD momentum and dampening in `[0, 1]`,
+//!   Nesterov only with momentum `> 0` and dampening 0, weight decay finite
+//!   and `>= 0`; AdamW betas in `[0, 1)`, eps finite and `> 0`, weight
+//!   decay finite and `>= 0`). The Nesterov byte is 0 or 1. `max_norm` is
+//!   `+0.0` (no clipping) or finite and `> 0`, as
+//!   [`TrainerBuilder::clip_grad_norm`] requires. The optimizer kind and
+//!   the precision mode (master weights or pure) are the restoring
+//!   trainer's; the precision byte is 0, 1 or 2.
+//! - **Step counter**: `< u64::MAX`. [`Step::apply`] never wraps it (a wrap
+//!   to 0 would divide AdamW's bias correction by zero), so a trainer at
+//!   the maximum could never apply another step; no run gets there.
+//! - **Tensors**: as many as the restoring trainer has, each of its length;
+//!   the master buffer holds one value per element in master mode and none
+//!   in pure mode, the first buffer one per element when the optimizer
+//!   keeps one (AdamW; SGD with momentum `!= 0`), the second one per
+//!   element for AdamW only.
+//! - **Values**: every master weight and every first-buffer value
+//!   (momentum, AdamW `m`) is finite; every AdamW second moment `v` is
+//!   `>= 0` and not NaN. `v = +inf` is kept: a live trainer gets there,
+//!   as torch does, when an unclipped gradient above about 1.8e19 squares
+//!   to inf in f32 (that weight then stops moving; it does not turn NaN).
+//!   While the counter is 0 no step was applied, so every moment is `+0.0`.
+//!
+//! A live trainer can hold a non-finite master weight or first moment only
+//! after an update overflowed f32 (a learning rate or an unclipped
+//! gradient so large that the step itself is inf): such a run has
+//! diverged, and restoring it is refused rather than resumed.
+//!
+//! [`ScalerOptions::validate`]: crate::train::ScalerOptions::validate
+//! [`Optimizer::validate`]: crate::train::Optimizer::validate
+//! [`TrainerBuilder::clip_grad_norm`]: crate::train::TrainerBuilder::clip_grad_norm
+//! [`Step::apply`]: crate::train::Step::apply
 
 use crate::error::Error;
 use crate::train::optim::{AdamW, Optimizer, Precision, Rounding, Sgd};
@@ -221,25 +275,17 @@ fn read_scaler(r: &mut Reader<'_>) -> Result<LossScaler, Error> {
         min_scale: r.f32("min_scale")?,
         max_scale: r.f32("max_scale")?,
     };
-    opts.validate().map_err(|e| Error::Checkpoint {
-        reason: format!("scaler options: {e}"),
-    })?;
-    let ok = scale >= opts.min_scale
-        && scale <= opts.max_scale
-        && growth_tracker < opts.growth_interval
-        && (1..=opts.hysteresis).contains(&hysteresis_left);
-    if !ok {
-        return err(format!(
-            "scaler state out of range: scale {scale:e}, growth tracker {growth_tracker}, hysteresis left {hysteresis_left}"
-        ));
-    }
-    Ok(LossScaler {
+    let s = LossScaler {
         mode,
         scale,
         growth_tracker,
         hysteresis_left,
         opts,
-    })
+    };
+    s.check_state().map_err(|e| Error::Checkpoint {
+        reason: format!("scaler ({mode:?}): {e}"),
+    })?;
+    Ok(s)
 }
 
 impl LossScaler {
@@ -257,7 +303,12 @@ impl LossScaler {
     ///
     /// [`Error::Checkpoint`] when the bytes are truncated, corrupt (bad
     /// magic, version or checksum), hold something else, or describe a
-    /// state out of range.
+    /// state no live scaler can be in (options [`ScalerOptions::validate`]
+    /// rejects; a dynamic scale outside `[min_scale, max_scale]`, a growth
+    /// tracker `>= growth_interval` or a hysteresis budget outside
+    /// `[1, hysteresis]`; a fixed or disabled scaler whose options, counters
+    /// or scale (1 when disabled) no constructor gives), naming the field
+    /// and its value.
     ///
     /// # Examples
     ///
@@ -334,9 +385,15 @@ impl Trainer {
     ///
     /// # Errors
     ///
-    /// [`Error::Checkpoint`] when the bytes are truncated or corrupt, or
-    /// were saved for another optimizer, precision mode or model shape;
-    /// then this trainer is unchanged.
+    /// [`Error::Checkpoint`] when the bytes are truncated or corrupt, were
+    /// saved for another optimizer, precision mode or model shape, or
+    /// break an invariant of a live trainer, naming the field and its
+    /// value: a scaler [`LossScaler::from_bytes`] rejects, hyper-parameters
+    /// [`Optimizer::validate`] rejects, a `max_norm` that is neither +0 (no
+    /// clipping) nor finite and `> 0`, a step counter at `u64::MAX`, a
+    /// non-finite master weight or first-buffer value, a second moment
+    /// that is negative or NaN, non-zero moments at step 0, or a flag byte
+    /// out of range. Then this trainer is unchanged.
     ///
     /// # Examples
     ///
@@ -361,7 +418,11 @@ impl Trainer {
                 lr: r.f32("lr")?,
                 momentum: r.f32("momentum")?,
                 dampening: r.f32("dampening")?,
-                nesterov: r.u8("nesterov")? != 0,
+                nesterov: match r.u8("nesterov")? {
+                    0 => false,
+                    1 => true,
+                    k => return err(format!("nesterov flag {k}, must be 0 or 1")),
+                },
                 weight_decay: r.f32("weight_decay")?,
             }),
             2 => Optimizer::AdamW(AdamW {
@@ -402,15 +463,24 @@ impl Trainer {
             return err("saved with another precision mode (master weights vs pure)");
         }
         let clip = r.f32("max_norm")?;
-        let clip = if clip == 0.0 {
+        // +0.0 is what `to_bytes` writes for "no clipping"; -0.0 is not, so
+        // that an accepted checkpoint writes back the same bytes.
+        let clip = if clip.to_bits() == 0 {
             None
         } else if clip.is_finite() && clip > 0.0 {
             Some(clip)
         } else {
-            return err(format!("max_norm {clip} out of range"));
+            return err(format!(
+                "max_norm {clip:e} out of range: must be +0 (no clipping) or finite and > 0"
+            ));
         };
         let seed = r.u64("seed")?;
         let steps = r.u64("step counter")?;
+        if steps == u64::MAX {
+            return err(format!(
+                "step counter {steps} is at its maximum: no further step could be applied"
+            ));
+        }
         let n = r.u64("tensor count")?;
         if n != self.tensors.len() as u64 {
             return err(format!(
@@ -443,6 +513,7 @@ impl Trainer {
                     "tensor {i}: buffer lengths do not match the optimizer"
                 ));
             }
+            check_values(i, &t, steps)?;
             tensors.push(t);
         }
         r.end()?;
@@ -458,4 +529,45 @@ impl Trainer {
         };
         Ok(())
     }
+}
+
+/// The value invariants of one restored tensor (see the module docs):
+/// finite master weights and first buffer, second moments `>= 0` and not
+/// NaN, and all-zero moments before the first applied step.
+fn check_values(i: usize, t: &State, steps: u64) -> Result<(), Error> {
+    let first_bad = |xs: &[f32], ok: fn(f32) -> bool| xs.iter().position(|&x| !ok(x));
+    if let Some(j) = first_bad(&t.master, f32::is_finite) {
+        return err(format!(
+            "tensor {i}: master weight {j} is {:e}, must be finite",
+            t.master[j]
+        ));
+    }
+    if let Some(j) = first_bad(&t.m, f32::is_finite) {
+        return err(format!(
+            "tensor {i}: first buffer value {j} is {:e}, must be finite",
+            t.m[j]
+        ));
+    }
+    if let Some(j) = first_bad(&t.v, |x| x >= 0.0) {
+        return err(format!(
+            "tensor {i}: second moment {j} is {:e}, must be >= 0 (and not NaN)",
+            t.v[j]
+        ));
+    }
+    if steps == 0 {
+        let zero = |x: f32| x.to_bits() == 0;
+        if let Some(j) = first_bad(&t.m, zero) {
+            return err(format!(
+                "tensor {i}: first buffer value {j} is {:e} before any step, must be +0",
+                t.m[j]
+            ));
+        }
+        if let Some(j) = first_bad(&t.v, zero) {
+            return err(format!(
+                "tensor {i}: second moment {j} is {:e} before any step, must be +0",
+                t.v[j]
+            ));
+        }
+    }
+    Ok(())
 }

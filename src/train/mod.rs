@@ -88,10 +88,12 @@
 //! let c1 = r1.begin().unscale_and_check(&g[1])?;
 //! // The engine's all-reduce (a sum) of each rank's two numbers:
 //! let (a0, a1) = (c0.stats().to_array(), c1.stats().to_array());
-//! let global = GradStats::from_array([a0[0] + a1[0], a0[1] + a1[1]]);
+//! // `from_array` and `all_reduced` reject stats no sum of real ones gives
+//! // (a fractional or negative count, a negative or non-finite sum).
+//! let global = GradStats::from_array([a0[0] + a1[0], a0[1] + a1[1]])?;
 //! let [w0, w1] = &mut w;
-//! let rep0 = c0.all_reduced(global).apply(w0)?;
-//! let rep1 = c1.all_reduced(global).apply(w1)?;
+//! let rep0 = c0.all_reduced(global)?.apply(w0)?;
+//! let rep1 = c1.all_reduced(global)?.apply(w1)?;
 //! // Global norm sqrt(4*9 + 4*16) = 10: both ranks clip by 1/10.
 //! assert!((rep0.grad_norm - 10.0).abs() < 1e-9 && rep0.clip_coef == rep1.clip_coef);
 //! assert!((w0[0][0] - (1.0 - 0.1 * 0.3)).abs() < 1e-6);

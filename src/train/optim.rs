@@ -84,7 +84,8 @@ pub struct AdamW {
     pub beta1: f32,
     /// Second-moment decay, in `[0, 1)`.
     pub beta2: f32,
-    /// Added to the bias-corrected `sqrt(v)`, `>= 0`.
+    /// Added to the bias-corrected `sqrt(v)`, finite and `> 0` (with 0 a
+    /// zero gradient gives `0 / 0`).
     pub eps: f32,
     /// Decoupled weight decay, `>= 0`.
     pub weight_decay: f32,
@@ -183,9 +184,14 @@ impl Optimizer {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidArgument`] naming the first one out of range
-    /// (negative or non-finite lr or weight decay, a beta outside `[0, 1)`,
-    /// Nesterov without momentum or with dampening, ...).
+    /// [`Error::InvalidArgument`] naming the first one out of range:
+    /// negative or non-finite lr or weight decay, an SGD momentum or
+    /// dampening outside `[0, 1]`, Nesterov without momentum or with
+    /// dampening, an AdamW beta outside `[0, 1)`, an AdamW `eps` that is
+    /// not finite and `> 0`. Builders and [`Trainer::restore`] use this
+    /// same check.
+    ///
+    /// [`Trainer::restore`]: crate::train::Trainer::restore
     pub fn validate(&self) -> Result<(), Error> {
         check_lr(self.lr())?;
         match *self {
@@ -206,7 +212,11 @@ impl Optimizer {
             Optimizer::AdamW(o) => {
                 in_range("beta1", o.beta1, 0.0, 1.0, true)?;
                 in_range("beta2", o.beta2, 0.0, 1.0, true)?;
-                in_range("eps", o.eps, 0.0, f32::MAX, false)?;
+                // eps = 0 divides 0 by 0 on a zero gradient (m = v = 0):
+                // the weight becomes NaN. torch accepts it; we do not.
+                if !(o.eps.is_finite() && o.eps > 0.0) {
+                    return bad("eps", format!("must be finite and > 0, got {}", o.eps));
+                }
                 in_range("weight_decay", o.weight_decay, 0.0, f32::MAX, false)?;
             }
         }

@@ -334,6 +334,93 @@ impl LossScaler {
     }
 }
 
+impl LossScaler {
+    /// Checks the invariants every scaler built by this module's
+    /// constructors keeps through any sequence of updates (the checkpoint
+    /// reader relies on it, and its module docs list them):
+    ///
+    /// - the options pass [`ScalerOptions::validate`];
+    /// - dynamic: `min_scale <= scale <= max_scale` (so the scale is a
+    ///   positive normal `f32`), `growth_tracker < growth_interval`,
+    ///   `1 <= hysteresis_left <= hysteresis`;
+    /// - fixed: the options are the defaults with `init_scale == scale`,
+    ///   the tracker is 0 and `hysteresis_left == hysteresis` (nothing ever
+    ///   moves them);
+    /// - disabled: as fixed, with `scale == 1`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] naming the first field out of range.
+    pub(crate) fn check_state(&self) -> Result<(), Error> {
+        let bad = |arg: &'static str, reason: String| Err(Error::InvalidArgument { arg, reason });
+        let o = &self.opts;
+        o.validate()?;
+        let s = self.scale;
+        if !(s >= o.min_scale && s <= o.max_scale) {
+            return bad(
+                "scale",
+                format!(
+                    "must be in [min_scale, max_scale] = [{:e}, {:e}], got {s:e}",
+                    o.min_scale, o.max_scale
+                ),
+            );
+        }
+        if self.mode != ScalerMode::Dynamic {
+            let (name, want_scale) = match self.mode {
+                ScalerMode::Disabled => ("a disabled", 1.0),
+                _ => ("a fixed", s),
+            };
+            if s != want_scale {
+                return bad(
+                    "scale",
+                    format!("{name} scaler's scale is always {want_scale:e}, got {s:e}"),
+                );
+            }
+            let want = ScalerOptions {
+                init_scale: s,
+                ..ScalerOptions::default()
+            };
+            if *o != want {
+                return bad(
+                    "options",
+                    format!(
+                        "{name} scaler keeps the default options with init_scale = scale, got {o:?}"
+                    ),
+                );
+            }
+            if self.growth_tracker != 0 || self.hysteresis_left != o.hysteresis {
+                return bad(
+                    "growth_tracker",
+                    format!(
+                        "{name} scaler never updates: growth tracker 0 and hysteresis left {}, got {} and {}",
+                        o.hysteresis, self.growth_tracker, self.hysteresis_left
+                    ),
+                );
+            }
+            return Ok(());
+        }
+        if self.growth_tracker >= o.growth_interval {
+            return bad(
+                "growth_tracker",
+                format!(
+                    "must be < growth_interval ({}), got {}",
+                    o.growth_interval, self.growth_tracker
+                ),
+            );
+        }
+        if !(1..=o.hysteresis).contains(&self.hysteresis_left) {
+            return bad(
+                "hysteresis_left",
+                format!(
+                    "must be in [1, hysteresis] = [1, {}], got {}",
+                    o.hysteresis, self.hysteresis_left
+                ),
+            );
+        }
+        Ok(())
+    }
+}
+
 impl Default for LossScaler {
     /// [`LossScaler::dynamic`].
     fn default() -> LossScaler {

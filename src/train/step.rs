@@ -510,14 +510,22 @@ impl<'t, 'g, G: Element, A: AsRef<[G]>> Step<'t, Checked<'g, G, A>> {
     /// [`GradStats::from_array`], and every rank then applies or skips
     /// alike, clipping by the global norm). See the
     /// [module docs](crate::train) for an example.
-    pub fn all_reduced(self, global: GradStats) -> Self {
-        Step {
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] when `global` cannot be a sum of real
+    /// stats ([`GradStats::validate`]: a negative, NaN or infinite
+    /// `sum_sq`). The step is dropped and nothing changed (weights, moments,
+    /// step counter and scaler keep their bits); begin a new one.
+    pub fn all_reduced(self, global: GradStats) -> Result<Self, Error> {
+        global.validate()?;
+        Ok(Step {
             trainer: self.trainer,
             state: Checked {
                 stats: global,
                 ..self.state
             },
-        }
+        })
     }
 
     /// Applies the update to every tensor (one fused pass each) if all
@@ -531,18 +539,34 @@ impl<'t, 'g, G: Element, A: AsRef<[G]>> Step<'t, Checked<'g, G, A>> {
     /// # Errors
     ///
     /// [`Error::ShapeMismatch`] / [`Error::InvalidArgument`] when `params`
-    /// does not match the trainer's tensors; then nothing changed, the
-    /// scaler included.
+    /// does not match the trainer's tensors; [`Error::InvalidArgument`]
+    /// naming `sum_sq` for stats that fail [`GradStats::validate`] (only
+    /// [`Step::all_reduced`] can bring such stats, and it checks them too),
+    /// or naming `steps` when the step would be applied with the step
+    /// counter at `u64::MAX` (it never wraps). In every case nothing
+    /// changed, the scaler included.
     pub fn apply<W: Element, P: AsMut<[W]>>(self, params: &mut [P]) -> Result<StepReport, Error> {
         let Step { trainer: tr, state } = self;
         let lens: Vec<usize> = params.iter_mut().map(|p| p.as_mut().len()).collect();
         tr.check_shapes("params", lens.into_iter())?;
+        let stats = state.stats;
+        stats.validate()?;
+        let found = !stats.is_finite();
+        // The counter of the step to apply, checked before anything changes:
+        // a wrap to 0 would make AdamW's bias correction divide by zero.
+        let next = if found {
+            tr.steps
+        } else {
+            tr.steps.checked_add(1).ok_or_else(|| Error::InvalidArgument {
+                arg: "steps",
+                reason: format!(
+                    "the step counter is at its maximum ({}); another applied step would wrap it",
+                    tr.steps
+                ),
+            })?
+        };
         let scale_before = tr.scaler.scale();
         let inv_scale = state.inv_scale;
-        let stats = state.stats;
-        // A sum that is not finite can only come from a bad all-reduce
-        // input; it must not reach the weights either.
-        let found = !stats.is_finite() || !stats.sum_sq.is_finite();
         let mut report = StepReport {
             applied: !found,
             scale_before,
@@ -556,7 +580,7 @@ impl<'t, 'g, G: Element, A: AsRef<[G]>> Step<'t, Checked<'g, G, A>> {
             if let Some(max_norm) = tr.clip {
                 report.clip_coef = stats.clip_coef(max_norm);
             }
-            let t = tr.steps + 1;
+            let t = next;
             let rule = tr.optimizer.rule(t);
             let stochastic = match tr.precision {
                 Precision::Master { rounding } => rounding == Rounding::Stochastic,
