@@ -42,13 +42,6 @@ impl Drop for Ieee {
     }
 }
 
-/// `f` with IEEE subnormals on this thread (see [`Ieee`]).
-#[inline]
-pub(crate) fn ieee<R>(f: impl FnOnce() -> R) -> R {
-    let _mode = Ieee::enter();
-    f()
-}
-
 #[cfg(target_arch = "x86_64")]
 mod control {
     /// MXCSR's flush-to-zero (bit 15) and denormals-are-zero (bit 6).
