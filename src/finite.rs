@@ -482,6 +482,8 @@ use crate::arch::x86_64 as x86;
 /// AVX512_BF16 and AMX add nothing here (the pass is bound by loads, the
 /// multiply and the integer rounding), so they run the AVX-512 kernel.
 fn run_unscale(token: Token, data: SliceMut<'_>, inv_scale: f32) -> GradStats {
+    // On whichever thread runs this chunk (see `fp_env`).
+    let _mode = crate::fp_env::Ieee::enter();
     use crate::arch::scalar::finite as scalar;
     match token {
         Token::Scalar => scalar::unscale(data, inv_scale),
@@ -502,6 +504,8 @@ fn run_unscale(token: Token, data: SliceMut<'_>, inv_scale: f32) -> GradStats {
 
 /// One widening unscale on one thread (equal lengths).
 fn run_unscale_into(token: Token, src: Slice<'_>, dst: &mut [f32], inv_scale: f32) -> GradStats {
+    // On whichever thread runs this chunk (see `fp_env`).
+    let _mode = crate::fp_env::Ieee::enter();
     use crate::arch::scalar::finite as scalar;
     match token {
         Token::Scalar => scalar::unscale_into(src, dst, inv_scale),

@@ -39,6 +39,8 @@ pub(crate) struct Tensor<'a> {
 /// Non-finite count, and sum of squares of the finite values, of
 /// `grad * inv_scale`; writes nothing.
 pub(crate) fn stats(token: Token, grad: Slice<'_>, inv_scale: f32) -> GradStats {
+    // IEEE subnormals whatever mode the caller left (see `fp_env`).
+    let _mode = crate::fp_env::Ieee::enter();
     match token {
         Token::Scalar => crate::arch::scalar::train::stats(grad, inv_scale),
         #[cfg(target_arch = "x86_64")]
@@ -58,6 +60,8 @@ pub(crate) fn stats(token: Token, grad: Slice<'_>, inv_scale: f32) -> GradStats 
 
 /// The fused update of one tensor, on the ISA `token` proves.
 pub(crate) fn apply(token: Token, u: &Update, t: Tensor<'_>) {
+    // IEEE subnormals whatever mode the caller left (see `fp_env`).
+    let _mode = crate::fp_env::Ieee::enter();
     match token {
         Token::Scalar => crate::arch::scalar::train::apply(u, t),
         #[cfg(target_arch = "x86_64")]
