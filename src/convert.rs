@@ -15,24 +15,17 @@ use crate::isa::{Backend, Token};
 /// Below this many elements the top-level functions run the scalar loop.
 const TINY: usize = 8;
 
-/// Above this many elements a conversion is split over rayon's threads.
-/// Measured (benches/convert.rs): one core converts ~64K elements in a few
-/// microseconds, about what a rayon fork-join costs; at 1M the split pays.
+/// Above this many elements a conversion is split over rayon's threads:
+/// below it one core finishes in about the time a rayon fork-join costs.
 const PARALLEL_MIN: usize = 1 << 20;
 
 /// Outputs of at least this many bytes are written with streaming
 /// (non-temporal) stores where the ISA has them (AVX-512): such an output
 /// does not fit this core's share of the caches anyway, and skipping the
-/// read-for-ownership saves a third to a half of the memory traffic.
-/// Measured at 16M elements, one core, AVX-512, ratio to `half` in the same
-/// run (benches/convert.rs; two interleaved runs each, on a loaded 2-core
-/// box, so only the ratios mean much): widening bf16->f32 0.9x without
-/// streaming vs 1.8-2.7x with, f16->f32 1.1-1.2x vs 2.0-2.3x; narrowing
-/// f32->f16 1.2-1.3x vs 1.3-1.5x, f32->bf16 1.3-1.5x vs 1.2-1.3x (within
-/// noise). The widening directions write twice what they read, so skipping
-/// the read-for-ownership of the output pays most there. 4 MiB is twice the
-/// per-core L2 of the reference box: smaller outputs may still be in cache
-/// when the caller reads them.
+/// read-for-ownership saves a third to a half of the memory traffic, most
+/// in the widening directions, which write twice what they read (see
+/// BENCHMARKS.md, Conversions). Smaller outputs may still be in cache when
+/// the caller reads them.
 const STREAM_MIN_BYTES: usize = 4 << 20;
 
 /// Each rayon task converts at least this many elements.

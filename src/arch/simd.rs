@@ -54,8 +54,8 @@
 //! entry point and the trait methods must be `#[inline(always)]`: no
 //! closures and no function values (`S::narrow_f16_sr` passed as an
 //! argument): LLVM may keep those out of line, and then each intrinsic in
-//! them becomes a call (measured: 30x slower). Dispatch through traits
-//! ([`Io`], [`Half`]) and the [`for_each_chunk!`] macro instead.
+//! them becomes a call, far slower (docs/tried.md). Dispatch through
+//! traits ([`Io`], [`Half`]) and the [`for_each_chunk!`] macro instead.
 //!
 //! Inside the full-vector loop `chunk.len == LANES` is a constant after
 //! inlining, so the branch between full and tail disappears.
@@ -663,7 +663,7 @@ impl Chunk {
 /// A macro, not a function taking a closure: a closure is a function of its
 /// own without the caller's `#[target_feature]`s, and when LLVM declines to
 /// inline a large one, every intrinsic inside it becomes an out-of-line call
-/// (measured: bf16 conversion at 0.1 Gelem/s instead of 20). The body is
+/// (see docs/tried.md, Conversions and the SIMD plumbing). The body is
 /// expanded twice (full chunks, tail); `return` and `?` in it leave the
 /// enclosing function.
 macro_rules! for_each_chunk {

@@ -212,8 +212,8 @@ impl<'a> Gemm<'a> {
             Threads::Count(n) => n.min(pool),
             Threads::Auto => pool,
         };
-        // Below ~2^21 multiply-adds (about 20 us on one core) a fork-join
-        // costs more than it saves.
+        // Below ~2^21 multiply-adds (a few tens of microseconds on one
+        // core) a fork-join costs more than it saves.
         let useful = ((work / (1u64 << 21) as f64) as usize).max(1);
         match self.threads {
             Threads::Auto => wanted.min(useful),

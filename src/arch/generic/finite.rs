@@ -23,8 +23,8 @@
 //! again (read only, inf/NaN skipped) with its values scaled by `2^90`, which brings every
 //! finite bf16/f16/f32 value below 2^-35 into the range where squares are
 //! exact to 2^-24. (Rejected: f64 accumulation of every vector. It is
-//! simpler but costs two conversions and two f64 FMAs per vector, measured
-//! ~1.6x slower for f32 in L2.)
+//! simpler but costs two conversions and two f64 FMAs per vector; see
+//! docs/tried.md, Gradient checks.)
 
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};

@@ -10,8 +10,7 @@
 //! latency and at most one load per 4 FMLAs; 24 accumulators and 5 loads
 //! per 24 FMLAs leave room on both. 8 x 12 rather than 12 x 8: the same
 //! ratio, but row-major tiles of 12 columns store as 3 whole q per row.
-//! (Not measured: aarch64 runs under qemu here, which says nothing about
-//! speed.)
+//! (Its speed is untested: see BENCHMARKS.md, Other machines.)
 //!
 //! Numerics: one fused multiply-add per product, in k order, exactly as
 //! the x86 FMA kernels and the small-m path (`axpy_rows`), so the packed

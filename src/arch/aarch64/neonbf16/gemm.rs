@@ -12,8 +12,8 @@
 //! all 32 registers; the compiled loop is 10 q loads and 24 `BFMMLA`, no
 //! spills). 24 independent
 //! accumulators cover `BFMMLA`'s latency on cores with 2 to 4 vector pipes
-//! (Neoverse N2/V1/V2), and one 16-byte load feeds 2.4 instructions. Not
-//! measured: aarch64 runs under qemu here, which says nothing about speed.
+//! (Neoverse N2/V1/V2), and one 16-byte load feeds 2.4 instructions. Its
+//! speed is untested: see BENCHMARKS.md, Other machines.
 //!
 //! # Numerics (where this kernel departs from the f32-FMA kernels)
 //!

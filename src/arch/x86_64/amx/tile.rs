@@ -5,8 +5,8 @@
 //! `tmm0..tmm3` accumulate a 32 x 32 f32 block of C (2 x 2 tiles),
 //! `tmm4`/`tmm5` hold two 16-row slabs of A (16 rows x 32 bf16), `tmm6`/`tmm7`
 //! two 16-column slabs of B in VNNI order (16 k-pairs x 16 columns x 2 bf16).
-//! Per 32-deep k-block that is 4 loads feeding 4 `tdpbf16ps` of 16x16x32,
-//! the blocking that reached ~960 FLOP/cycle on Emerald Rapids.
+//! Per 32-deep k-block that is 4 loads feeding 4 `tdpbf16ps` of 16x16x32:
+//! each loaded tile feeds two products (see BENCHMARKS.md, AMX).
 //!
 //! Tile state is per thread: a [`TileGuard`] loads the configuration on the
 //! thread that makes it and releases the tiles when dropped, and it is

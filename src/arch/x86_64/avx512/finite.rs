@@ -62,8 +62,8 @@ pub(super) fn unscale_bf16_pow2(s: Avx512, data: &mut [bf16], d: i32) -> GradSta
 /// oracle's rounding; returns the bits written.
 ///
 /// A test and a branch per vector: one per pair (`kortestd` of both masks)
-/// measured slower on Emerald Rapids, where LLVM then computes the zero
-/// test twice and every compare into a mask issues on the same port.
+/// was slower on Emerald Rapids, where LLVM then computes the zero test
+/// twice and every compare into a mask issues on the same port.
 #[inline]
 #[target_feature(enable = "avx,avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq")]
 fn unscale_vector(v: &mut [u16], c: Pow2<__m512i>) -> __m512i {

@@ -72,7 +72,7 @@ const MR: usize = 14;
 const NR: usize = 32;
 
 /// Written with intrinsics: LLVM spills the generic kernel's 28
-/// accumulators (measured 1.8 GFLOP/s), but keeps these in registers.
+/// accumulators (docs/tried.md), but keeps these in registers.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")]
 fn kernel(slots: usize, a: &[f32], b: &[f32], tile: &mut [f32], accumulate: bool) {
     // Divisions, not products: a huge `slots` must not wrap past the check.

@@ -6,10 +6,9 @@
 //! **flushes denormal inputs, accumulators and results to zero**. So bf16
 //! subnormals in A or B count as zero on this kernel, and partial sums
 //! below 2^-126 vanish; every other result is within the crate's bound.
-//! On Intel (Sapphire/Emerald Rapids) it issues at half the f32 FMA rate,
-//! so there the `avx512bf16` backend widens bf16 to f32 instead (see
-//! `dot_is_faster`); this kernel runs where it wins (AMD Zen 4+) or when
-//! forced.
+//! It is slower than widening to f32 and FMA on Intel, so there the
+//! `avx512bf16` backend widens instead (see `dot_is_faster`); this kernel
+//! runs where it wins (AMD Zen 4+) or when forced.
 
 use core::arch::x86_64::*;
 
@@ -127,11 +126,11 @@ fn kernel(slots: usize, a: &[f32], b: &[f32], tile: &mut [f32], accumulate: bool
     }
 }
 
-/// Whether `vdpbf16ps` beats widening to f32 + FMA on this CPU. Measured:
-/// on AMD Zen 4 it issues once per cycle (twice the f32 FMA throughput); on
-/// Intel Sapphire/Emerald Rapids every other cycle (half of it), so Intel
-/// widens. Unknown vendors widen (the safe choice: never slower than
-/// 2/3 of the dot kernel, and no denormal flushing).
+/// Whether `vdpbf16ps` beats widening to f32 + FMA on this CPU: on AMD
+/// Zen 4 it issues at twice the f32 FMA throughput, on Intel
+/// Sapphire/Emerald Rapids at half of it, so Intel widens (BENCHMARKS.md,
+/// Other machines). Unknown vendors widen: never far behind the dot
+/// kernel, and no denormal flushing.
 pub(crate) fn dot_is_faster() -> bool {
     // SAFETY: CPUID leaf 0 exists on every x86-64 CPU.
     let v = __cpuid(0);
