@@ -346,9 +346,9 @@ fn pack_panel<K: Microkernel, T: Element>(
 }
 
 /// Scratch buffers kept per thread between calls: a fresh multi-MiB `Vec`
-/// per call costs a page fault per 4 KiB and a zero fill, which measured
-/// up to a quarter of a 16-thread AMX GEMM at n = 2048 (B~ packed on the
-/// calling thread). Only buffers up to [`SCRATCH_MAX`] are kept.
+/// per call costs a page fault per 4 KiB and a zero fill, a large part of
+/// a multi-threaded AMX GEMM (see BENCHMARKS.md, AMX). Only buffers up to
+/// [`SCRATCH_MAX`] are kept.
 mod scratch {
     use std::cell::Cell;
 
@@ -615,9 +615,8 @@ pub(crate) fn run<K: Microkernel, T: Element, C: Element>(
 /// the B~ of its own columns over all of k into its scratch, then runs its
 /// cell's blocks. No packing pass before the threads start, and each
 /// core's B~ stays in its own caches, where with B~ packed once and shared
-/// every core fetches panels other cores have just written: the 16-thread
-/// AMX GEMM at n = 1024 and 2048 ran up to 25% faster this way (see
-/// `AmxBf16::LOCAL_B`).
+/// every core fetches panels other cores have just written, which limits
+/// a kernel as fast as AMX (see `AmxBf16::LOCAL_B`, and BENCHMARKS.md, AMX).
 /// Shapes and strides were validated by the caller. Returns the number of
 /// non-finite outputs.
 pub(crate) fn run_local_b<K: Microkernel, T: Element, C: Element>(
@@ -707,8 +706,8 @@ pub(crate) fn run_local_b<K: Microkernel, T: Element, C: Element>(
 /// and shared, and blocks of C handed out one at a time: A~ is packed
 /// whole (in parallel, row panels split evenly), B~ comes packed, and each
 /// thread takes the next block of C from a shared counter until none is
-/// left, so a core that runs slower (the lent AMX host's cores differ by
-/// up to 2x under load, and change from moment to moment) takes fewer
+/// left, so a core that runs slower (the lent AMX host's cores differ
+/// widely under load, and change from moment to moment) takes fewer
 /// blocks instead of holding up the call. Blocks are small enough for at
 /// least [`ITEMS_PER_THREAD`] per thread (see [`item_shape`]); in the
 /// counter's order the row blocks of one column block follow each other,
@@ -785,20 +784,15 @@ fn run_dynamic<K: Microkernel, T: Element, C: Element>(
 }
 
 /// Blocks of C per thread that [`run_dynamic`] aims for: enough that the
-/// last block a thread starts is a small part of its share. Host, 16
-/// threads, GFLOP/s against the static split, n = 2048: 2 per thread
-/// 1.02x, 4 1.11x, 8 1.04x; another machine, against 4: n = 2048 3 0.96x,
-/// 6 0.93x; n = 3072 3 0.99x, 6 1.05x.
+/// last block a thread starts is a small part of its share, few enough
+/// that blocks stay large (other counts: docs/tried.md, Threads).
 const ITEMS_PER_THREAD: usize = 4;
 
 /// Whether [`run_dynamic`] is the split for this kernel and shape: kernels
 /// that ask for it ([`Microkernel::DYNAMIC`]), on several threads, with at
-/// least 2^28 multiply-adds per thread (n = 2048 on 16 threads). Host, 16
-/// threads, GFLOP/s against the static splits in the same run (each build
-/// alternated, 5-6 runs of 20 calls, three lent machines): n = 2048
-/// 1.11x/1.55x/2.00x, 4096 1.10x/1.98x, but 1536 0.92x, 1024 0.77-0.81x,
-/// 512 0.60-0.79x, where its two packing passes and finer blocks cost more
-/// than the balance gains.
+/// least 2^28 multiply-adds per thread (n = 2048 on 16 threads). Below
+/// that its two packing passes and finer blocks cost more than the balance
+/// gains (see BENCHMARKS.md, AMX; docs/tried.md, Threads).
 fn dynamic_pays<K: Microkernel>(m: usize, n: usize, k: usize, threads: usize) -> bool {
     K::DYNAMIC && threads > 1 && (m as u128) * (n as u128) * (k as u128) >= (threads as u128) << 28
 }
@@ -903,8 +897,8 @@ impl SharedA {
 
 /// Largest B~ a thread of [`run_local_b`] packs for its cell: 2 MiB at
 /// n = 2048 on 16 threads (4 x 4 cells) is inside; 8 MiB at n = 4096 is
-/// not, and there the shared B~ measured 15-25% faster (16 copies of B~
-/// crowd the shared L3).
+/// not, and there the shared B~ is faster (16 copies of B~ crowd the
+/// shared L3; BENCHMARKS.md, AMX).
 const LOCAL_B_MAX_BYTES: usize = 4 << 20;
 
 /// Whether [`run_local_b`] is the better split for this kernel and shape
@@ -957,31 +951,22 @@ struct Workspace {
     tmp: Vec<f32>,
 }
 
-/// What the kernel calls of a block prefetch (a kernel may ignore it; the
-/// AMX kernel does it, see [`Ahead`]). Host, AMX, builds alternated.
+/// What the kernel calls of a block prefetch: the policy for a whole GEMM,
+/// which gives each kernel call its per-call [`Ahead`] (`Prefetch::X`
+/// produces `Ahead::X`; a kernel may ignore it, the AMX kernel does not).
+/// Measurements: BENCHMARKS.md, AMX; rejected variants: docs/tried.md,
+/// Prefetch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Prefetch {
     /// What the next call reads first, into L1: on several threads, where
-    /// 16 threads ran up to 12% slower without it at n = 2048 and 4096 in
-    /// three runs of four (26-53% in the fourth), and [`PanelAndTile`]
-    /// instead ran 0.98-1.10x (n = 1024 to 4096, two runs of 5 and 8
-    /// rounds; above 1.02x only at 4096; its B~ share alone 0.91-1.09x).
+    /// leaving it out was slower and [`PanelAndTile`] was no better.
     ///
     /// [`PanelAndTile`]: Prefetch::PanelAndTile
     NextOperand,
     /// The B~ micro-panel of the next (column, KC block) step into L2, a
     /// share per call, and the next call's accumulator tile into L1: on
-    /// one thread, where [`NextOperand`] ran 4-11% slower than none. Host,
-    /// 20-25 single calls alternated, median of per-round ratios (rounds
-    /// faster). The B~ share alone against none, two runs: n = 1024 1.03x
-    /// (14/20) and 1.12x (18/20), 2048 1.16x (19/20) and 1.15x (19/20),
-    /// 4096 1.23x (17/20) and 1.19x (19/20); eight lines per group instead
-    /// of four, or the step after next, no faster. The accumulator tile
-    /// added (`amx_loop_parts` had put "accumulators hot" 10-30% above the
-    /// loop as it was), against the share alone, two runs: n = 512 1.07x
-    /// (18/25), 1024 1.11x (20/20) and 1.15x (25/25), 2048 1.07x (15/20)
-    /// and 1.12x (25/25), 4096 1.11x (16/20) and 1.10x (17/25);
-    /// `prefetchw` instead of `prefetcht0` 1.06-1.13x.
+    /// one thread, where each pays and [`NextOperand`] was slower than no
+    /// prefetch at all.
     ///
     /// [`NextOperand`]: Prefetch::NextOperand
     PanelAndTile,
@@ -1117,9 +1102,9 @@ unsafe fn block<K: Microkernel, T: Element, C: Element>(
                         // What the next call reads first: the next A~
                         // panel, or after the last the next B~ micro-panel.
                         (Prefetch::NextOperand, _) if ip + 1 < m_panels => {
-                            Ahead::Next(a_panel(ip + 1, b_off, nslots))
+                            Ahead::NextOperand(a_panel(ip + 1, b_off, nslots))
                         }
-                        (Prefetch::NextOperand, Some(b_next)) => Ahead::Next(b_next),
+                        (Prefetch::NextOperand, Some(b_next)) => Ahead::NextOperand(b_next),
                         // Call ip's share of the next B~ micro-panel, and
                         // the next call's accumulator tile (the next row
                         // panel's, or after the last the next step's first).
@@ -1131,7 +1116,7 @@ unsafe fn block<K: Microkernel, T: Element, C: Element>(
                             } else {
                                 (next_step.map_or(jp, |(njp, _)| njp), 0)
                             };
-                            Ahead::Later {
+                            Ahead::PanelAndTile {
                                 b_share: &b_next[lo..(lo + share).min(b_next.len())],
                                 next_tile: acc_all
                                     .as_ptr()
@@ -1698,9 +1683,9 @@ mod probe {
     use crate::gemm::Gemm;
     use std::sync::OnceLock;
 
-    /// Multiplies per 256 slots of the busy kernel: `PROBE_BUSY`, or 745
-    /// (about 0.77 us at 2.9 GHz: the AMX kernel's 1370 GFLOP/s on one
-    /// core); 0 leaves the loops alone.
+    /// Multiplies per 256 slots of the busy kernel: `PROBE_BUSY`, or 745,
+    /// about as long as the AMX kernel takes for 256 slots on one core of
+    /// the lent host; 0 leaves the loops alone.
     fn busy_per_256() -> usize {
         static BUSY: OnceLock<usize> = OnceLock::new();
         *BUSY.get_or_init(|| std::env::var("PROBE_BUSY").map_or(745, |v| v.parse().unwrap()))

@@ -20,7 +20,8 @@ pub(crate) use super::blis::StoreBlock;
 use crate::element::Element;
 
 /// What the calls after a kernel call read, for the kernel to prefetch
-/// (see [`Microkernel::kernel_then`]).
+/// (see [`Microkernel::kernel_then`]): the per-call value, which the
+/// driver's policy `blis::Prefetch::X` produces as `Ahead::X`.
 #[derive(Clone, Copy, Debug)]
 #[cfg_attr(
     not(target_arch = "x86_64"),
@@ -31,12 +32,12 @@ pub(crate) enum Ahead<'a> {
     Nothing,
     /// The operand the next call reads first (an A~ panel or a B~
     /// micro-panel), wanted in L1 by the time that call starts.
-    Next(&'a [f32]),
+    NextOperand(&'a [f32]),
     /// This call's share of a B~ micro-panel read a few calls later,
     /// wanted in L2, and the accumulator tile the next call loads, wanted
     /// in L1 (an address only, never dereferenced: it points into the
     /// workspace that this call's own tile is borrowed from).
-    Later {
+    PanelAndTile {
         b_share: &'a [f32],
         next_tile: *const f32,
     },
@@ -122,14 +123,14 @@ pub(crate) trait Microkernel: Copy + Send + Sync {
     /// Whether threads pack their own B~ for their cells of C when B is
     /// not packed beforehand (see `blis::run_local_b`): for kernels so fast
     /// that fetching B~ panels other cores packed is the limit (AMX). The
-    /// AVX-512 kernels measured 10% slower with it on 2 threads at n = 512
-    /// (every thread then packs all of A or all of B).
+    /// AVX-512 kernels were slower with it (every thread then packs all of
+    /// A or all of B; docs/tried.md, Threads).
     const LOCAL_B: bool = false;
     /// Whether large GEMMs on several threads pack A~ and B~ once, shared,
     /// and hand out blocks of C one at a time (see `blis::run_dynamic` and
     /// `blis::dynamic_pays`): for kernels whose speed differs from core to
-    /// core (AMX on the lent host: a static split waited up to 2x longer
-    /// for its slowest thread). Not measured for the AVX-512 kernels.
+    /// core (AMX on the lent host, where a static split waits long for its
+    /// slowest thread). Not tried for the AVX-512 kernels.
     const DYNAMIC: bool = false;
     /// Shown in [`GemmReport::kernel`](crate::GemmReport).
     const NAME: &'static str;

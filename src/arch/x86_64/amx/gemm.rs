@@ -59,30 +59,23 @@ impl Microkernel for AmxBf16 {
     // workspace (4 tile loads, 4 stores) once per 512 k instead of per 256,
     // and the `KC x NR` bf16 micro-panel of B~ (32 KiB) still fits L1.
     const KC: usize = 512;
-    // 16 threads, bf16, packing included (GFLOP/s, three runs each, shared
-    // B~ -> own B~): n = 1024 2577/2156/2783 -> 3252/2600/3390, n = 2048
-    // 3980/3277/4326 -> 4268/3765/4380 (n = 4096 is past the size limit of
-    // `blis::local_b_pays`, where the shared B~ was 15-25% faster).
+    // Threads pack their own B~ up to `blis::local_b_pays`'s size limit: on
+    // 16 threads the shared B~ was slower there, and faster past it (see
+    // BENCHMARKS.md, AMX; docs/tried.md, Threads).
     const LOCAL_B: bool = true;
-    // Per-thread timings of a 16-thread call at n = 2048 (static cells):
-    // the first cells done after about 2.0 ms, the last after 4.5-6.6 ms.
+    // The static split's cells finish at very different times on 16
+    // threads; the dynamic split lets early threads take more blocks.
     const DYNAMIC: bool = true;
     // 8 A~ panels per B~ micro-panel instead of 5 where B~ is packed once
-    // (one thread, or n past LOCAL_B's limit). Host, pinned single calls
-    // alternated, two runs, GFLOP/s ratio to MC = 168: one thread n = 1024
-    // 1.57x/1.13x, 2048 0.99x/0.98x, 4096 1.36x/1.09x; 16 threads n = 4096
-    // 0.96x/1.00x. In the cells of `run_local_b` (16 threads, n = 1024 and
-    // 2048) 256-row blocks ran 9-21% slower, so it keeps 168 there.
+    // (one thread, or n past LOCAL_B's limit): faster on one thread, even on
+    // 16. `run_local_b`'s cells keep 168 rows (docs/tried.md, GEMM blocking).
     const MC: usize = 256;
     // Each column of tiles runs through 4 KC blocks (2048 k) before the
     // next column: its 8 accumulator tiles (32 KiB) are reloaded after 8
     // kernel calls instead of after the whole block's (1 MiB of them, with
     // a KC block of B~ as large passing through L2 in between), while the
-    // run's A~ (256 rows x 2048 k, 1 MiB) stays in L2. Host,
-    // one thread, single calls alternated, 20 rounds, the median of each
-    // round's ratio to KC_RUN = 1 (rounds faster): n = 1024 1.06x (15/20),
-    // 2048 1.05x (14/20), 4096 1.08x (16/20); 16 threads 0.97-1.05x (8
-    // rounds). KC = 1024 or 2048 in one call instead: 0.93-1.03x.
+    // run's A~ (256 rows x 2048 k, 1 MiB) stays in L2. A deeper KC in one
+    // call instead was no faster (docs/tried.md, GEMM blocking).
     const KC_RUN: usize = 4;
 
     #[inline(always)]
@@ -159,8 +152,8 @@ const B_STRIDE: usize = NR * 4;
 
 /// `tile = (accumulate ? tile : 0) + A~ B~` over `slots` slots, prefetching
 /// what `ahead` names as it goes: into L1 the first half of each group of
-/// [`Ahead::Next`] while it runs the same group here, or per group four
-/// lines of [`Ahead::Later`]'s B~ share into L2 and four of its next
+/// [`Ahead::NextOperand`] while it runs the same group here, or per group four
+/// lines of [`Ahead::PanelAndTile`]'s B~ share into L2 and four of its next
 /// accumulator tile into L1. The C tiles
 /// `tmm0..tmm3` stay in tile registers from the first `asm!` block to the
 /// last: the compiler never allocates tile registers itself, and nothing
@@ -210,20 +203,20 @@ fn kernel(
     let full = slots / ROW_GROUP;
     let tail = slots % ROW_GROUP;
     // The first `with` groups run beside prefetches: the next call's
-    // group of the same index, or a 256-byte step of the later share.
+    // group of the same index, or a 256-byte step of the B~ share.
     let with = match ahead {
         Ahead::Nothing => 0,
-        Ahead::Next(next) => (next.len() / GROUP_SLOTS).min(full),
-        Ahead::Later { b_share, .. } => (b_share.len() / LATER_STEP).min(full),
+        Ahead::NextOperand(next) => (next.len() / GROUP_SLOTS).min(full),
+        Ahead::PanelAndTile { b_share, .. } => (b_share.len() / SHARE_STEP).min(full),
     };
     let (a_ptr, b_ptr) = (a.as_ptr(), b.as_ptr());
     // SAFETY: `full` groups of `GROUP_SLOTS` f32 slots are inside `a` and
     // `b` (slots * 32 <= len, asserted above); prefetches never fault.
     unsafe {
         match ahead {
-            Ahead::Next(p) => groups_prefetch(_tiles, a_ptr, b_ptr, p.as_ptr(), with),
-            Ahead::Later { b_share, next_tile } => {
-                groups_later(_tiles, a_ptr, b_ptr, b_share.as_ptr(), next_tile, with)
+            Ahead::NextOperand(p) => groups_prefetch(_tiles, a_ptr, b_ptr, p.as_ptr(), with),
+            Ahead::PanelAndTile { b_share, next_tile } => {
+                groups_panel_and_tile(_tiles, a_ptr, b_ptr, b_share.as_ptr(), next_tile, with)
             }
             Ahead::Nothing => {}
         }
@@ -273,11 +266,9 @@ struct Group([f32; GROUP_SLOTS]);
 /// the previous readers of its register), and A~ through `tileloaddt1`:
 /// each A~ tile is read once per B~ micro-panel and comes from L2, so the
 /// hint keeps it from pushing the B~ micro-panel (reused by every A~ panel
-/// of the block) out of L1. On the lent host, pinned single calls
-/// alternated, 20 rounds, one thread, GFLOP/s against the plain loop
-/// (`tileloadd` only, loads at the top of each group): n = 512 1.17x,
-/// 1024 1.13x, 2048 1.38x, 4096 1.26x (either change alone: 1.00-1.35x);
-/// 16 threads 1.00-1.04x.
+/// of the block) out of L1. Both changes pay on one thread against the
+/// plain loop (`tileloadd` only, loads at the top of each group), and cost
+/// nothing on 16 (see BENCHMARKS.md, AMX).
 macro_rules! group_loop {
     ($a:ident, $b:ident, $n:ident, [$($extra:literal),*] $(, $name:ident = $op:expr)*) => {
         asm!(
@@ -341,9 +332,9 @@ unsafe fn groups(_tiles: &TileGuard, a: *const f32, b: *const f32, n: usize) {
 }
 
 /// [`groups`], and the first 1024 bytes of each of `n` groups of `next`
-/// prefetched into L1 (16 lines per 4 `tdpbf16ps`: half a group measured
-/// faster than a whole one; the driver asks for it on several threads
-/// only, see `blis::Prefetch`).
+/// prefetched into L1 (16 lines per 4 `tdpbf16ps`: half a group, which was
+/// faster than a whole one, docs/tried.md; the driver asks for it on
+/// several threads only, see `blis::Prefetch`).
 ///
 /// # Safety
 ///
@@ -389,12 +380,12 @@ unsafe fn groups_prefetch(
     }
 }
 
-/// f32 of [`Ahead::Later`] prefetched per group: four lines.
-const LATER_STEP: usize = 64;
+/// f32 of [`Ahead::PanelAndTile`] prefetched per group: four lines.
+const SHARE_STEP: usize = 64;
 
 /// [`groups`], and per group four lines of `later` prefetched into L2
 /// (`prefetcht1`) and four of `tile` into L1 (`prefetcht0`): `n` steps of
-/// [`LATER_STEP`] each. The driver hands each of the 8 calls on one B~
+/// [`SHARE_STEP`] each. The driver hands each of the 8 calls on one B~
 /// micro-panel an eighth of the next one (4 KiB, the 16 groups of a KC =
 /// 512 call) and the next call's accumulator tile (4 KiB), on one thread
 /// (see `blis::Prefetch`).
@@ -403,7 +394,7 @@ const LATER_STEP: usize = 64;
 ///
 /// As [`groups`]; `later` and `tile` need only be addresses.
 #[inline(always)]
-unsafe fn groups_later(
+unsafe fn groups_panel_and_tile(
     _tiles: &TileGuard,
     a: *const f32,
     b: *const f32,
@@ -439,7 +430,7 @@ unsafe fn groups_later(
 }
 
 // The group arithmetic above assumes these.
-const _: () = assert!(GROUP_SLOTS * 4 == 2048 && LATER_STEP * 4 == 256);
+const _: () = assert!(GROUP_SLOTS * 4 == 2048 && SHARE_STEP * 4 == 256);
 const _: () = assert!(tile::MR == MR && tile::NR == NR);
 
 #[cfg(test)]
@@ -574,7 +565,7 @@ mod tests {
                                 };
                                 let acc = &mut acc_all[(jp * mp + ip) * 1024..][..1024];
                                 let next = if pf {
-                                    Ahead::Next(next)
+                                    Ahead::NextOperand(next)
                                 } else {
                                     Ahead::Nothing
                                 };
@@ -649,7 +640,7 @@ mod tests {
                                 };
                                 let nt = ((njp % acols) * mp + nip) * 1024;
                                 let ahead = if pf && jp + 1 < np {
-                                    Ahead::Later {
+                                    Ahead::PanelAndTile {
                                         b_share: &b_next[ip * 1024..(ip + 1) * 1024],
                                         next_tile: acc.as_ptr().wrapping_add(nt),
                                     }
