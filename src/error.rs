@@ -81,11 +81,6 @@ pub enum Error {
         /// The ISA asked for.
         isa: Isa,
     },
-    /// A training step was driven out of order (see `halfkern::train`).
-    StepOrder {
-        /// What was attempted, and what had to come first.
-        reason: &'static str,
-    },
     /// A checkpoint could not be restored: corrupt, truncated or for another model.
     Checkpoint {
         /// What did not match.
@@ -123,7 +118,11 @@ impl fmt::Display for Error {
             Error::UnknownIsa { name } => write!(
                 f,
                 "unknown ISA {name:?}; known: {}",
-                Isa::ALL.map(Isa::name).join(", ")
+                Isa::ALL
+                    .iter()
+                    .map(|isa| isa.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             Error::IsaUnavailable { isa } => write!(
                 f,
@@ -134,7 +133,6 @@ impl fmt::Display for Error {
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
-            Error::StepOrder { reason } => write!(f, "training step out of order: {reason}"),
             Error::Checkpoint { reason } => write!(f, "checkpoint rejected: {reason}"),
         }
     }

@@ -46,8 +46,9 @@ pub enum Isa {
 }
 
 impl Isa {
-    /// Every ISA this crate knows, on any architecture.
-    pub const ALL: [Isa; 7] = [
+    /// Every ISA this crate knows, on any architecture (within one, worst
+    /// first). A slice, so that adding an ISA is not a breaking change.
+    pub const ALL: &'static [Isa] = &[
         Isa::Scalar,
         Isa::Avx2,
         Isa::Avx512,
@@ -85,7 +86,8 @@ impl Isa {
     /// ```
     pub fn available() -> Vec<Isa> {
         Isa::ALL
-            .into_iter()
+            .iter()
+            .copied()
             .filter(|isa| isa.is_available())
             .collect()
     }
@@ -126,7 +128,8 @@ impl FromStr for Isa {
             .map(|c| c.to_ascii_lowercase())
             .collect();
         Isa::ALL
-            .into_iter()
+            .iter()
+            .copied()
             .find(|isa| isa.name() == norm)
             .ok_or_else(|| Error::UnknownIsa { name: s.to_owned() })
     }
@@ -213,7 +216,8 @@ impl Backend {
         static BEST: OnceLock<Backend> = OnceLock::new();
         *BEST.get_or_init(|| {
             Isa::ALL
-                .into_iter()
+                .iter()
+                .copied()
                 .rev()
                 .find_map(Backend::new)
                 .unwrap_or(Backend::scalar())
@@ -286,7 +290,7 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for isa in Isa::ALL {
+        for &isa in Isa::ALL {
             assert_eq!(isa.name().parse::<Isa>(), Ok(isa));
             assert_eq!(isa.to_string(), isa.name());
         }

@@ -399,7 +399,7 @@ fn neighbours_f16(x: f32) -> (f64, f64) {
 /// process.
 #[test]
 fn forcing_an_isa_the_machine_lacks_is_an_error_not_a_fallback() {
-    let missing = Isa::ALL.into_iter().find(|isa| !isa.is_available());
+    let missing = Isa::ALL.iter().copied().find(|isa| !isa.is_available());
     match std::env::var("HALFKERN_CHILD").as_deref() {
         Ok("missing") => {
             let missing = missing.unwrap();
