@@ -59,25 +59,37 @@ impl Backend {
     /// addressed (a broadcast view, stride 0, of 2^60 rows, say), and
     /// [`Error::Allocation`] when its memory cannot be had.
     pub fn pack_b<T: Element>(&self, b: MatRef<'_, T>) -> Result<PackedB<T>, Error> {
-        self.pack_b_for(b, &super::Gemm::new())
+        self.pack_b_with(b, None)
     }
 
     /// [`Backend::pack_b`] for the kernel `params` selects (its hidden
-    /// `dot_kernel` choice); for tests and benchmarks.
+    /// `dot_kernel` choice). A test and benchmark hook: only with the
+    /// `internals` feature, no stability promise.
     ///
     /// # Errors
     ///
     /// As [`Backend::pack_b`].
+    #[cfg(feature = "internals")]
     #[doc(hidden)]
     pub fn pack_b_for<T: Element>(
         &self,
         b: MatRef<'_, T>,
         params: &super::Gemm<'_>,
     ) -> Result<PackedB<T>, Error> {
+        self.pack_b_with(b, params.dot)
+    }
+
+    /// [`Backend::pack_b`] for the bf16 dot kernel choice `dot` (see
+    /// `Gemm::dot`).
+    fn pack_b_with<T: Element>(
+        &self,
+        b: MatRef<'_, T>,
+        dot: Option<bool>,
+    ) -> Result<PackedB<T>, Error> {
         super::with_kernel(
             self.token,
             T::DTYPE,
-            params.dot,
+            dot,
             Pack {
                 b,
                 threads: rayon::current_num_threads(),

@@ -163,7 +163,9 @@ impl<'a> Gemm<'a> {
     /// microkernel for bf16 inputs (`vdpbf16ps` on `avx512bf16`/`amx`,
     /// `BFMMLA` on `neonbf16`); `None` (default) takes the per-CPU choice (on
     /// `amx`: the tile kernel; `Some` there runs the `avx512bf16` kernels
-    /// instead). For tests and benchmarks.
+    /// instead). A test and benchmark hook: only with the `internals`
+    /// feature, no stability promise.
+    #[cfg(feature = "internals")]
     #[doc(hidden)]
     pub const fn dot_kernel(mut self, dot: Option<bool>) -> Self {
         self.dot = dot;

@@ -46,7 +46,8 @@
 //!
 //! The `neonbf16` backend takes this kernel for bf16 inputs by default (it
 //! does four times the multiply-adds per instruction of widening + `FMLA`);
-//! `Gemm::dot_kernel(Some(false))` forces widening instead.
+//! the test hook `Gemm::dot_kernel(Some(false))` (feature `internals`)
+//! forces widening instead.
 
 use core::arch::aarch64::*;
 use core::arch::asm;
