@@ -60,14 +60,21 @@ pub mod gemm;
 mod isa;
 pub mod train;
 
+// Root re-exports: the entry functions of the one-call capabilities (convert, gemm) and every type
+// users build or get back from any capability; other functions and `Step`'s state markers go by path.
 pub use convert::{convert, convert_stochastic};
 pub use element::{DType, Element};
 pub use error::Error;
+pub use finite::GradStats;
 pub use gemm::{
     Activation, Bias, Gemm, GemmReport, MatMut, MatRef, PackedB, Threads, gemm, gemm_packed,
 };
 pub use half::{bf16, f16};
 pub use isa::{Backend, Isa};
+pub use train::{
+    AdamW, LossScaler, Optimizer, Precision, Rounding, ScalerMode, ScalerOptions, Sgd, Step,
+    StepReport, Trainer, TrainerBuilder,
+};
 
 /// The scalar bit-level conversions that define the numerics contract,
 /// exported so tests, fuzzers and users can check results against them.
