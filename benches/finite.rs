@@ -117,5 +117,43 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+/// The cost of keeping IEEE subnormals (`fp_env`) per call: a small
+/// unscale in this thread's default mode (the guard only reads MXCSR)
+/// and with flush-to-zero and denormals-are-zero set (it clears and
+/// restores them: two LDMXCSR per call).
+#[cfg(target_arch = "x86_64")]
+fn bench_fp_env(c: &mut Criterion) {
+    fn mxcsr() -> u32 {
+        let mut x = 0u32;
+        // SAFETY: STMXCSR stores 4 bytes into `x`.
+        unsafe { std::arch::asm!("stmxcsr [{}]", in(reg) &mut x, options(nostack)) };
+        x
+    }
+    fn set_mxcsr(x: u32) {
+        // SAFETY: LDMXCSR loads 4 bytes of a valid MXCSR value.
+        unsafe { std::arch::asm!("ldmxcsr [{}]", in(reg) &x, options(nostack, readonly)) };
+    }
+    let inv = black_box(1.0f32);
+    let backend = Backend::best();
+    for n in [64usize, 4096] {
+        let mut g = data(n);
+        let mut group = c.benchmark_group(format!("fp_env/unscale_f32/{n}"));
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_function("ieee_mode", |b| {
+            b.iter(|| backend.unscale(&mut g, inv).unwrap())
+        });
+        let saved = mxcsr();
+        set_mxcsr(saved | (1 << 15) | (1 << 6));
+        group.bench_function("ftz_daz_mode", |b| {
+            b.iter(|| backend.unscale(&mut g, inv).unwrap())
+        });
+        set_mxcsr(saved);
+        group.finish();
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn bench_fp_env(_: &mut Criterion) {}
+
+criterion_group!(benches, bench, bench_fp_env);
 criterion_main!(benches);
