@@ -21,22 +21,9 @@ use halfkern::train::{AdamW, Optimizer, Sgd, Trainer};
 use halfkern::{Backend, Isa, bf16};
 use libfuzzer_sys::fuzz_target;
 
-struct Bytes<'a>(&'a [u8]);
-
-impl Bytes<'_> {
-    fn u8(&mut self) -> u8 {
-        match self.0.split_first() {
-            Some((&b, rest)) => {
-                self.0 = rest;
-                b
-            }
-            None => 0,
-        }
-    }
-    fn u64(&mut self) -> u64 {
-        u64::from_le_bytes(std::array::from_fn(|_| self.u8()))
-    }
-}
+#[path = "common/bytes.rs"]
+mod bytes;
+use bytes::Bytes;
 
 /// An f64 at the edges of the rule, or any bits.
 fn edge_f64(b: &mut Bytes<'_>) -> f64 {

@@ -21,22 +21,9 @@ use halfkern::train::{
 use halfkern::{Backend, Isa, bf16};
 use libfuzzer_sys::fuzz_target;
 
-struct Bytes<'a>(&'a [u8]);
-
-impl Bytes<'_> {
-    fn u8(&mut self) -> u8 {
-        match self.0.split_first() {
-            Some((&b, rest)) => {
-                self.0 = rest;
-                b
-            }
-            None => 0,
-        }
-    }
-    fn u32(&mut self) -> u32 {
-        u32::from_le_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
-    }
-}
+#[path = "common/bytes.rs"]
+mod bytes;
+use bytes::Bytes;
 
 /// FNV-1a 64, the checkpoint's checksum.
 fn fnv1a(bytes: &[u8]) -> u64 {

@@ -16,22 +16,9 @@
 use halfkern::{Backend, Element, Isa, bf16, f16};
 use libfuzzer_sys::fuzz_target;
 
-struct Bytes<'a>(&'a [u8]);
-
-impl Bytes<'_> {
-    fn u8(&mut self) -> u8 {
-        match self.0.split_first() {
-            Some((&b, rest)) => {
-                self.0 = rest;
-                b
-            }
-            None => 0,
-        }
-    }
-    fn u32(&mut self) -> u32 {
-        u32::from_le_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
-    }
-}
+#[path = "common/bytes.rs"]
+mod bytes;
+use bytes::Bytes;
 
 /// An element type's bits as u32, and the oracle's rounding.
 trait Elem: Element + PartialEq + std::fmt::Debug {
