@@ -1,0 +1,133 @@
+//! The BLIS algorithm, written once over [`Microkernel`]: blocking, packing
+//! with zero-padded edges, the five loops, the epilogue of each tile, and
+//! the split over threads.
+//!
+//! Loop order (Goto/BLIS, with B packed whole up front so that the same
+//! packed form serves [`PackedB`](super::PackedB)):
+//!
+//! ```text
+//! pack B~ (k x n, NR-column panels, each split in KC blocks)   [parallel]
+//! LOOP 5  jc over n by NC  } work items (ic, jc), split over threads
+//! LOOP 3  ic over m by MC  }
+//!   LOOP 4  pc over k by KC: pack A~ (MC x KC, MR-row panels)
+//!     LOOP 2  jr over NC by NR
+//!       LOOP 1  ir over MC by MR: microkernel on one MR x NR tile
+//!   epilogue and the single store of the MC x NC block, row by row
+//! ```
+//!
+//! A kernel may take LOOP 4 in runs of [`Microkernel::KC_RUN`] KC blocks
+//! and put LOOP 2 outside each run (every column of tiles through the
+//! run's blocks, then the next): AMX, whose accumulators go through memory
+//! between KC blocks, then finds a column's tiles near the core again.
+//!
+//! Large GEMMs on several threads with a kernel that asks for it
+//! ([`Microkernel::DYNAMIC`], AMX) pack A~ whole as well and hand the
+//! blocks of C out one at a time instead ([`run_dynamic`]); smaller ones
+//! with unpacked B may give each thread its own B~ ([`run_local_b`]).
+//!
+//! LOOP 4 sits inside LOOP 3 (BLIS has it outside) so a thread keeps the
+//! f32 partial sums of its own `MC x NC` block across KC blocks in a
+//! private workspace: C is stored once, in its own type, after the
+//! epilogue, and never read back in a lower precision. The cost is
+//! re-reading a `KC x NC` block of B~ per MC block, which is L2/L3 traffic
+//! of a few bytes per thousand flops.
+//!
+//! Edge tiles never reach the microkernel as such: packing pads panels
+//! with zeros to full `MR`/`NR` and to a whole slot along k, so the kernel
+//! always computes full tiles; the epilogue stores only the valid part.
+
+//!
+//! One idea per file: [`pack`] (A~ and B~), [`scratch`] (the buffers each
+//! thread keeps between calls), [`split`] (the split of C over threads),
+//! [`block`] (LOOP 4, 2 and 1 on one block of C) and [`store`] (the
+//! epilogue and the single store of each output).
+
+mod block;
+mod pack;
+#[cfg(all(test, target_arch = "x86_64"))]
+mod probe;
+mod scratch;
+mod split;
+mod store;
+#[cfg(test)]
+mod tests;
+
+pub(crate) use pack::{PackedPanels, pack_b, pack_b_scratch, recycle};
+pub(crate) use split::{local_b_pays, run, run_local_b};
+pub(crate) use store::StoreBlock;
+pub(in crate::gemm) use store::{CPtr, store_row};
+
+use super::kernel::{Format, Microkernel};
+use pack::LINE;
+use split::dynamic_pays;
+
+/// Depth of a packed block: a `KC x NR` micro-panel of B~ (32 KiB for
+/// NR = 32 f32) stays in L1 (48 KiB here) while LOOP 1 runs over it. A
+/// multiple of 4, so a bf16 pair or quad never straddles two blocks.
+pub(crate) const KC: usize = 256;
+/// Upper bound for the rows of an A~ block: `MC x KC` f32 = 168 KiB for
+/// MC = 168, well inside a 2 MiB L2 with room for B~ micro-panels.
+pub(crate) const MC_MAX: usize = 168;
+/// Upper bound for the columns of a work item: its f32 workspace
+/// (`MC x NC`, 672 KiB) and the `KC x NC` slice of B~ it streams stay in L2.
+pub(super) const NC_MAX: usize = 1024;
+
+pub(super) const fn div_ceil(a: usize, b: usize) -> usize {
+    a.div_ceil(b)
+}
+
+/// Slots of one k range of `len` values.
+pub(super) const fn slots(len: usize, format: Format) -> usize {
+    format.slots(len)
+}
+
+/// Total slots of a whole k, block by block (the same for every even
+/// block depth, so for every kernel's [`Microkernel::KC`]).
+pub(crate) const fn total_slots(k: usize, format: Format) -> usize {
+    let full = k / KC;
+    full * slots(KC, format) + slots(k % KC, format)
+}
+
+/// Bytes of scratch the blocked GEMM allocates for `A (m x k) B (k x n)`
+/// on `threads` threads with kernel `K`: B~ unless `b_prepacked`, and A~
+/// (one row block of at most `max(K::MC, MC_MAX)` rows per thread, or all
+/// of A where [`split::run_dynamic`] takes it), plus each thread's tile workspace.
+/// `None` when the count overflows or passes `isize::MAX`: a broadcast
+/// view (stride 0) can name a shape whose packed form cannot exist.
+pub(crate) fn scratch_bytes<K: Microkernel>(
+    m: usize,
+    n: usize,
+    k: usize,
+    threads: usize,
+    b_prepacked: bool,
+) -> Option<usize> {
+    let b = if b_prepacked {
+        0
+    } else {
+        packed_b_slots::<K>(k, n)?
+    };
+    let a_panel = total_slots(k, K::FORMAT_A).checked_mul(K::MR)?;
+    let a = if dynamic_pays::<K>(m, n, k, threads) {
+        div_ceil(m, K::MR).checked_mul(a_panel)?
+    } else {
+        let rows = m.min(K::MC.max(MC_MAX));
+        let busy = threads.clamp(1, div_ceil(m, K::MR).max(1));
+        div_ceil(rows, K::MR)
+            .checked_mul(a_panel)?
+            .checked_mul(busy)?
+    };
+    let tiles = threads.checked_mul((K::MC.max(MC_MAX) + K::MR) * (NC_MAX + K::NR))?;
+    let slots = b.checked_add(a)?.checked_add(tiles)?;
+    slots
+        .checked_mul(size_of::<f32>())
+        .filter(|&bytes| bytes <= isize::MAX as usize)
+}
+
+/// f32 slots of B~ for a `k x n` B and kernel `K` (see [`PackedPanels`]),
+/// or `None` on overflow.
+pub(crate) fn packed_b_slots<K: Microkernel>(k: usize, n: usize) -> Option<usize> {
+    total_slots(k, K::FORMAT)
+        .checked_mul(K::NR)?
+        .checked_mul(div_ceil(n, K::NR))?
+        .checked_add(LINE)
+}

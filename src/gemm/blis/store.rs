@@ -1,0 +1,244 @@
+//! The end of a block: the epilogue (alpha, unscale, beta, bias,
+//! activation, rounding to C's type) applied row by row, the single store
+//! of each output through [`CPtr`], and the count of non-finite outputs.
+
+use super::NC_MAX;
+use super::block::Block;
+use crate::element::{DType, Element, SliceMut};
+use crate::gemm::epilogue::Epilogue;
+use crate::gemm::kernel::Microkernel;
+use crate::gemm::view::MatMut;
+
+/// C's base pointer and strides, shared by the threads. Each work item
+/// writes a disjoint block of C's elements, and [`MatMut`]'s strides never
+/// alias (checked when the view was made), so the blocks are disjoint in
+/// memory too.
+#[derive(Clone, Copy)]
+pub(in crate::gemm) struct CPtr<C> {
+    pub(in crate::gemm) ptr: *mut C,
+    pub(in crate::gemm) rs: usize,
+    pub(in crate::gemm) cs: usize,
+}
+
+impl<C> CPtr<C> {
+    /// C's pointer and strides, and the length of its slice (for debug
+    /// checks), for the threads that write it while the caller's borrow of
+    /// C lasts.
+    pub(in crate::gemm) fn of(c: MatMut<'_, C>) -> (Self, usize)
+    where
+        C: Element,
+    {
+        let (rs, cs) = (c.rs, c.cs);
+        let len = c.data.len();
+        (
+            CPtr {
+                ptr: c.data.as_mut_ptr(),
+                rs,
+                cs,
+            },
+            len,
+        )
+    }
+}
+
+// SAFETY: the pointer is only used for disjoint elements per thread (see
+// the type's docs) while the `&mut` borrow of C is held by `run`.
+unsafe impl<C: Send> Send for CPtr<C> {}
+// SAFETY: as above; no two threads touch the same element.
+unsafe impl<C: Send> Sync for CPtr<C> {}
+
+/// A finished block of C: its f32 sums in the workspace (tile by tile,
+/// `(jp * m_panels + ip) * MR * NR`), waiting for the epilogue and the
+/// single store of each output ([`Microkernel::store_block`]).
+///
+/// Only [`block`](super::block::block) makes one (the fields are private
+/// to `blis`), under its contract: the block lies inside C and this thread alone writes it.
+/// That is what lets [`StoreBlock::run`] be a safe fn.
+pub(crate) struct StoreBlock<'a, C> {
+    pub(super) ep: &'a Epilogue<'a>,
+    pub(super) acc: &'a [f32],
+    pub(super) blk: Block,
+    pub(super) m_panels: usize,
+    pub(super) n_panels: usize,
+    pub(super) c: CPtr<C>,
+    pub(super) c_len: usize,
+}
+
+impl<C: Element> StoreBlock<'_, C> {
+    /// The epilogue and the store of each output, row by row across the
+    /// block's tiles: C is written along its rows in runs of the block's
+    /// width, the order its cache lines are best fetched for ownership in.
+    /// Tile by tile (32 rows in 32 pages at a time) cost about a quarter
+    /// of a one-thread AMX GEMM at n = 2048. Each row's tile segments are
+    /// gathered into one span first, so every stage of the epilogue (and
+    /// the non-finite count) runs once per row instead of once per tile.
+    /// Returns how many stored values are non-finite.
+    #[inline(always)]
+    pub(crate) fn run<K: Microkernel>(&self, kern: K) -> usize {
+        let (mr, nr) = (K::MR, K::NR);
+        let (blk, tile) = (self.blk, mr * nr);
+        let span_tiles = ROW_SPAN / nr;
+        let mut span = [0.0f32; ROW_SPAN];
+        let mut nonfinite = 0;
+        for ip in 0..self.m_panels {
+            let rows = mr.min(blk.m - ip * mr);
+            for r in 0..rows {
+                let i = blk.i0 + ip * mr + r;
+                for jp0 in (0..self.n_panels).step_by(span_tiles) {
+                    let jp1 = (jp0 + span_tiles).min(self.n_panels);
+                    let cols = (blk.n - jp0 * nr).min((jp1 - jp0) * nr);
+                    let t = &mut span[..cols];
+                    let (whole, tail) = t.split_at_mut(cols / nr * nr);
+                    let row_at = |jp: usize| (jp * self.m_panels + ip) * tile + r * nr;
+                    for (jp, seg) in (jp0..).zip(whole.chunks_exact_mut(nr)) {
+                        seg.copy_from_slice(&self.acc[row_at(jp)..][..nr]);
+                    }
+                    if !tail.is_empty() {
+                        let jp = jp0 + cols / nr;
+                        tail.copy_from_slice(&self.acc[row_at(jp)..][..tail.len()]);
+                    }
+                    let j0 = blk.j0 + jp0 * nr;
+                    // SAFETY: row i, columns j0..j0 + cols of the block,
+                    // which `block`'s contract puts inside C and gives to
+                    // this thread alone (see the type's docs).
+                    nonfinite += unsafe { store_row(kern, self.ep, t, i, j0, self.c, self.c_len) };
+                }
+            }
+        }
+        nonfinite
+    }
+}
+
+/// [`store_row`] for a contiguous f32 row of C, `d`: the stages run in `d`
+/// itself, with the same operations in the same order (so the same bits).
+/// No staging buffer: copying one just written by narrower stores (SSE2
+/// in this generic code) into C with a wide `memcpy` stalls each row on
+/// store forwarding.
+#[inline(always)]
+fn store_row_f32(ep: &Epilogue<'_>, acc: &[f32], i: usize, j0: usize, d: &mut [f32]) -> usize {
+    let alpha = ep.alpha;
+    let beta = ep.beta;
+    // One loop per case, so each vectorizes without branches inside.
+    match (ep.inv_scale, beta != 0.0) {
+        (None, false) => {
+            for (o, &y) in d.iter_mut().zip(acc) {
+                *o = alpha * y;
+            }
+        }
+        (Some(s), false) => {
+            for (o, &y) in d.iter_mut().zip(acc) {
+                *o = alpha * y * s;
+            }
+        }
+        (None, true) => {
+            for (o, &y) in d.iter_mut().zip(acc) {
+                *o = alpha * y + beta * *o;
+            }
+        }
+        (Some(s), true) => {
+            for (o, &y) in d.iter_mut().zip(acc) {
+                *o = alpha * y * s + beta * *o;
+            }
+        }
+    }
+    ep.add_bias_and_activate(d, i, j0);
+    count_nonfinite(d)
+}
+
+/// How many of `d` are inf or NaN, counted in 32-bit lanes (`filter().count()`
+/// vectorizes with 64-bit ones).
+#[inline(always)]
+fn count_nonfinite(d: &[f32]) -> usize {
+    d.iter().map(|x| u32::from(!x.is_finite())).sum::<u32>() as usize
+}
+
+/// The most columns of a row of C that [`StoreBlock::run`] stages at once
+/// (whole tiles of every ISA; a block up to [`NC_MAX`] wide takes two spans,
+/// so the tests of any ISA reach the span loop).
+const ROW_SPAN: usize = 512;
+const _: () = assert!(ROW_SPAN >= 64 && ROW_SPAN < NC_MAX);
+
+/// Applies the epilogue to `acc` (outputs `(i, j0..j0 + acc.len())`) and
+/// stores it into C; returns how many stored values are non-finite. `acc`
+/// is the staging buffer of the stages (left holding the f32 results where
+/// C is not contiguous f32).
+///
+/// # Safety
+///
+/// Outputs `(i, j0..j0 + acc.len())` lie inside the C view that `c` was
+/// taken from ([`CPtr::of`], `c_len` its slice's length), whose borrow
+/// outlives the call, and no other thread reads or writes them during it.
+#[inline(always)]
+pub(in crate::gemm) unsafe fn store_row<K: Microkernel, C: Element>(
+    kern: K,
+    ep: &Epilogue<'_>,
+    acc: &mut [f32],
+    i: usize,
+    j0: usize,
+    c: CPtr<C>,
+    c_len: usize,
+) -> usize {
+    let n = acc.len();
+    let base = i * c.rs + j0 * c.cs;
+    debug_assert!(n == 0 || base + (n - 1) * c.cs < c_len);
+    let _ = c_len;
+    if c.cs == 1 && C::DTYPE == DType::F32 {
+        // SAFETY: as for the contiguous store below (the caller's contract).
+        let dst = unsafe { core::slice::from_raw_parts_mut(c.ptr.add(base), n) };
+        if let SliceMut::F32(d) = C::slice_mut(dst) {
+            return store_row_f32(ep, acc, i, j0, d);
+        }
+    }
+    let t = acc;
+    // Stage by stage, so each loop vectorizes.
+    for x in t.iter_mut() {
+        *x *= ep.alpha;
+    }
+    if let Some(s) = ep.inv_scale {
+        t.iter_mut().for_each(|x| *x *= s);
+    }
+    if ep.beta != 0.0 {
+        for (j, x) in t.iter_mut().enumerate() {
+            // SAFETY: (i, j0 + j) is inside C and this thread's alone (the
+            // caller's contract), so the offset is inside `c.ptr`'s slice.
+            let old = unsafe { *c.ptr.add(base + j * c.cs) };
+            *x += ep.beta * old.to_f32();
+        }
+    }
+    ep.add_bias_and_activate(t, i, j0);
+    if c.cs == 1 {
+        // SAFETY: base..base + n is the row segment the caller's contract
+        // puts inside C's slice and gives to this thread only.
+        let dst = unsafe { core::slice::from_raw_parts_mut(c.ptr.add(base), n) };
+        match C::slice_mut(dst) {
+            SliceMut::F32(d) => {
+                d.copy_from_slice(t);
+                return count_nonfinite(t);
+            }
+            SliceMut::F16(d) => {
+                kern.narrow_f16(t, d);
+                return d.iter().filter(|x| !x.is_finite()).count();
+            }
+            SliceMut::Bf16(d) => {
+                // The scalar oracle's rounding, which vectorizes where the
+                // ISA's `store_block` compiles this with its features.
+                // (A u32 count: 32-bit lanes in the vector loop.)
+                let mut bad = 0u32;
+                for (o, &x) in d.iter_mut().zip(t.iter()) {
+                    let bits = crate::arch::scalar::convert::f32_to_bf16_bits(x.to_bits());
+                    *o = half::bf16::from_bits(bits);
+                    bad += u32::from(bits & 0x7F80 == 0x7F80);
+                }
+                return bad as usize;
+            }
+        }
+    }
+    let mut bad = 0;
+    for (j, &x) in t.iter().enumerate() {
+        let y = C::from_f32(x);
+        bad += usize::from(!y.to_f32().is_finite());
+        // SAFETY: as for the read above.
+        unsafe { *c.ptr.add(base + j * c.cs) = y };
+    }
+    bad
+}

@@ -1,0 +1,338 @@
+//! The drivers' own tests: the thread splits, the KC runs and the A~
+//! layout of AMX against their definitions, for every kernel the machine
+//! has (the ISA-level tests against the f64 reference are in tests/gemm.rs).
+
+use super::pack::*;
+use super::split::*;
+use super::*;
+use crate::element::Element;
+use crate::gemm::Gemm;
+use crate::gemm::epilogue::Epilogue;
+use crate::gemm::kernel::ScalarKernel;
+use crate::gemm::kernel::{Format, ROW_GROUP};
+use crate::gemm::view::{MatMut, MatRef};
+use half::bf16;
+
+/// 64 random bits per call (splitmix64) from a clock seed, printed so a
+/// failure can be replayed.
+fn fresh_rng() -> impl FnMut() -> u64 {
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    println!("seed {seed}");
+    move || {
+        seed = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let z = (seed ^ (seed >> 31)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z ^ (z >> 29)
+    }
+}
+
+/// The grid covers at most `threads` cells, never more cells than
+/// panels along a side, and no split of the same threads has a smaller
+/// largest cell (brute force).
+#[test]
+fn grid_is_the_best_split() {
+    for threads in 1..=17 {
+        for (pm, pn) in [
+            (1, 1),
+            (1, 64),
+            (64, 1),
+            (64, 64),
+            (5, 7),
+            (147, 64),
+            (3, 100),
+        ] {
+            let (mt, nt) = grid(pm, pn, threads);
+            assert!(
+                mt * nt <= threads && mt <= pm && nt <= pn,
+                "{pm}x{pn} on {threads}"
+            );
+            let largest = |mt: usize, nt: usize| pm.div_ceil(mt) * pn.div_ceil(nt);
+            for a in 1..=threads.min(pm) {
+                for b in 1..=(threads / a).min(pn) {
+                    assert!(
+                        largest(mt, nt) <= largest(a, b),
+                        "{pm}x{pn} on {threads}: {mt}x{nt} vs {a}x{b}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// `run_local_b` (each thread packs its own B~) and `run_dynamic` (A~
+/// and B~ shared, blocks handed out) give the bits of `run` (one
+/// thread), on 2 to 4 threads, with every epilogue step, for
+/// shapes with edge tiles, several row and column blocks and a KC tail;
+/// fresh random inputs, C poisoned before each call.
+fn splits_match_one_thread<K: Microkernel>(kern: K) {
+    let mut bits = fresh_rng();
+    let mut next = move || (bits() >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(4)
+        .build()
+        .unwrap();
+    for (m, n, k) in [
+        (1, 1, 1),
+        (5, 40, 0),
+        (37, 45, 300),
+        (200, 1100, 70),
+        (9, 2100, 530),
+    ] {
+        let a: Vec<bf16> = (0..m * k).map(|_| bf16::from_f32(next())).collect();
+        let b: Vec<bf16> = (0..k * n).map(|_| bf16::from_f32(next())).collect();
+        let bias: Vec<f32> = (0..n).map(|_| next()).collect();
+        let c0: Vec<f32> = (0..m * n).map(|_| next()).collect();
+        let params = Gemm::new()
+            .alpha(1.5)
+            .beta(0.5)
+            .unscale(4.0)
+            .bias(crate::gemm::params::Bias::PerCol(&bias));
+        let ep = Epilogue::new(&params);
+        let av = MatRef::row_major(&a, m, k).unwrap();
+        let bv = MatRef::row_major(&b, k, n).unwrap();
+        let mut want = c0.clone();
+        let packed = pack_b(kern, bv, 1);
+        let bad_want = run(
+            kern,
+            av,
+            &packed,
+            k,
+            n,
+            MatMut::row_major(&mut want, m, n).unwrap(),
+            &ep,
+            1,
+        );
+        for threads in 2..=4 {
+            let mut got = c0.clone();
+            let bad = pool.install(|| {
+                run_local_b(
+                    kern,
+                    av,
+                    bv,
+                    MatMut::row_major(&mut got, m, n).unwrap(),
+                    &ep,
+                    threads,
+                )
+            });
+            assert_eq!(bad, bad_want);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(
+                    g.to_bits(),
+                    w.to_bits(),
+                    "{m}x{n}x{k}, {threads} threads, output {i}"
+                );
+            }
+            let mut got = c0.clone();
+            let bad = pool.install(|| {
+                run_dynamic(
+                    kern,
+                    av,
+                    &packed,
+                    k,
+                    n,
+                    MatMut::row_major(&mut got, m, n).unwrap(),
+                    &ep,
+                    threads,
+                )
+            });
+            assert_eq!(bad, bad_want);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(
+                    g.to_bits(),
+                    w.to_bits(),
+                    "{m}x{n}x{k}, {threads} threads, dynamic, output {i}"
+                );
+            }
+        }
+    }
+}
+
+/// `item_shape` gives whole tiles, at most `mc_max` rows (rounded up to
+/// whole tiles), and enough blocks per thread unless both sides are at
+/// their floor.
+#[test]
+fn item_shape_gives_enough_whole_blocks() {
+    for (m, n) in [
+        (1, 1),
+        (31, 2000),
+        (512, 512),
+        (1024, 1024),
+        (2048, 2048),
+        (100, 9000),
+    ] {
+        for threads in 1..=16 {
+            let (mr, nr, mc_max) = (32, 32, 256);
+            let (mc, nc) = item_shape(m, n, threads, mr, nr, mc_max);
+            let items = m.div_ceil(mc) * n.div_ceil(nc);
+            assert!(
+                mc % mr == 0 && nc % nr == 0 && mc > 0 && nc > 0,
+                "{m}x{n}: {mc}x{nc}"
+            );
+            assert!(mc <= mc_max && nc <= 512, "{m}x{n}: {mc}x{nc}");
+            assert!(
+                items >= ITEMS_PER_THREAD * threads || (mc <= 2 * mr && nc <= 4 * nr),
+                "{m}x{n} on {threads} threads: {mc}x{nc} gives {items} blocks"
+            );
+        }
+    }
+}
+
+/// Calls `$check` with every BLIS kernel this machine has (the scalar
+/// one everywhere).
+macro_rules! with_every_kernel {
+    ($check:ident) => {{
+        $check(ScalarKernel);
+        #[cfg(target_arch = "x86_64")]
+        if let Some(t) = crate::arch::x86_64::Avx512Bf16::try_new() {
+            $check(crate::arch::x86_64::avx512bf16::gemm::Avx512Dot(t));
+        }
+        #[cfg(target_arch = "x86_64")]
+        if let Some(t) = crate::arch::x86_64::amx::Amx::try_new() {
+            $check(crate::arch::x86_64::amx::gemm::AmxBf16(t));
+        }
+        #[cfg(target_arch = "aarch64")]
+        if let Some(t) = crate::arch::aarch64::Neon::try_new() {
+            $check(crate::arch::aarch64::neon::gemm::NeonF32(t));
+        }
+        #[cfg(target_arch = "aarch64")]
+        if let Some(t) = crate::arch::aarch64::NeonBf16::try_new() {
+            $check(crate::arch::aarch64::neonbf16::gemm::NeonBfmmla(t));
+        }
+    }};
+}
+
+#[test]
+fn threaded_splits_match_one_thread() {
+    with_every_kernel!(splits_match_one_thread);
+}
+
+/// `K` with KC = 64 and runs of `R` KC blocks per column of tiles
+/// ([`Microkernel::KC_RUN`]); everything else is `K`'s.
+#[derive(Clone, Copy)]
+struct InRuns<K, const R: usize>(K);
+
+impl<K: Microkernel, const R: usize> Microkernel for InRuns<K, R> {
+    const MR: usize = K::MR;
+    const NR: usize = K::NR;
+    const FORMAT: Format = K::FORMAT;
+    const FORMAT_A: Format = K::FORMAT_A;
+    const KC: usize = 64;
+    const KC_RUN: usize = R;
+    const NAME: &'static str = "in-runs";
+
+    fn kernel(self, slots: usize, a: &[f32], b: &[f32], tile: &mut [f32], acc: bool) {
+        self.0.kernel(slots, a, b, tile, acc);
+    }
+
+    fn widen<T: Element>(self, src: &[T], dst: &mut [f32]) {
+        self.0.widen(src, dst);
+    }
+
+    fn narrow_f16(self, src: &[f32], dst: &mut [half::f16]) {
+        self.0.narrow_f16(src, dst);
+    }
+
+    fn axpy_rows(self, x: &[f32], b: &[f32], y: &mut [&mut [f32]]) {
+        self.0.axpy_rows(x, b, y);
+    }
+
+    fn axpy_rows4(self, x: &[f32], b: [&[f32]; 4], y: &mut [&mut [f32]]) {
+        self.0.axpy_rows4(x, b, y);
+    }
+}
+
+/// Columns of tiles run through 3 KC blocks at a time: the bits of the
+/// BLIS order (one KC block for every column), for k with whole runs,
+/// a short last run and a KC tail; then the threaded splits in runs.
+fn runs_match_blis_order<K: Microkernel>(kern: K) {
+    let mut bits = fresh_rng();
+    let mut next = move || (bits() >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
+    for (m, n, k) in [(37, 45, 300), (70, 90, 384), (9, 130, 64), (3, 5, 0)] {
+        let a: Vec<bf16> = (0..m * k).map(|_| bf16::from_f32(next())).collect();
+        let b: Vec<bf16> = (0..k * n).map(|_| bf16::from_f32(next())).collect();
+        let c0: Vec<f32> = (0..m * n).map(|_| next()).collect();
+        let ep = Epilogue::new(&Gemm::new().beta(0.5));
+        let av = MatRef::row_major(&a, m, k).unwrap();
+        let bv = MatRef::row_major(&b, k, n).unwrap();
+        let one_by_one = |c: &mut Vec<f32>| {
+            let kern = InRuns::<K, 1>(kern);
+            let packed = pack_b(kern, bv, 1);
+            let cv = MatMut::row_major(c, m, n).unwrap();
+            run(kern, av, &packed, k, n, cv, &ep, 1)
+        };
+        let in_runs = |c: &mut Vec<f32>| {
+            let kern = InRuns::<K, 3>(kern);
+            let packed = pack_b(kern, bv, 1);
+            let cv = MatMut::row_major(c, m, n).unwrap();
+            run(kern, av, &packed, k, n, cv, &ep, 1)
+        };
+        let (mut want, mut got) = (c0.clone(), c0.clone());
+        assert_eq!(in_runs(&mut got), one_by_one(&mut want));
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(g.to_bits(), w.to_bits(), "{m}x{n}x{k}, output {i}");
+        }
+    }
+    splits_match_one_thread(InRuns::<K, 3>(kern));
+}
+
+#[test]
+fn kc_runs_match_blis_order() {
+    with_every_kernel!(runs_match_blis_order);
+}
+
+/// [`Format::Bf16Rows`] (the AMX A~ layout, otherwise only packed on
+/// AMX hosts) against its definition: row-major and strided A, whole
+/// and short groups (the 64-byte copy and the element path), edge
+/// lanes, odd depths; fresh random bits, a poisoned destination.
+#[test]
+fn bf16_rows_packing_matches_its_definition() {
+    let mut next = fresh_rng();
+    let w = 32;
+    for (rows, cols, rs_pad) in [(40, 100, 0), (33, 512, 0), (32, 64, 7), (7, 33, 3)] {
+        let rs = cols + rs_pad;
+        let data: Vec<bf16> = (0..rows * rs)
+            .map(|_| bf16::from_bits(next() as u16))
+            .collect();
+        let v = MatRef::strided(&data, rows, cols, rs, 1).unwrap();
+        for (l0, d0, depth) in [(0, 0, cols), (rows / 2, 1, cols - 1), (1, 32, cols - 32)] {
+            let lanes = w.min(rows - l0);
+            let nslots = Format::Bf16Rows.slots(depth);
+            let mut dst = vec![f32::from_bits(0x7FC0_DEAD); nslots * w];
+            let fmt = Format::Bf16Rows;
+            let mut tmp = Vec::new();
+            pack_panel(
+                ScalarKernel,
+                v,
+                l0,
+                lanes,
+                d0,
+                depth,
+                w,
+                fmt,
+                &mut dst,
+                &mut tmp,
+            );
+            let bits = |lane: usize, d: usize| -> u32 {
+                if lane < lanes && d < depth {
+                    u32::from(data[(l0 + lane) * rs + d0 + d].to_bits())
+                } else {
+                    0
+                }
+            };
+            for s in 0..nslots {
+                let (g, t) = (s / ROW_GROUP, s % ROW_GROUP);
+                let gs = ROW_GROUP.min(nslots - g * ROW_GROUP);
+                for lane in 0..w {
+                    let got = dst[g * ROW_GROUP * w + lane * gs + t].to_bits();
+                    let want = bits(lane, 2 * s) | bits(lane, 2 * s + 1) << 16;
+                    assert_eq!(
+                        got, want,
+                        "{rows}x{cols} rs {rs}, lanes {l0}+{lanes}, depth {d0}+{depth}: slot {s} lane {lane}"
+                    );
+                }
+            }
+        }
+    }
+}
