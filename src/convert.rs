@@ -10,6 +10,7 @@
 
 use crate::element::{Element, Slice, SliceMut};
 use crate::error::Error;
+use crate::isa::ops::{Convert, Stochastic};
 use crate::isa::{Backend, Token};
 
 /// Below this many elements the top-level functions run the scalar loop.
@@ -62,7 +63,7 @@ const PARALLEL_CHUNK: usize = 1 << 18;
 pub fn convert<S: Element, D: Element>(src: &[S], dst: &mut [D]) -> Result<(), Error> {
     let backend = Backend::global()?;
     if src.len() < TINY && src.len() == dst.len() {
-        crate::arch::scalar::convert(S::slice(src), D::slice_mut(dst));
+        run_convert(Token::Scalar, S::slice(src), D::slice_mut(dst), false);
         return Ok(());
     }
     backend.convert(src, dst)
@@ -167,60 +168,17 @@ fn check_lengths(op: &'static str, src: usize, dst: usize) -> Result<(), Error> 
 /// One conversion on one thread, on the ISA `token` proves; `stream` asks
 /// for streaming stores where the ISA has them.
 fn run_convert(token: Token, src: Slice<'_>, dst: SliceMut<'_>, stream: bool) {
-    #[cfg(target_arch = "aarch64")]
-    use crate::arch::aarch64 as arm;
-    #[cfg(target_arch = "x86_64")]
-    use crate::arch::x86_64 as x86;
-    match token {
-        Token::Scalar => crate::arch::scalar::convert(src, dst),
-        #[cfg(target_arch = "x86_64")]
-        Token::Avx2(t) => x86::avx2::convert(t, src, dst, stream),
-        #[cfg(target_arch = "x86_64")]
-        Token::Avx512(t) => x86::avx512::convert(t, src, dst, stream),
-        #[cfg(target_arch = "x86_64")]
-        Token::Avx512Bf16(t) => x86::avx512::convert(t.avx512(), src, dst, stream),
-        #[cfg(target_arch = "x86_64")]
-        Token::Amx(t) => x86::avx512::convert(t.avx512bf16().avx512(), src, dst, stream),
-        #[cfg(target_arch = "aarch64")]
-        Token::Neon(t) => arm::neon::convert(t, src, dst, stream),
-        #[cfg(target_arch = "aarch64")]
-        Token::NeonBf16(t) => arm::neon::convert(t.neon(), src, dst, stream),
-    }
+    token.run(Convert { src, dst, stream })
 }
 
 /// One stochastic conversion on one thread; `first` is `src[0]`'s global index.
 fn run_stochastic(token: Token, src: &[f32], dst: SliceMut<'_>, seed: u64, first: u64) {
-    #[cfg(target_arch = "aarch64")]
-    use crate::arch::aarch64 as arm;
-    #[cfg(target_arch = "x86_64")]
-    use crate::arch::x86_64 as x86;
-    match token {
-        #[cfg(target_arch = "x86_64")]
-        Token::Avx2(t) => x86::avx2::convert_stochastic(t, src, dst, seed, first),
-        #[cfg(target_arch = "x86_64")]
-        Token::Avx512(t) => x86::avx512::convert_stochastic(t, src, dst, seed, first),
-        #[cfg(target_arch = "x86_64")]
-        Token::Avx512Bf16(t) => x86::avx512::convert_stochastic(t.avx512(), src, dst, seed, first),
-        #[cfg(target_arch = "x86_64")]
-        Token::Amx(t) => {
-            x86::avx512::convert_stochastic(t.avx512bf16().avx512(), src, dst, seed, first)
-        }
-        #[cfg(target_arch = "aarch64")]
-        Token::Neon(t) => arm::neon::convert_stochastic(t, src, dst, seed, first),
-        #[cfg(target_arch = "aarch64")]
-        Token::NeonBf16(t) => arm::neon::convert_stochastic(t.neon(), src, dst, seed, first),
-        Token::Scalar => scalar_stochastic(src, dst, seed, first),
-    }
-}
-
-/// The scalar oracle's stochastic loops.
-fn scalar_stochastic(src: &[f32], dst: SliceMut<'_>, seed: u64, first: u64) {
-    use crate::arch::scalar::convert::slices::{f32_to_bf16_sr_slice, f32_to_f16_sr_slice};
-    match dst {
-        SliceMut::F32(d) => d.copy_from_slice(src),
-        SliceMut::Bf16(d) => f32_to_bf16_sr_slice(src, d, seed, first),
-        SliceMut::F16(d) => f32_to_f16_sr_slice(src, d, seed, first),
-    }
+    token.run(Stochastic {
+        src,
+        dst,
+        seed,
+        first,
+    })
 }
 
 #[cfg(test)]
@@ -244,12 +202,12 @@ mod tests {
                     let s = &src[..len];
                     let mut want = vec![bf16::ZERO; len];
                     let mut got = vec![bf16::from_bits(0x5A5A); len];
-                    scalar_stochastic(s, SliceMut::Bf16(&mut want), 9, first);
+                    run_stochastic(Token::Scalar, s, SliceMut::Bf16(&mut want), 9, first);
                     run_stochastic(token, s, SliceMut::Bf16(&mut got), 9, first);
                     assert_eq!(got, want, "{isa} bf16 first {first:#x} len {len}");
                     let mut want = vec![f16::ZERO; len];
                     let mut got = vec![f16::from_bits(0x5A5A); len];
-                    scalar_stochastic(s, SliceMut::F16(&mut want), 9, first);
+                    run_stochastic(Token::Scalar, s, SliceMut::F16(&mut want), 9, first);
                     run_stochastic(token, s, SliceMut::F16(&mut got), 9, first);
                     assert_eq!(got, want, "{isa} f16 first {first:#x} len {len}");
                 }

@@ -38,6 +38,7 @@ use rayon::prelude::*;
 
 use crate::element::{Element, Slice, SliceMut};
 use crate::error::Error;
+use crate::isa::ops::{CountNonfinite, Unscale, UnscaleInto};
 use crate::isa::{Backend, Token};
 
 /// Above this many elements a slice is split over rayon's threads.
@@ -473,75 +474,23 @@ fn check_scale(op: &'static str, inv_scale: f32) -> Result<(), Error> {
     }
 }
 
-#[cfg(target_arch = "aarch64")]
-use crate::arch::aarch64 as arm;
-#[cfg(target_arch = "x86_64")]
-use crate::arch::x86_64 as x86;
-
 /// One in-place unscale on one thread, on the ISA `token` proves.
-/// AVX512_BF16 and AMX add nothing here (the pass is bound by loads, the
-/// multiply and the integer rounding), so they run the AVX-512 kernel.
 fn run_unscale(token: Token, data: SliceMut<'_>, inv_scale: f32) -> GradStats {
-    // On whichever thread runs this chunk (see `fp_env`).
-    let _mode = crate::fp_env::Ieee::enter();
-    use crate::arch::scalar::finite as scalar;
-    match token {
-        Token::Scalar => scalar::unscale(data, inv_scale),
-        #[cfg(target_arch = "x86_64")]
-        Token::Avx2(t) => x86::avx2::unscale(t, data, inv_scale),
-        #[cfg(target_arch = "x86_64")]
-        Token::Avx512(t) => x86::avx512::unscale(t, data, inv_scale),
-        #[cfg(target_arch = "x86_64")]
-        Token::Avx512Bf16(t) => x86::avx512::unscale(t.avx512(), data, inv_scale),
-        #[cfg(target_arch = "x86_64")]
-        Token::Amx(t) => x86::avx512::unscale(t.avx512bf16().avx512(), data, inv_scale),
-        #[cfg(target_arch = "aarch64")]
-        Token::Neon(t) => arm::neon::unscale(t, data, inv_scale),
-        #[cfg(target_arch = "aarch64")]
-        Token::NeonBf16(t) => arm::neon::unscale(t.neon(), data, inv_scale),
-    }
+    token.run(Unscale { data, inv_scale })
 }
 
 /// One widening unscale on one thread (equal lengths).
 fn run_unscale_into(token: Token, src: Slice<'_>, dst: &mut [f32], inv_scale: f32) -> GradStats {
-    // On whichever thread runs this chunk (see `fp_env`).
-    let _mode = crate::fp_env::Ieee::enter();
-    use crate::arch::scalar::finite as scalar;
-    match token {
-        Token::Scalar => scalar::unscale_into(src, dst, inv_scale),
-        #[cfg(target_arch = "x86_64")]
-        Token::Avx2(t) => x86::avx2::unscale_into(t, src, dst, inv_scale),
-        #[cfg(target_arch = "x86_64")]
-        Token::Avx512(t) => x86::avx512::unscale_into(t, src, dst, inv_scale),
-        #[cfg(target_arch = "x86_64")]
-        Token::Avx512Bf16(t) => x86::avx512::unscale_into(t.avx512(), src, dst, inv_scale),
-        #[cfg(target_arch = "x86_64")]
-        Token::Amx(t) => x86::avx512::unscale_into(t.avx512bf16().avx512(), src, dst, inv_scale),
-        #[cfg(target_arch = "aarch64")]
-        Token::Neon(t) => arm::neon::unscale_into(t, src, dst, inv_scale),
-        #[cfg(target_arch = "aarch64")]
-        Token::NeonBf16(t) => arm::neon::unscale_into(t.neon(), src, dst, inv_scale),
-    }
+    token.run(UnscaleInto {
+        src,
+        dst,
+        inv_scale,
+    })
 }
 
 /// Counts inf/NaN on one thread; `stop_at_first` allows an early exit.
 fn run_count(token: Token, src: Slice<'_>, stop_at_first: bool) -> usize {
-    use crate::arch::scalar::finite as scalar;
-    match token {
-        Token::Scalar => scalar::count_nonfinite(src, stop_at_first),
-        #[cfg(target_arch = "x86_64")]
-        Token::Avx2(t) => x86::avx2::count_nonfinite(t, src, stop_at_first),
-        #[cfg(target_arch = "x86_64")]
-        Token::Avx512(t) => x86::avx512::count_nonfinite(t, src, stop_at_first),
-        #[cfg(target_arch = "x86_64")]
-        Token::Avx512Bf16(t) => x86::avx512::count_nonfinite(t.avx512(), src, stop_at_first),
-        #[cfg(target_arch = "x86_64")]
-        Token::Amx(t) => x86::avx512::count_nonfinite(t.avx512bf16().avx512(), src, stop_at_first),
-        #[cfg(target_arch = "aarch64")]
-        Token::Neon(t) => arm::neon::count_nonfinite(t, src, stop_at_first),
-        #[cfg(target_arch = "aarch64")]
-        Token::NeonBf16(t) => arm::neon::count_nonfinite(t.neon(), src, stop_at_first),
-    }
+    token.run(CountNonfinite { src, stop_at_first })
 }
 
 #[cfg(test)]

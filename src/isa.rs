@@ -17,6 +17,7 @@ use std::sync::OnceLock;
 
 #[cfg(target_arch = "aarch64")]
 use crate::arch::aarch64 as arm;
+use crate::arch::simd::SimdOp;
 #[cfg(target_arch = "x86_64")]
 use crate::arch::x86_64 as x86;
 use crate::error::Error;
@@ -152,6 +153,43 @@ pub(crate) enum Token {
     Neon(arm::Neon),
     #[cfg(target_arch = "aarch64")]
     NeonBf16(arm::NeonBf16),
+}
+
+/// The elementwise operations, each a [`SimdOp`] defined beside its
+/// kernel in `arch::generic`: what the public modules hand to
+/// [`Token::run`].
+pub(crate) mod ops {
+    pub(crate) use crate::arch::generic::convert::{Convert, Stochastic};
+    pub(crate) use crate::arch::generic::finite::{CountNonfinite, Unscale, UnscaleInto};
+    pub(crate) use crate::arch::generic::train::{TrainApply, TrainStats};
+}
+
+impl Token {
+    /// Runs an elementwise operation on the ISA this token proves: the one
+    /// `match` on the ISA for every elementwise kernel. ISAs that add
+    /// nothing to these operations run the ISA below them (`avx512bf16`
+    /// and `amx` the `avx512` entry, `neonbf16` the `neon` one). Operations
+    /// that compute in floating point run with IEEE subnormals whatever
+    /// mode the calling thread has (see `fp_env`).
+    #[inline]
+    pub(crate) fn run<O: SimdOp>(self, op: O) -> O::Output {
+        let _mode = O::IEEE.then(crate::fp_env::Ieee::enter);
+        match self {
+            Token::Scalar => op.scalar(),
+            #[cfg(target_arch = "x86_64")]
+            Token::Avx2(t) => x86::avx2::run(t, op),
+            #[cfg(target_arch = "x86_64")]
+            Token::Avx512(t) => x86::avx512::run(t, op),
+            #[cfg(target_arch = "x86_64")]
+            Token::Avx512Bf16(t) => x86::avx512::run(t.avx512(), op),
+            #[cfg(target_arch = "x86_64")]
+            Token::Amx(t) => x86::avx512::run(t.avx512bf16().avx512(), op),
+            #[cfg(target_arch = "aarch64")]
+            Token::Neon(t) => arm::neon::run(t, op),
+            #[cfg(target_arch = "aarch64")]
+            Token::NeonBf16(t) => arm::neon::run(t.neon(), op),
+        }
+    }
 }
 
 /// A handle that runs every kernel on one ISA.

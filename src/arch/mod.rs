@@ -11,9 +11,7 @@
 
 pub(crate) mod scalar;
 
-#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub(crate) mod generic;
-#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub(crate) mod simd;
 
 #[cfg(target_arch = "x86_64")]

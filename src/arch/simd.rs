@@ -22,13 +22,13 @@
 //! # Entering target_feature code
 //!
 //! A generic kernel only becomes fast once it is inlined into a function
-//! compiled with the ISA's features. Each ISA module therefore has, per
-//! kernel, one private `#[target_feature(enable = "...")]` fn that calls the
-//! generic kernel with its token, and a safe `pub(crate)` wrapper that calls
-//! it in an `unsafe` block justified by the token (see
-//! `arch::x86_64::avx512::convert`). Dispatch code then matches on
-//! [`Token`](crate::isa::Token) and calls the wrapper; no other `unsafe` is
-//! needed above `arch`.
+//! compiled with the ISA's features. Each operation is a [`SimdOp`] (one
+//! struct beside its kernel in `arch::generic`), and each ISA module has
+//! one private `#[target_feature(enable = "...")]` fn, `run_tf`, that
+//! calls `op.simd(token)`, and a safe `run` that calls it in an `unsafe`
+//! block justified by the token (see `arch::x86_64::avx512::run`).
+//! Dispatch (`isa::Token::run`) matches on the token once and calls that
+//! ISA's `run`; no other `unsafe` is needed above `arch`.
 //!
 //! # Tails
 //!
@@ -77,6 +77,28 @@
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
+/// One elementwise operation (a conversion, a gradient check, an optimizer
+/// update), written once: [`SimdOp::scalar`] runs the oracle, and
+/// [`SimdOp::simd`] the kernel over any ISA's [`F32Simd`]. Dispatch
+/// (`isa::Token::run`) matches the ISA once and enters the operation
+/// through that ISA's single `#[target_feature]` function (`run` in its
+/// module), inside which `simd` is inlined with everything it calls. So an
+/// operation is one struct and one impl beside its kernel in
+/// `arch::generic`, and an ISA is one entry function, whatever the number
+/// of operations.
+pub(crate) trait SimdOp {
+    /// What the operation returns.
+    type Output;
+    /// Whether the operation needs IEEE subnormals (`fp_env`): float
+    /// arithmetic does, the conversions and the inf/NaN count do not.
+    const IEEE: bool;
+    /// On the scalar ISA: the oracle loops of `arch::scalar`.
+    fn scalar(self) -> Self::Output;
+    /// On a SIMD ISA. Must be `#[inline(always)]` (see "Keep everything
+    /// inlined" above).
+    fn simd<S: F32Simd>(self, s: S) -> Self::Output;
+}
+
 /// f32 vectors of `LANES` lanes, with the u32 view, masks and storage
 /// conversions the kernels need. See the module docs.
 ///
@@ -90,6 +112,25 @@ use half::{bf16, f16};
 pub(crate) trait F32Simd: Copy + Send + Sync + 'static {
     /// Number of f32 lanes.
     const LANES: usize;
+
+    /// Whether the ISA brings its own pass for bf16 unscaled by a power of
+    /// two ([`F32Simd::unscale_bf16_pow2`]) instead of the generic one: the
+    /// one place an ISA replaces a whole pass, because that pass works on
+    /// 16-bit lanes, which this trait does not model.
+    const POW2_PASS: bool = false;
+
+    /// `x <- x * 2^d` (`-126 <= d <= 0`) for whole blocks of
+    /// `arch::generic::pow2::POW2_BLOCK` bf16, with their statistics (see
+    /// `arch::generic::pow2`). Default: the generic pass.
+    #[inline(always)]
+    fn unscale_bf16_pow2(self, blocks: &mut [bf16], d: i32) -> crate::finite::GradStats {
+        let inv_scale = f32::from_bits(((127 + d) as u32) << 23);
+        crate::arch::generic::finite::unscale(
+            self,
+            crate::element::SliceMut::Bf16(blocks),
+            inv_scale,
+        )
+    }
     /// `LANES` f32.
     type F: Copy;
     /// `LANES` u32 (the bits of an `F`, or integer work).

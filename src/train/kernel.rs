@@ -7,12 +7,8 @@
 use crate::element::{Slice, SliceMut};
 use crate::finite::GradStats;
 use crate::isa::Token;
+use crate::isa::ops::{TrainApply, TrainStats};
 use crate::train::optim::Rule;
-
-#[cfg(target_arch = "aarch64")]
-use crate::arch::aarch64 as arm;
-#[cfg(target_arch = "x86_64")]
-use crate::arch::x86_64 as x86;
 
 /// What one fused update needs besides the tensors.
 #[derive(Clone, Copy, Debug)]
@@ -39,44 +35,15 @@ pub(crate) struct Tensor<'a> {
 /// Non-finite count, and sum of squares of the finite values, of
 /// `grad * inv_scale`; writes nothing.
 pub(crate) fn stats(token: Token, grad: Slice<'_>, inv_scale: f32) -> GradStats {
-    // IEEE subnormals whatever mode the caller left (see `fp_env`).
-    let _mode = crate::fp_env::Ieee::enter();
-    match token {
-        Token::Scalar => crate::arch::scalar::train::stats(grad, inv_scale),
-        #[cfg(target_arch = "x86_64")]
-        Token::Avx2(t) => x86::avx2::train_stats(t, grad, inv_scale),
-        #[cfg(target_arch = "x86_64")]
-        Token::Avx512(t) => x86::avx512::train_stats(t, grad, inv_scale),
-        #[cfg(target_arch = "x86_64")]
-        Token::Avx512Bf16(t) => x86::avx512::train_stats(t.avx512(), grad, inv_scale),
-        #[cfg(target_arch = "x86_64")]
-        Token::Amx(t) => x86::avx512::train_stats(t.avx512bf16().avx512(), grad, inv_scale),
-        #[cfg(target_arch = "aarch64")]
-        Token::Neon(t) => arm::neon::train_stats(t, grad, inv_scale),
-        #[cfg(target_arch = "aarch64")]
-        Token::NeonBf16(t) => arm::neon::train_stats(t.neon(), grad, inv_scale),
-    }
+    token.run(TrainStats { grad, inv_scale })
 }
 
 /// The fused update of one tensor, on the ISA `token` proves.
 pub(crate) fn apply(token: Token, u: &Update, t: Tensor<'_>) {
-    // IEEE subnormals whatever mode the caller left (see `fp_env`).
-    let _mode = crate::fp_env::Ieee::enter();
-    match token {
-        Token::Scalar => crate::arch::scalar::train::apply(u, t),
-        #[cfg(target_arch = "x86_64")]
-        Token::Avx2(k) => x86::avx2::train_apply(k, u, t),
-        #[cfg(target_arch = "x86_64")]
-        Token::Avx512(k) => x86::avx512::train_apply(k, u, t),
-        #[cfg(target_arch = "x86_64")]
-        Token::Avx512Bf16(k) => x86::avx512::train_apply(k.avx512(), u, t),
-        #[cfg(target_arch = "x86_64")]
-        Token::Amx(k) => x86::avx512::train_apply(k.avx512bf16().avx512(), u, t),
-        #[cfg(target_arch = "aarch64")]
-        Token::Neon(k) => arm::neon::train_apply(k, u, t),
-        #[cfg(target_arch = "aarch64")]
-        Token::NeonBf16(k) => arm::neon::train_apply(k.neon(), u, t),
-    }
+    token.run(TrainApply {
+        update: u,
+        tensor: t,
+    })
 }
 
 /// Splits `0..len` at multiples of 2^32 (where the stochastic-rounding key

@@ -3,7 +3,7 @@
 //! rounds once), and stochastic rounding draws `sr_bits` per global index.
 
 use crate::arch::scalar::convert::sr_key;
-use crate::arch::simd::{F32Simd, Half, Io, for_each_chunk, stream_head};
+use crate::arch::simd::{F32Simd, Half, Io, SimdOp, for_each_chunk, stream_head};
 use crate::element::{Slice, SliceMut};
 
 /// Converts `src` into `dst` (equal lengths) on `s`'s ISA; `stream` asks
@@ -92,5 +92,58 @@ fn stochastic<S: F32Simd, T: Half>(s: S, src: &[f32], dst: &mut [T], seed: u64, 
             c.store_bits(s, T::narrow_sr(s, v, r), dst);
         });
         done += n;
+    }
+}
+
+/// `halfkern::convert` of one chunk (equal lengths).
+pub(crate) struct Convert<'a> {
+    pub(crate) src: Slice<'a>,
+    pub(crate) dst: SliceMut<'a>,
+    /// Streaming stores, where the ISA has them (the caller decides from the
+    /// whole output's size).
+    pub(crate) stream: bool,
+}
+
+impl SimdOp for Convert<'_> {
+    type Output = ();
+    const IEEE: bool = false;
+    fn scalar(self) {
+        crate::arch::scalar::convert(self.src, self.dst)
+    }
+    #[inline(always)]
+    fn simd<S: F32Simd>(self, s: S) {
+        convert(s, self.src, self.dst, self.stream)
+    }
+}
+
+/// `halfkern::convert_stochastic` of one chunk (equal lengths); `first`
+/// is the global index of `src[0]`.
+pub(crate) struct Stochastic<'a> {
+    pub(crate) src: &'a [f32],
+    pub(crate) dst: SliceMut<'a>,
+    pub(crate) seed: u64,
+    pub(crate) first: u64,
+}
+
+impl SimdOp for Stochastic<'_> {
+    type Output = ();
+    const IEEE: bool = false;
+    fn scalar(self) {
+        use crate::arch::scalar::convert::slices::{f32_to_bf16_sr_slice, f32_to_f16_sr_slice};
+        let Stochastic {
+            src,
+            dst,
+            seed,
+            first,
+        } = self;
+        match dst {
+            SliceMut::F32(d) => d.copy_from_slice(src),
+            SliceMut::Bf16(d) => f32_to_bf16_sr_slice(src, d, seed, first),
+            SliceMut::F16(d) => f32_to_f16_sr_slice(src, d, seed, first),
+        }
+    }
+    #[inline(always)]
+    fn simd<S: F32Simd>(self, s: S) {
+        convert_stochastic(s, self.src, self.dst, self.seed, self.first)
     }
 }

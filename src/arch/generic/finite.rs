@@ -30,7 +30,7 @@ use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
 use crate::arch::scalar::finite as oracle;
-use crate::arch::simd::{Chunk, F32Simd, Io, for_each_chunk};
+use crate::arch::simd::{Chunk, F32Simd, Io, SimdOp, for_each_chunk};
 use crate::element::{Element, Slice, SliceMut};
 use crate::finite::GradStats;
 
@@ -317,4 +317,67 @@ fn count<S: F32Simd>(
         start += len;
     }
     total
+}
+
+/// `halfkern::finite::unscale` of one chunk: `x <- round(x * inv_scale)`
+/// in place, with statistics.
+pub(crate) struct Unscale<'a> {
+    pub(crate) data: SliceMut<'a>,
+    pub(crate) inv_scale: f32,
+}
+
+impl SimdOp for Unscale<'_> {
+    type Output = GradStats;
+    const IEEE: bool = true;
+    fn scalar(self) -> GradStats {
+        oracle::unscale(self.data, self.inv_scale)
+    }
+    #[inline(always)]
+    fn simd<S: F32Simd>(self, s: S) -> GradStats {
+        if S::POW2_PASS {
+            // bf16 by a power of two: the ISA's exponent arithmetic.
+            super::pow2::unscale_with_pow2(s, self.data, self.inv_scale, |blocks, d| {
+                s.unscale_bf16_pow2(blocks, d)
+            })
+        } else {
+            unscale(s, self.data, self.inv_scale)
+        }
+    }
+}
+
+/// `halfkern::finite::unscale_into` of one chunk (equal lengths).
+pub(crate) struct UnscaleInto<'a> {
+    pub(crate) src: Slice<'a>,
+    pub(crate) dst: &'a mut [f32],
+    pub(crate) inv_scale: f32,
+}
+
+impl SimdOp for UnscaleInto<'_> {
+    type Output = GradStats;
+    const IEEE: bool = true;
+    fn scalar(self) -> GradStats {
+        oracle::unscale_into(self.src, self.dst, self.inv_scale)
+    }
+    #[inline(always)]
+    fn simd<S: F32Simd>(self, s: S) -> GradStats {
+        unscale_into(s, self.src, self.dst, self.inv_scale)
+    }
+}
+
+/// The inf/NaN count of one chunk; `stop_at_first` allows an early exit.
+pub(crate) struct CountNonfinite<'a> {
+    pub(crate) src: Slice<'a>,
+    pub(crate) stop_at_first: bool,
+}
+
+impl SimdOp for CountNonfinite<'_> {
+    type Output = usize;
+    const IEEE: bool = false;
+    fn scalar(self) -> usize {
+        oracle::count_nonfinite(self.src, self.stop_at_first)
+    }
+    #[inline(always)]
+    fn simd<S: F32Simd>(self, s: S) -> usize {
+        count_nonfinite(s, self.src, self.stop_at_first)
+    }
 }

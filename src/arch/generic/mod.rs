@@ -4,6 +4,5 @@
 
 pub(crate) mod convert;
 pub(crate) mod finite;
-#[cfg(target_arch = "x86_64")]
 pub(crate) mod pow2;
 pub(crate) mod train;

@@ -53,6 +53,13 @@ pub(crate) fn unscale_with_pow2<S: F32Simd>(
 /// in f64, a clean one folded into f64, and a tiny total summed again
 /// scaled. `data.len()` must be a whole number of blocks.
 #[inline(always)]
+#[cfg_attr(
+    not(target_arch = "x86_64"),
+    expect(
+        dead_code,
+        reason = "only the x86 ISAs have a power-of-two pass so far"
+    )
+)]
 pub(crate) fn pow2_blocks<S: F32Simd>(
     s: S,
     data: &mut [bf16],
@@ -84,6 +91,13 @@ pub(crate) fn pow2_blocks<S: F32Simd>(
 /// hot loops stay small.
 #[cold]
 #[inline(never)]
+#[cfg_attr(
+    not(target_arch = "x86_64"),
+    expect(
+        dead_code,
+        reason = "only the x86 ISAs have a power-of-two pass so far"
+    )
+)]
 pub(crate) fn pow2_oracle(v: &mut [u16], inv: f32) {
     for h in v.iter_mut() {
         let y = bf16::from_bits(*h).to_f32() * inv;
@@ -96,6 +110,13 @@ pub(crate) fn pow2_oracle(v: &mut [u16], inv: f32) {
 /// exponent e satisfies 1 - d <= e <= 254 (normal in, normal out): |x| in
 /// `[low, 0x7F80)`, i.e. the wrapping `|x| - low` below `span`.
 #[derive(Clone, Copy)]
+#[cfg_attr(
+    not(target_arch = "x86_64"),
+    expect(
+        dead_code,
+        reason = "only the x86 ISAs have a power-of-two pass so far"
+    )
+)]
 pub(crate) struct Pow2<V> {
     /// `2^d`, for the oracle's rounding.
     pub(crate) inv: f32,
@@ -109,6 +130,13 @@ pub(crate) struct Pow2<V> {
     pub(crate) abs_mask: V,
 }
 
+#[cfg_attr(
+    not(target_arch = "x86_64"),
+    expect(
+        dead_code,
+        reason = "only the x86 ISAs have a power-of-two pass so far"
+    )
+)]
 impl<V: Copy> Pow2<V> {
     /// The constants for `-126 <= d <= 0`, each lane set by `splat`.
     #[inline(always)]

@@ -14,7 +14,7 @@
 //!   store master and moments, and narrow the model copy, to nearest-even or
 //!   stochastically by element index.
 
-use crate::arch::simd::{Chunk, F32Simd, Io, for_each_chunk};
+use crate::arch::simd::{Chunk, F32Simd, Io, SimdOp, for_each_chunk};
 use crate::element::{Slice, SliceMut};
 use crate::finite::GradStats;
 use crate::train::kernel::{Tensor, Update, segments};
@@ -302,4 +302,41 @@ fn run<S: F32Simd, G: Io, W: Model>(
             });
         },
     );
+}
+
+/// The read-only gradient check of one tensor: non-finite count and sum of
+/// squares of `grad * inv_scale`.
+pub(crate) struct TrainStats<'a> {
+    pub(crate) grad: Slice<'a>,
+    pub(crate) inv_scale: f32,
+}
+
+impl SimdOp for TrainStats<'_> {
+    type Output = GradStats;
+    const IEEE: bool = true;
+    fn scalar(self) -> GradStats {
+        crate::arch::scalar::train::stats(self.grad, self.inv_scale)
+    }
+    #[inline(always)]
+    fn simd<S: F32Simd>(self, s: S) -> GradStats {
+        stats(s, self.grad, self.inv_scale)
+    }
+}
+
+/// The fused update of one tensor.
+pub(crate) struct TrainApply<'a, 'u> {
+    pub(crate) update: &'u Update,
+    pub(crate) tensor: Tensor<'a>,
+}
+
+impl SimdOp for TrainApply<'_, '_> {
+    type Output = ();
+    const IEEE: bool = true;
+    fn scalar(self) {
+        crate::arch::scalar::train::apply(self.update, self.tensor)
+    }
+    #[inline(always)]
+    fn simd<S: F32Simd>(self, s: S) {
+        apply(s, self.update, self.tensor)
+    }
 }

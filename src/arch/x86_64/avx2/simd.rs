@@ -23,10 +23,20 @@ macro_rules! v {
 
 impl F32Simd for Avx2 {
     const LANES: usize = 8;
+
     type F = __m256;
     type U = __m256i;
     type M = __m256i;
     type Acc = (__m256d, __m256d);
+
+    const POW2_PASS: bool = true;
+
+    #[inline(always)]
+    fn unscale_bf16_pow2(self, blocks: &mut [half::bf16], d: i32) -> crate::finite::GradStats {
+        // SAFETY: the token proves the features of the `#[target_feature]`
+        // pass.
+        unsafe { super::finite::unscale_bf16_pow2(self, blocks, d) }
+    }
 
     #[inline(always)]
     fn splat(self, x: f32) -> __m256 {

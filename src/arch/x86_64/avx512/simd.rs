@@ -29,10 +29,20 @@ fn first(n: usize) -> __mmask16 {
 
 impl F32Simd for Avx512 {
     const LANES: usize = 16;
+
     type F = __m512;
     type U = __m512i;
     type M = __mmask16;
     type Acc = (__m512d, __m512d);
+
+    const POW2_PASS: bool = true;
+
+    #[inline(always)]
+    fn unscale_bf16_pow2(self, blocks: &mut [half::bf16], d: i32) -> crate::finite::GradStats {
+        // SAFETY: the token proves the features of the `#[target_feature]`
+        // pass.
+        unsafe { super::finite::unscale_bf16_pow2(self, blocks, d) }
+    }
 
     #[inline(always)]
     fn splat(self, x: f32) -> __m512 {
