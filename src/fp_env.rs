@@ -25,7 +25,7 @@ impl Ieee {
     #[inline]
     pub(crate) fn enter() -> Ieee {
         let mode = control::get();
-        if mode & control::FLUSH == 0 {
+        if !control::flushes(mode) {
             return Ieee { saved: None };
         }
         control::set(mode & !control::FLUSH);
@@ -46,6 +46,10 @@ impl Drop for Ieee {
 mod control {
     /// MXCSR's flush-to-zero (bit 15) and denormals-are-zero (bit 6).
     pub(super) const FLUSH: u64 = (1 << 15) | (1 << 6);
+
+    pub(super) fn flushes(mode: u64) -> bool {
+        mode & FLUSH != 0
+    }
 
     pub(super) fn get() -> u64 {
         let mut mode = 0u32;
@@ -73,6 +77,10 @@ mod control {
     /// where FEAT_AFP exists, FIZ (bit 0: flush inputs) and AH (bit 1).
     pub(super) const FLUSH: u64 = (1 << 24) | (1 << 19) | (1 << 1) | 1;
 
+    pub(super) fn flushes(mode: u64) -> bool {
+        mode & FLUSH != 0
+    }
+
     pub(super) fn get() -> u64 {
         let mode: u64;
         // SAFETY: reading FPCR has no side effects.
@@ -96,6 +104,9 @@ mod control {
     pub(super) const FLUSH: u64 = 0;
     pub(super) fn get() -> u64 {
         0
+    }
+    pub(super) fn flushes(_: u64) -> bool {
+        false
     }
     pub(super) fn set(_: u64) {}
 }
