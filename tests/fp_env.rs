@@ -70,12 +70,10 @@ fn both<R: Send>(f: impl Fn() -> R + Sync) -> (R, R) {
     let flushed = pool.install(|| {
         let saved = env::get();
         flush_on();
+        // What took: a CPU without FP16 (cortex-a72) keeps FZ16 at 0.
+        let flushing = env::get();
         let r = f();
-        assert_eq!(
-            env::get() & env::FLUSH,
-            env::FLUSH,
-            "the caller's mode was not restored"
-        );
+        assert_eq!(env::get(), flushing, "the caller's mode was not restored");
         env::set(saved);
         r
     });
