@@ -13,12 +13,18 @@ pub(crate) mod scalar;
 
 #[cfg_attr(
     not(any(target_arch = "x86_64", target_arch = "aarch64")),
-    allow(dead_code, reason = "no SIMD ISA on this target: only the scalar oracle runs")
+    allow(
+        dead_code,
+        reason = "no SIMD ISA on this target: only the scalar oracle runs"
+    )
 )]
 pub(crate) mod generic;
 #[cfg_attr(
     not(any(target_arch = "x86_64", target_arch = "aarch64")),
-    allow(dead_code, reason = "no SIMD ISA on this target: only the scalar oracle runs")
+    allow(
+        dead_code,
+        reason = "no SIMD ISA on this target: only the scalar oracle runs"
+    )
 )]
 pub(crate) mod simd;
 
