@@ -42,7 +42,7 @@ impl Drop for Ieee {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", not(miri)))]
 mod control {
     /// MXCSR's flush-to-zero (bit 15) and denormals-are-zero (bit 6).
     pub(super) const FLUSH: u64 = (1 << 15) | (1 << 6);
@@ -71,7 +71,7 @@ mod control {
     }
 }
 
-#[cfg(target_arch = "aarch64")]
+#[cfg(all(target_arch = "aarch64", not(miri)))]
 mod control {
     /// FPCR's FZ (bit 24: f32/f64 flush), FZ16 (bit 19: f16 flush) and,
     /// where FEAT_AFP exists, FIZ (bit 0: flush inputs) and AH (bit 1).
@@ -99,7 +99,9 @@ mod control {
     }
 }
 
-#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+/// Targets without a mode register we know, and Miri (which runs no inline
+/// assembly): the mode is taken to be IEEE.
+#[cfg(any(miri, not(any(target_arch = "x86_64", target_arch = "aarch64"))))]
 mod control {
     pub(super) const FLUSH: u64 = 0;
     pub(super) fn get() -> u64 {
