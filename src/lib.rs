@@ -86,6 +86,15 @@ pub mod oracle {
     };
 }
 
+/// Hooks for the crate's own timing probes (`examples/gemm_probes.rs`):
+/// feature `internals`, no stability promise.
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub mod __internals {
+    #[cfg(target_arch = "x86_64")]
+    pub use crate::gemm::probes::{Ahead, AmxKernel, BusyDriver, BusyPackedB};
+}
+
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

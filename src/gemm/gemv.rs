@@ -14,7 +14,7 @@ use rayon::prelude::*;
 
 use super::blis::{CPtr, store_row};
 use super::epilogue::Epilogue;
-use super::kernel::Microkernel;
+use super::kernel::RowOps;
 use super::view::{MatMut, MatRef};
 use crate::element::Element;
 
@@ -41,7 +41,7 @@ pub(crate) fn scratch_bytes(m: usize, k: usize, threads: usize) -> Option<usize>
 }
 
 /// Runs the small-m GEMM; returns the number of non-finite outputs.
-pub(crate) fn run<K: Microkernel, T: Element, C: Element>(
+pub(crate) fn run<K: RowOps, T: Element, C: Element>(
     kern: K,
     a: MatRef<'_, T>,
     b: MatRef<'_, T>,

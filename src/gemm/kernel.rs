@@ -7,8 +7,10 @@
 //! calls the trait. A new ISA is one small file: a zero-sized
 //! type holding its token, `MR`, `NR`, a [`Format`], and a `#[target_feature]`
 //! kernel, usually [`generic_kernel`] instantiated with the ISA's features
-//! enabled; `widen`/`narrow_f16`/`madd` have portable defaults that an ISA
-//! overrides only where it has a faster instruction.
+//! enabled; a [`Blocking`] where the BLIS defaults don't suit it; and the
+//! [`RowOps`] helpers (widening, narrowing, the small-m loops), whose
+//! portable defaults an ISA overrides only where it has a faster
+//! instruction.
 //!
 //! Packed panels are stored as `f32` slots: in [`Format::F32`] each slot is
 //! one element widened to f32 (bf16/f16 are widened while packing, so the
@@ -96,7 +98,53 @@ impl Format {
     }
 }
 
-/// One ISA's microkernel (see the module docs).
+/// How a kernel's GEMM is blocked and split over threads: plain data, so a
+/// kernel states its policy in one place ([`Microkernel::BLOCKING`]) and
+/// the drivers read it. [`Blocking::BLIS`] is the default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Blocking {
+    /// Depth of a packed block (LOOP 4's step); even, so a bf16 pair never
+    /// straddles two blocks. Default: see `blis::KC`.
+    pub(crate) kc: usize,
+    /// KC blocks each column of tiles of a block of C runs through before
+    /// the next column starts (`blis::block`): 1 is the BLIS order (every
+    /// column per KC block); more keep a column's accumulators near the
+    /// core across its KC blocks while the run's A~ stays in L2.
+    pub(crate) kc_run: usize,
+    /// Most rows of a block of C in `blis::run` (B~ packed once): each B~
+    /// micro-panel serves `mc / MR` A~ panels from L1. Default: see
+    /// `blis::MC_MAX`. (`blis::run_local_b` keeps `MC_MAX`.)
+    pub(crate) mc: usize,
+    /// Whether threads pack their own B~ for their cells of C when B is
+    /// not packed beforehand (see `blis::run_local_b`): for kernels so fast
+    /// that fetching B~ panels other cores packed is the limit (AMX). The
+    /// AVX-512 kernels were slower with it (every thread then packs all of
+    /// A or all of B; docs/tried.md, Threads).
+    pub(crate) local_b: bool,
+    /// Whether large GEMMs on several threads pack A~ and B~ once, shared,
+    /// and hand out blocks of C one at a time (see `blis::run_dynamic` and
+    /// `blis::dynamic_pays`): for kernels whose speed differs from core to
+    /// core (AMX on the lent host, where a static split waits long for its
+    /// slowest thread). Not tried for the AVX-512 kernels.
+    pub(crate) dynamic: bool,
+}
+
+impl Blocking {
+    /// The BLIS defaults: KC and MC from `blis`, one KC block per column
+    /// of tiles, B~ packed once and shared, a static split.
+    pub(crate) const BLIS: Blocking = Blocking {
+        kc: super::blis::KC,
+        kc_run: 1,
+        mc: super::blis::MC_MAX,
+        local_b: false,
+        dynamic: false,
+    };
+}
+
+/// One ISA's microkernel (see the module docs): the tile shape, the
+/// packing formats, the blocking, and the kernel and store of a block.
+/// Every type that implements it also implements [`RowOps`], which the
+/// drivers need for packing and stores.
 pub(crate) trait Microkernel: Copy + Send + Sync {
     /// Rows of the tile (rows of A per panel).
     const MR: usize;
@@ -108,30 +156,8 @@ pub(crate) trait Microkernel: Copy + Send + Sync {
     /// The packing format of A~; must have the same
     /// [`Format::k_per_slot`] as [`Microkernel::FORMAT`].
     const FORMAT_A: Format = Self::FORMAT;
-    /// Depth of a packed block (LOOP 4's step); even, so a bf16 pair never
-    /// straddles two blocks. Default: see `blis::KC`.
-    const KC: usize = super::blis::KC;
-    /// KC blocks each column of tiles of a block of C runs through before
-    /// the next column starts (`blis::block`): 1 is the BLIS order (every
-    /// column per KC block); more keep a column's accumulators near the
-    /// core across its KC blocks while the run's A~ stays in L2.
-    const KC_RUN: usize = 1;
-    /// Most rows of a block of C in `blis::run` (B~ packed once): each B~
-    /// micro-panel serves `MC / MR` A~ panels from L1. Default: see
-    /// `blis::MC_MAX`. (`blis::run_local_b` keeps `MC_MAX`.)
-    const MC: usize = super::blis::MC_MAX;
-    /// Whether threads pack their own B~ for their cells of C when B is
-    /// not packed beforehand (see `blis::run_local_b`): for kernels so fast
-    /// that fetching B~ panels other cores packed is the limit (AMX). The
-    /// AVX-512 kernels were slower with it (every thread then packs all of
-    /// A or all of B; docs/tried.md, Threads).
-    const LOCAL_B: bool = false;
-    /// Whether large GEMMs on several threads pack A~ and B~ once, shared,
-    /// and hand out blocks of C one at a time (see `blis::run_dynamic` and
-    /// `blis::dynamic_pays`): for kernels whose speed differs from core to
-    /// core (AMX on the lent host, where a static split waits long for its
-    /// slowest thread). Not tried for the AVX-512 kernels.
-    const DYNAMIC: bool = false;
+    /// Blocking and thread split; `BLOCKING.kc` must be even.
+    const BLOCKING: Blocking = Blocking::BLIS;
     /// Shown in [`GemmReport::kernel`](crate::GemmReport).
     const NAME: &'static str;
 
@@ -157,6 +183,24 @@ pub(crate) trait Microkernel: Copy + Send + Sync {
         self.kernel(slots, a, b, tile, accumulate);
     }
 
+    /// The epilogue and stores of a finished block (`job.run(self)`). An
+    /// ISA overrides this only to compile it with its target features
+    /// (the default is baseline code for the target).
+    #[inline(always)]
+    fn store_block<C: Element>(self, job: &StoreBlock<'_, C>) -> usize
+    where
+        Self: RowOps,
+    {
+        job.run(self)
+    }
+}
+
+/// The run-wise helpers of an ISA that are not the microkernel proper:
+/// widening while packing, narrowing while storing, and the small-m
+/// path's inner loops. `widen`/`narrow_f16`/`axpy_rows4_widen` have
+/// portable defaults that an ISA overrides only where it has a faster
+/// instruction.
+pub(crate) trait RowOps: Copy + Send + Sync {
     /// Widens a contiguous run to f32 (`dst.len() == src.len()`).
     #[inline(always)]
     fn widen<T: Element>(self, src: &[T], dst: &mut [f32]) {
@@ -174,25 +218,17 @@ pub(crate) trait Microkernel: Copy + Send + Sync {
         }
     }
 
-    /// The epilogue and stores of a finished block (`job.run(self)`). An
-    /// ISA overrides this only to compile it with its target features
-    /// (the default is baseline code for the target).
-    #[inline(always)]
-    fn store_block<C: Element>(self, job: &StoreBlock<'_, C>) -> usize {
-        job.run(self)
-    }
-
     /// The small-m path's inner loop: `y[r][j] += x[r] * b[j]` for every row
     /// `r` (`y[r].len() == b.len()`), with the ISA's FMA when it has one.
     fn axpy_rows(self, x: &[f32], b: &[f32], y: &mut [&mut [f32]]);
 
-    /// Four steps of [`Microkernel::axpy_rows`] in one pass over `y`:
+    /// Four steps of [`RowOps::axpy_rows`] in one pass over `y`:
     /// `x` holds `x[q * m + r]` for step `q` and row `r`; the same roundings,
     /// in the same order, as four calls, with a quarter of the `y` traffic.
     fn axpy_rows4(self, x: &[f32], b: [&[f32]; 4], y: &mut [&mut [f32]]);
 
-    /// [`Microkernel::axpy_rows4`] over four B rows in their storage type
-    /// (`b[q].len() == y[r].len()`), widened as [`Microkernel::widen`]
+    /// [`RowOps::axpy_rows4`] over four B rows in their storage type
+    /// (`b[q].len() == y[r].len()`), widened as [`RowOps::widen`]
     /// widens them: the same bits. The default widens into `tmp` (at least
     /// `4 * len` floats) and calls `axpy_rows4`; an ISA that widens in
     /// registers overrides it, so B crosses the core once.
@@ -250,7 +286,7 @@ pub(crate) fn generic_kernel<const MR: usize, const NR: usize>(
     }
 }
 
-/// The small-m inner loop written once (see [`Microkernel::axpy_rows`]).
+/// The small-m inner loop written once (see [`RowOps::axpy_rows`]).
 #[inline(always)]
 pub(crate) fn generic_axpy_rows(
     x: &[f32],
@@ -266,7 +302,7 @@ pub(crate) fn generic_axpy_rows(
 }
 
 /// Four fused steps of [`generic_axpy_rows`] (see
-/// [`Microkernel::axpy_rows4`]).
+/// [`RowOps::axpy_rows4`]).
 #[inline(always)]
 pub(crate) fn generic_axpy_rows4(
     x: &[f32],
@@ -303,7 +339,9 @@ impl Microkernel for ScalarKernel {
     fn kernel(self, slots: usize, a: &[f32], b: &[f32], tile: &mut [f32], accumulate: bool) {
         generic_kernel::<4, 8>(slots, a, b, tile, accumulate, |a, b, c| a * b + c);
     }
+}
 
+impl RowOps for ScalarKernel {
     fn axpy_rows(self, x: &[f32], b: &[f32], y: &mut [&mut [f32]]) {
         generic_axpy_rows(x, b, y, |a, b, c| a * b + c);
     }

@@ -15,6 +15,8 @@ mod gemv;
 pub(crate) mod kernel;
 mod packed;
 mod params;
+#[cfg(all(feature = "internals", target_arch = "x86_64"))]
+pub(crate) mod probes;
 mod view;
 
 pub use packed::PackedB;
@@ -25,7 +27,7 @@ use crate::element::{DType, Element};
 use crate::error::Error;
 use crate::isa::{Backend, Token};
 use epilogue::Epilogue;
-use kernel::Microkernel;
+use kernel::{Microkernel, RowOps};
 
 /// `C <- act(inv_scale * (alpha * A B) + beta * C + bias)` on the
 /// process-wide backend (see [`Backend::global`]); see [`Gemm`] for the
@@ -229,7 +231,7 @@ fn preflight(bytes: Option<usize>, arg: &'static str) -> Result<(), Error> {
 /// Something to run with the microkernel chosen for an ISA and input type.
 pub(crate) trait KernelOp {
     type Output;
-    fn run<K: Microkernel>(self, kern: K) -> Self::Output;
+    fn run<K: Microkernel + RowOps>(self, kern: K) -> Self::Output;
     /// Whether this op takes the small-m path (see `gemv`) on an
     /// [`kernel::Format::F32`] kernel: where an ISA would pick a kernel that
     /// cannot (AMX), it picks one that can.
@@ -332,7 +334,7 @@ impl<T: Element, C: Element> KernelOp for Unpacked<'_, '_, T, C> {
     fn small_m(&self) -> bool {
         gemv::applies(&self.a, &self.b)
     }
-    fn run<K: Microkernel>(self, kern: K) -> Result<GemmReport, Error> {
+    fn run<K: Microkernel + RowOps>(self, kern: K) -> Result<GemmReport, Error> {
         let (m, k, n, threads) = (self.a.rows, self.b.rows, self.b.cols, self.threads);
         let report = |nonfinite, kernel| GemmReport {
             nonfinite,
@@ -355,7 +357,7 @@ impl<T: Element, C: Element> KernelOp for Unpacked<'_, '_, T, C> {
             blis::run_local_b(kern, self.a, self.b, self.c, &self.ep, threads)
         } else {
             let packed = blis::pack_b_scratch(kern, self.b, threads);
-            let bad = blis::run(kern, self.a, &packed, k, n, self.c, &self.ep, threads);
+            let bad = blis::run(kern, self.a, &packed, self.c, &self.ep, threads);
             blis::recycle(packed);
             bad
         };
@@ -374,7 +376,7 @@ struct Prepacked<'a, 'p, T: Element, C: Element> {
 
 impl<T: Element, C: Element> KernelOp for Prepacked<'_, '_, T, C> {
     type Output = Result<GemmReport, Error>;
-    fn run<K: Microkernel>(self, kern: K) -> Result<GemmReport, Error> {
+    fn run<K: Microkernel + RowOps>(self, kern: K) -> Result<GemmReport, Error> {
         if self.b.kernel != K::NAME {
             return Err(Error::InvalidArgument {
                 arg: "b",
@@ -390,16 +392,7 @@ impl<T: Element, C: Element> KernelOp for Prepacked<'_, '_, T, C> {
             0
         } else {
             preflight(blis::scratch_bytes::<K>(m, n, k, threads, true), "a")?;
-            blis::run(
-                kern,
-                self.a,
-                &self.b.panels,
-                k,
-                n,
-                self.c,
-                &self.ep,
-                threads,
-            )
+            blis::run(kern, self.a, &self.b.panels, self.c, &self.ep, threads)
         };
         Ok(GemmReport {
             nonfinite,

@@ -105,7 +105,7 @@ struct Pack<'a, T: Element> {
 
 impl<T: Element> super::KernelOp for Pack<'_, T> {
     type Output = Result<PackedB<T>, Error>;
-    fn run<K: super::Microkernel>(self, kern: K) -> Result<PackedB<T>, Error> {
+    fn run<K: super::Microkernel + super::RowOps>(self, kern: K) -> Result<PackedB<T>, Error> {
         let slots = packed_b_slots::<K>(self.b.rows, self.b.cols);
         let bytes = slots.and_then(|s| s.checked_mul(size_of::<f32>()));
         let bytes = bytes.filter(|&b| b <= isize::MAX as usize);

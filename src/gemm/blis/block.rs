@@ -1,14 +1,14 @@
 //! One `MC x NC` block of C: LOOP 4 (pc over k by KC, in runs of
-//! `K::KC_RUN` blocks), LOOP 2 (jr over the block's columns by NR) and
-//! LOOP 1 (ir over its rows by MR), with what each kernel call may
-//! prefetch, then the hand-over to the store.
+//! `K::BLOCKING.kc_run` blocks), LOOP 2 (jr over the block's columns by
+//! NR) and LOOP 1 (ir over its rows by MR), with what each kernel call
+//! may prefetch, then the hand-over to the store.
 
 use super::pack::{PackedPanels, aligned, pack_panel};
 use super::store::{CPtr, StoreBlock};
 use super::{div_ceil, slots, total_slots};
 use crate::element::Element;
 use crate::gemm::epilogue::Epilogue;
-use crate::gemm::kernel::{Ahead, Microkernel};
+use crate::gemm::kernel::{Ahead, Microkernel, RowOps};
 use crate::gemm::view::MatRef;
 
 /// One block of C: rows `i0..i0 + m`, columns `j0..j0 + n`.
@@ -63,48 +63,64 @@ impl Prefetch {
     }
 }
 
-/// One `MC x NC` block of C: LOOP 4, 2 and 1, and the epilogue. `packed`
-/// holds B~ from column `packed_j0` on (a multiple of NR); `shared_a`, if
-/// given, A~ from the block's first row panel on (see
-/// [`pack_a_shared`](super::pack::pack_a_shared)),
-/// else the block packs its A~ into `ws`; `ahead` says what each kernel
-/// call may prefetch for the calls after it.
+/// What every block of one split reads: the same for all its blocks, and
+/// shared by its threads.
+pub(super) struct BlockJob<'a, K, T: Element, C> {
+    pub(super) kern: K,
+    /// A (`m x k`): its `k` is the GEMM's, and blocks without `shared_a`
+    /// pack their A~ from it.
+    pub(super) a: MatRef<'a, T>,
+    /// A~ of all of A, if packed beforehand
+    /// ([`pack_a_shared`](super::pack::pack_a_shared)); else each block
+    /// packs its own A~ into its workspace.
+    pub(super) shared_a: Option<&'a [f32]>,
+    /// B~ from column `packed_j0` on (a multiple of NR).
+    pub(super) packed: &'a PackedPanels,
+    pub(super) packed_j0: usize,
+    /// C ([`CPtr::of`]) and the length of its slice.
+    pub(super) c: CPtr<C>,
+    pub(super) c_len: usize,
+    pub(super) ep: &'a Epilogue<'a>,
+    /// What each kernel call may prefetch for the calls after it.
+    pub(super) ahead: Prefetch,
+}
+
+/// One `MC x NC` block of C, `blk`, of `job`: LOOP 4, 2 and 1, and the
+/// epilogue. Its A~ comes from `job.shared_a` (from the block's first row
+/// panel on) or is packed into `ws`, where the next block of the same
+/// rows finds it again.
 ///
 /// # Safety
 ///
-/// `blk` lies inside the C view that `c` was taken from ([`CPtr::of`]),
-/// whose borrow outlives the call, and no other thread reads or writes
-/// `blk`'s elements of C during the call. (Everything else is read
-/// through bounds-checked slices.)
-#[expect(clippy::too_many_arguments, reason = "internal: the loops' inputs")]
+/// `blk` lies inside the C view that `job.c` was taken from
+/// ([`CPtr::of`]), whose borrow outlives the call, and no other thread
+/// reads or writes `blk`'s elements of C during the call. (Everything else
+/// is read through bounds-checked slices.)
 #[inline(never)]
-pub(super) unsafe fn block<K: Microkernel, T: Element, C: Element>(
-    kern: K,
-    a: MatRef<'_, T>,
-    packed: &PackedPanels,
-    packed_j0: usize,
-    k: usize,
+pub(super) unsafe fn block<K: Microkernel + RowOps, T: Element, C: Element>(
+    job: &BlockJob<'_, K, T, C>,
     blk: Block,
-    c: CPtr<C>,
-    c_len: usize,
-    ep: &Epilogue<'_>,
-    ahead: Prefetch,
-    shared_a: Option<&[f32]>,
     ws: &mut Workspace,
 ) -> usize {
+    let (kern, a, packed, packed_j0) = (job.kern, job.a, job.packed, job.packed_j0);
+    let (c, c_len, ep, ahead, k) = (job.c, job.c_len, job.ep, job.ahead, a.cols);
     let (mr, nr) = (K::MR, K::NR);
     let m_panels = div_ceil(blk.m, mr);
     let n_panels = div_ceil(blk.n, nr);
     let tile = mr * nr;
-    let panel_len = packed.panel_len(k);
+    let panel_len = packed.panel_len();
     let acc_all = aligned(&mut ws.acc, m_panels * n_panels * tile);
-    let blocks_k = div_ceil(k, K::KC).max(1);
+    let blocks_k = div_ceil(k, K::BLOCKING.kc).max(1);
     // A~ over all of k for the block's rows, panel by panel (each MR-row
     // panel's KC blocks one after the other, as in [`pack_a_shared`]):
     // `shared_a` from the block's first panel on, or packed here by the
     // first block of these rows and reused by the next ones (the same
     // rows, other columns).
     let a_panel_len = total_slots(k, K::FORMAT_A) * mr;
+    debug_assert!(blk.i0.is_multiple_of(mr));
+    let shared_a = job
+        .shared_a
+        .map(|a_all| &a_all[blk.i0 / mr * a_panel_len..]);
     let mut own_a = match shared_a {
         Some(_) => None,
         None => Some(aligned(&mut ws.a, m_panels * a_panel_len)),
@@ -114,14 +130,20 @@ pub(super) unsafe fn block<K: Microkernel, T: Element, C: Element>(
     // KC block q: its first k, its depth, its slots, and its slot offset
     // inside a B~ or A~ panel (every block before the last is KC deep).
     let kblock = |q: usize| {
-        let pc = q * K::KC;
-        let kc = K::KC.min(k - pc.min(k));
-        (pc, kc, slots(kc, K::FORMAT), q * slots(K::KC, K::FORMAT))
+        let pc = q * K::BLOCKING.kc;
+        let kc = K::BLOCKING.kc.min(k - pc.min(k));
+        (
+            pc,
+            kc,
+            slots(kc, K::FORMAT),
+            q * slots(K::BLOCKING.kc, K::FORMAT),
+        )
     };
-    // LOOP 4: pc over k by KC, in runs of `K::KC_RUN` blocks: each column
-    // of tiles goes through a run's blocks before the next column starts.
-    for q0 in (0..blocks_k).step_by(K::KC_RUN) {
-        let q1 = (q0 + K::KC_RUN).min(blocks_k);
+    // LOOP 4: pc over k by KC, in runs of `K::BLOCKING.kc_run` blocks:
+    // each column of tiles goes through a run's blocks before the next
+    // column starts.
+    for q0 in (0..blocks_k).step_by(K::BLOCKING.kc_run) {
+        let q1 = (q0 + K::BLOCKING.kc_run).min(blocks_k);
         // A~ of this run's MC x KC blocks: MR-row panels, packed unless done.
         if let (Some(a_full), false) = (own_a.as_deref_mut(), a_packed) {
             for q in q0..q1 {

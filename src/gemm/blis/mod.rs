@@ -15,15 +15,18 @@
 //!   epilogue and the single store of the MC x NC block, row by row
 //! ```
 //!
-//! A kernel may take LOOP 4 in runs of [`Microkernel::KC_RUN`] KC blocks
-//! and put LOOP 2 outside each run (every column of tiles through the
-//! run's blocks, then the next): AMX, whose accumulators go through memory
+//! A kernel may take LOOP 4 in runs of [`Blocking::kc_run`] KC blocks and
+//! put LOOP 2 outside each run (every column of tiles through the run's
+//! blocks, then the next): AMX, whose accumulators go through memory
 //! between KC blocks, then finds a column's tiles near the core again.
 //!
 //! Large GEMMs on several threads with a kernel that asks for it
-//! ([`Microkernel::DYNAMIC`], AMX) pack A~ whole as well and hand the
-//! blocks of C out one at a time instead ([`run_dynamic`]); smaller ones
+//! ([`Blocking::dynamic`], AMX) pack A~ whole as well and hand the blocks
+//! of C out one at a time instead ([`split::run_dynamic`]); smaller ones
 //! with unpacked B may give each thread its own B~ ([`run_local_b`]).
+//!
+//! [`Blocking::kc_run`]: super::kernel::Blocking::kc_run
+//! [`Blocking::dynamic`]: super::kernel::Blocking::dynamic
 //!
 //! LOOP 4 sits inside LOOP 3 (BLIS has it outside) so a thread keeps the
 //! f32 partial sums of its own `MC x NC` block across KC blocks in a
@@ -44,8 +47,6 @@
 
 mod block;
 mod pack;
-#[cfg(all(test, target_arch = "x86_64"))]
-mod probe;
 mod scratch;
 mod split;
 mod store;
@@ -82,7 +83,8 @@ pub(super) const fn slots(len: usize, format: Format) -> usize {
 }
 
 /// Total slots of a whole k, block by block (the same for every even
-/// block depth, so for every kernel's [`Microkernel::KC`]).
+/// block depth, so for every kernel's
+/// [`Blocking::kc`](super::kernel::Blocking::kc)).
 pub(crate) const fn total_slots(k: usize, format: Format) -> usize {
     let full = k / KC;
     full * slots(KC, format) + slots(k % KC, format)
@@ -90,8 +92,9 @@ pub(crate) const fn total_slots(k: usize, format: Format) -> usize {
 
 /// Bytes of scratch the blocked GEMM allocates for `A (m x k) B (k x n)`
 /// on `threads` threads with kernel `K`: B~ unless `b_prepacked`, and A~
-/// (one row block of at most `max(K::MC, MC_MAX)` rows per thread, or all
-/// of A where [`split::run_dynamic`] takes it), plus each thread's tile workspace.
+/// (one row block of at most `max(K::BLOCKING.mc, MC_MAX)` rows per
+/// thread, or all of A where [`split::run_dynamic`] takes it), plus each
+/// thread's tile workspace.
 /// `None` when the count overflows or passes `isize::MAX`: a broadcast
 /// view (stride 0) can name a shape whose packed form cannot exist.
 pub(crate) fn scratch_bytes<K: Microkernel>(
@@ -110,13 +113,13 @@ pub(crate) fn scratch_bytes<K: Microkernel>(
     let a = if dynamic_pays::<K>(m, n, k, threads) {
         div_ceil(m, K::MR).checked_mul(a_panel)?
     } else {
-        let rows = m.min(K::MC.max(MC_MAX));
+        let rows = m.min(K::BLOCKING.mc.max(MC_MAX));
         let busy = threads.clamp(1, div_ceil(m, K::MR).max(1));
         div_ceil(rows, K::MR)
             .checked_mul(a_panel)?
             .checked_mul(busy)?
     };
-    let tiles = threads.checked_mul((K::MC.max(MC_MAX) + K::MR) * (NC_MAX + K::NR))?;
+    let tiles = threads.checked_mul((K::BLOCKING.mc.max(MC_MAX) + K::MR) * (NC_MAX + K::NR))?;
     let slots = b.checked_add(a)?.checked_add(tiles)?;
     slots
         .checked_mul(size_of::<f32>())

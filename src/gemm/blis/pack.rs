@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 use super::{div_ceil, scratch, slots, total_slots};
 use crate::element::{DType, Element, Slice};
-use crate::gemm::kernel::{Format, Microkernel, ROW_GROUP};
+use crate::gemm::kernel::{Format, Microkernel, ROW_GROUP, RowOps};
 use crate::gemm::view::MatRef;
 use half::bf16;
 
@@ -43,6 +43,9 @@ pub(crate) struct PackedPanels {
     pub(crate) format: Format,
     pub(crate) nr: usize,
     pub(crate) kc: usize,
+    /// The shape of the B it packs, `k x n`.
+    pub(crate) k: usize,
+    pub(crate) n: usize,
     buf: Vec<f32>,
     start: usize,
     len: usize,
@@ -61,8 +64,9 @@ impl PackedPanels {
         &self.buf[self.start..self.start + self.len]
     }
 
-    pub(super) fn panel_len(&self, k: usize) -> usize {
-        total_slots(k, self.format) * self.nr
+    /// Slots of one NR-column panel over all of k.
+    pub(super) fn panel_len(&self) -> usize {
+        total_slots(self.k, self.format) * self.nr
     }
 }
 
@@ -71,7 +75,7 @@ impl PackedPanels {
 /// grouped order of [`Format::Bf16Rows`]), zero-padded to `w` lanes and
 /// whole slots.
 #[expect(clippy::too_many_arguments, reason = "internal: a panel's coordinates")]
-pub(super) fn pack_panel<K: Microkernel, T: Element>(
+pub(super) fn pack_panel<K: RowOps, T: Element>(
     kern: K,
     v: MatRef<'_, T>,
     l0: usize,
@@ -243,7 +247,7 @@ pub(super) fn pack_panel<K: Microkernel, T: Element>(
 
 /// Packs all of `b` (`k x n`) for kernel `K`, over up to `threads` threads,
 /// into a fresh buffer (for [`PackedB`](crate::PackedB), which keeps it).
-pub(crate) fn pack_b<K: Microkernel, T: Element>(
+pub(crate) fn pack_b<K: Microkernel + RowOps, T: Element>(
     kern: K,
     b: MatRef<'_, T>,
     threads: usize,
@@ -253,7 +257,7 @@ pub(crate) fn pack_b<K: Microkernel, T: Element>(
 
 /// [`pack_b`] into this thread's scratch buffer, for one call; hand it
 /// back with [`recycle`].
-pub(crate) fn pack_b_scratch<K: Microkernel, T: Element>(
+pub(crate) fn pack_b_scratch<K: Microkernel + RowOps, T: Element>(
     kern: K,
     b: MatRef<'_, T>,
     threads: usize,
@@ -266,7 +270,7 @@ pub(crate) fn recycle(packed: PackedPanels) {
     scratch::give_b(packed.buf);
 }
 
-fn pack_b_into<K: Microkernel, T: Element>(
+fn pack_b_into<K: Microkernel + RowOps, T: Element>(
     kern: K,
     b: MatRef<'_, T>,
     threads: usize,
@@ -285,8 +289,8 @@ fn pack_b_into<K: Microkernel, T: Element>(
     // block.
     let pack_range = |p0: usize, chunk: &mut [f32], tmp: &mut Vec<f32>| {
         let mut block_off = 0;
-        for pc in (0..k).step_by(K::KC) {
-            let kc = K::KC.min(k - pc);
+        for pc in (0..k).step_by(K::BLOCKING.kc) {
+            let kc = K::BLOCKING.kc.min(k - pc);
             for sub in (0..kc).step_by(PACK_ROWS) {
                 let depth = PACK_ROWS.min(kc - sub);
                 let off = block_off + slots(sub, K::FORMAT) * K::NR;
@@ -327,7 +331,9 @@ fn pack_b_into<K: Microkernel, T: Element>(
     PackedPanels {
         format: K::FORMAT,
         nr: K::NR,
-        kc: K::KC,
+        kc: K::BLOCKING.kc,
+        k,
+        n,
         buf,
         start,
         len,
@@ -337,7 +343,7 @@ fn pack_b_into<K: Microkernel, T: Element>(
 /// A~ of all of `a` for kernel `K`, row panel by row panel, each panel's
 /// KC blocks one after the other (the layout `block` reads), packed over
 /// up to `threads` threads into this thread's A~ scratch.
-pub(super) fn pack_a_shared<K: Microkernel, T: Element>(
+pub(super) fn pack_a_shared<K: Microkernel + RowOps, T: Element>(
     kern: K,
     a: MatRef<'_, T>,
     threads: usize,
@@ -354,8 +360,8 @@ pub(super) fn pack_a_shared<K: Microkernel, T: Element>(
             let i0 = (p0 + q) * mr;
             let lanes = mr.min(m - i0);
             let mut off = 0;
-            for pc in (0..k).step_by(K::KC) {
-                let kc = K::KC.min(k - pc);
+            for pc in (0..k).step_by(K::BLOCKING.kc) {
+                let kc = K::BLOCKING.kc.min(k - pc);
                 let len = slots(kc, K::FORMAT_A) * mr;
                 pack_panel(
                     kern,

@@ -6,42 +6,40 @@
 
 use rayon::prelude::*;
 
-use super::block::{Block, Prefetch, block};
+use super::block::{Block, BlockJob, Prefetch, block};
 use super::pack::{PackedPanels, pack_a_shared, pack_b_scratch, recycle};
 use super::store::CPtr;
 use super::{MC_MAX, NC_MAX, div_ceil, scratch, total_slots};
 use crate::element::Element;
 use crate::gemm::epilogue::Epilogue;
-use crate::gemm::kernel::Microkernel;
+use crate::gemm::kernel::{Microkernel, RowOps};
 use crate::gemm::view::{MatMut, MatRef};
 
-/// Runs the GEMM with B already packed by [`pack_b`] for this kernel
-/// ([`run_dynamic`] where [`dynamic_pays`]). Shapes, strides and `packed`
-/// were validated by the caller. Returns the number of non-finite outputs.
-#[expect(clippy::too_many_arguments, reason = "internal: the loops' inputs")]
-pub(crate) fn run<K: Microkernel, T: Element, C: Element>(
+/// Runs the GEMM with B already packed by [`pack_b`](super::pack_b) for
+/// this kernel ([`run_dynamic`] where [`dynamic_pays`]). Shapes, strides
+/// and `packed` were validated by the caller. Returns the number of
+/// non-finite outputs.
+pub(crate) fn run<K: Microkernel + RowOps, T: Element, C: Element>(
     kern: K,
     a: MatRef<'_, T>,
     packed: &PackedPanels,
-    k: usize,
-    n: usize,
     c: MatMut<'_, C>,
     ep: &Epilogue<'_>,
     threads: usize,
 ) -> usize {
-    let m = a.rows;
+    let (m, k, n) = (a.rows, packed.k, packed.n);
     // Checked for real: the blocks below are cut from these sizes and
     // written through a raw pointer.
     assert_eq!((a.cols, c.rows, c.cols), (k, m, n), "gemm shapes");
     assert_eq!(
         (packed.format, packed.nr, packed.kc),
-        (K::FORMAT, K::NR, K::KC)
+        (K::FORMAT, K::NR, K::BLOCKING.kc)
     );
     if m == 0 || n == 0 {
         return 0;
     }
     if dynamic_pays::<K>(m, n, k, threads) {
-        return run_dynamic(kern, a, packed, k, n, c, ep, threads);
+        return run_dynamic(kern, a, packed, c, ep, threads);
     }
     // Balanced blocks: MR-row panels spread evenly over `mb` blocks (sizes
     // differ by at most one panel), and `mb` a multiple of the thread count
@@ -50,7 +48,7 @@ pub(crate) fn run<K: Microkernel, T: Element, C: Element>(
     let nc = div_ceil(div_ceil(n, nb), K::NR) * K::NR;
     let nb = div_ceil(n, nc);
     let panels = div_ceil(m, K::MR);
-    let mut mb = div_ceil(m, K::MC);
+    let mut mb = div_ceil(m, K::BLOCKING.mc);
     if threads > 1 {
         mb = div_ceil(mb, threads) * threads;
     }
@@ -58,7 +56,18 @@ pub(crate) fn run<K: Microkernel, T: Element, C: Element>(
     let rows_of = |ib: usize| (ib * panels / mb * K::MR).min(m);
     let items = mb * nb;
     let threads = threads.min(items).max(1);
-    let (cptr, c_len) = CPtr::of(c);
+    let (c, c_len) = CPtr::of(c);
+    let job = BlockJob {
+        kern,
+        a,
+        shared_a: None,
+        packed,
+        packed_j0: 0,
+        c,
+        c_len,
+        ep,
+        ahead: Prefetch::for_threads(threads),
+    };
     let work = |t: usize| -> usize {
         let _mode = crate::fp_env::Ieee::enter();
         let mut ws = scratch::take_workspace();
@@ -77,14 +86,9 @@ pub(crate) fn run<K: Microkernel, T: Element, C: Element>(
                 j0: jc,
                 n: nc.min(n - jc),
             };
-            let ahead = Prefetch::for_threads(threads);
             // SAFETY: the items' blocks tile the m x n of C (checked above)
             // without overlap, and each item runs on one thread only.
-            nonfinite += unsafe {
-                block(
-                    kern, a, packed, 0, k, blk, cptr, c_len, ep, ahead, None, &mut ws,
-                )
-            };
+            nonfinite += unsafe { block(&job, blk, &mut ws) };
         }
         scratch::give_workspace(ws);
         nonfinite
@@ -102,10 +106,10 @@ pub(crate) fn run<K: Microkernel, T: Element, C: Element>(
 /// cell's blocks. No packing pass before the threads start, and each
 /// core's B~ stays in its own caches, where with B~ packed once and shared
 /// every core fetches panels other cores have just written, which limits
-/// a kernel as fast as AMX (see `AmxBf16::LOCAL_B`, and BENCHMARKS.md, AMX).
+/// a kernel as fast as AMX (see `AmxBf16::BLOCKING`, and BENCHMARKS.md, AMX).
 /// Shapes and strides were validated by the caller. Returns the number of
 /// non-finite outputs.
-pub(crate) fn run_local_b<K: Microkernel, T: Element, C: Element>(
+pub(crate) fn run_local_b<K: Microkernel + RowOps, T: Element, C: Element>(
     kern: K,
     a: MatRef<'_, T>,
     b: MatRef<'_, T>,
@@ -123,7 +127,7 @@ pub(crate) fn run_local_b<K: Microkernel, T: Element, C: Element>(
     let (mt, nt) = grid(pm, pn, threads);
     let rows_of = |i: usize| (i * pm / mt * K::MR).min(m);
     let cols_of = |j: usize| (j * pn / nt * K::NR).min(n);
-    let (cptr, c_len) = CPtr::of(c);
+    let (c, c_len) = CPtr::of(c);
     let cell = |t: usize| -> usize {
         let _mode = crate::fp_env::Ieee::enter();
         let (i, j) = (t / nt, t % nt);
@@ -140,6 +144,17 @@ pub(crate) fn run_local_b<K: Microkernel, T: Element, C: Element>(
             cs: b.cs,
         };
         let packed = pack_b_scratch(kern, b_cell, 1);
+        let job = BlockJob {
+            kern,
+            a,
+            shared_a: None,
+            packed: &packed,
+            packed_j0: c0,
+            c,
+            c_len,
+            ep,
+            ahead: Prefetch::NextOperand,
+        };
         let mut ws = scratch::take_workspace();
         ws.a_rows = None; // A~ of an earlier call is stale
         let mut nonfinite = 0;
@@ -163,22 +178,7 @@ pub(crate) fn run_local_b<K: Microkernel, T: Element, C: Element>(
                 // SAFETY: the cells of the grid tile C (checked above)
                 // without overlap, one thread each, and the blocks tile
                 // the cell.
-                nonfinite += unsafe {
-                    block(
-                        kern,
-                        a,
-                        &packed,
-                        c0,
-                        k,
-                        blk,
-                        cptr,
-                        c_len,
-                        ep,
-                        Prefetch::NextOperand,
-                        None,
-                        &mut ws,
-                    )
-                };
+                nonfinite += unsafe { block(&job, blk, &mut ws) };
             }
         }
         scratch::give_workspace(ws);
@@ -200,30 +200,37 @@ pub(crate) fn run_local_b<K: Microkernel, T: Element, C: Element>(
 /// so the threads at work at one time share that column block's B~.
 /// Shapes, strides and `packed` were validated by the caller. Returns the
 /// number of non-finite outputs.
-#[expect(clippy::too_many_arguments, reason = "internal: the loops' inputs")]
-pub(super) fn run_dynamic<K: Microkernel, T: Element, C: Element>(
+pub(super) fn run_dynamic<K: Microkernel + RowOps, T: Element, C: Element>(
     kern: K,
     a: MatRef<'_, T>,
     packed: &PackedPanels,
-    k: usize,
-    n: usize,
     c: MatMut<'_, C>,
     ep: &Epilogue<'_>,
     threads: usize,
 ) -> usize {
-    let m = a.rows;
+    let (m, k, n) = (a.rows, packed.k, packed.n);
     // Checked for real: the blocks below are cut from these sizes.
     assert_eq!((a.cols, c.rows, c.cols), (k, m, n), "gemm shapes");
     if m == 0 || n == 0 {
         return 0;
     }
     let shared_a = pack_a_shared(kern, a, threads);
-    let a_panel_len = total_slots(k, K::FORMAT_A) * K::MR;
-    let (mc, nc) = item_shape(m, n, threads, K::MR, K::NR, K::MC);
+    let (mc, nc) = item_shape(m, n, threads, K::MR, K::NR, K::BLOCKING.mc);
     let (mb, nb) = (div_ceil(m, mc), div_ceil(n, nc));
     let items = mb * nb;
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let (cptr, c_len) = CPtr::of(c);
+    let (c, c_len) = CPtr::of(c);
+    let job = BlockJob {
+        kern,
+        a,
+        shared_a: Some(&shared_a),
+        packed,
+        packed_j0: 0,
+        c,
+        c_len,
+        ep,
+        ahead: Prefetch::NextOperand,
+    };
     let work = |_| -> usize {
         let _mode = crate::fp_env::Ieee::enter();
         let mut ws = scratch::take_workspace();
@@ -241,25 +248,9 @@ pub(super) fn run_dynamic<K: Microkernel, T: Element, C: Element>(
                 j0,
                 n: nc.min(n - j0),
             };
-            let a_rows = &shared_a[i0 / K::MR * a_panel_len..];
             // SAFETY: the items tile C (checked above) without overlap,
             // and the counter hands each one to exactly one thread.
-            nonfinite += unsafe {
-                block(
-                    kern,
-                    a,
-                    packed,
-                    0,
-                    k,
-                    blk,
-                    cptr,
-                    c_len,
-                    ep,
-                    Prefetch::NextOperand,
-                    Some(a_rows),
-                    &mut ws,
-                )
-            };
+            nonfinite += unsafe { block(&job, blk, &mut ws) };
         }
         scratch::give_workspace(ws);
         nonfinite
@@ -275,12 +266,16 @@ pub(super) fn run_dynamic<K: Microkernel, T: Element, C: Element>(
 pub(super) const ITEMS_PER_THREAD: usize = 4;
 
 /// Whether [`run_dynamic`] is the split for this kernel and shape: kernels
-/// that ask for it ([`Microkernel::DYNAMIC`]), on several threads, with at
+/// that ask for it ([`Blocking::dynamic`]), on several threads, with at
 /// least 2^28 multiply-adds per thread (n = 2048 on 16 threads). Below
 /// that its two packing passes and finer blocks cost more than the balance
 /// gains (see BENCHMARKS.md, AMX; docs/tried.md, Threads).
+///
+/// [`Blocking::dynamic`]: crate::gemm::kernel::Blocking::dynamic
 pub(super) fn dynamic_pays<K: Microkernel>(m: usize, n: usize, k: usize, threads: usize) -> bool {
-    K::DYNAMIC && threads > 1 && (m as u128) * (n as u128) * (k as u128) >= (threads as u128) << 28
+    K::BLOCKING.dynamic
+        && threads > 1
+        && (m as u128) * (n as u128) * (k as u128) >= (threads as u128) << 28
 }
 
 /// Rows and columns of [`run_dynamic`]'s blocks of C (multiples of `mr`
@@ -323,7 +318,7 @@ pub(crate) fn local_b_pays<K: Microkernel>(m: usize, n: usize, k: usize, threads
     let (pm, pn) = (div_ceil(m, K::MR), div_ceil(n, K::NR));
     let (_, nt) = grid(pm.max(1), pn.max(1), threads);
     let cell_cols = div_ceil(pn, nt) * K::NR;
-    K::LOCAL_B
+    K::BLOCKING.local_b
         && !dynamic_pays::<K>(m, n, k, threads)
         && total_slots(k, K::FORMAT)
             .checked_mul(cell_cols * size_of::<f32>())

@@ -6,7 +6,7 @@ use super::NC_MAX;
 use super::block::Block;
 use crate::element::{DType, Element, SliceMut};
 use crate::gemm::epilogue::Epilogue;
-use crate::gemm::kernel::Microkernel;
+use crate::gemm::kernel::{Microkernel, RowOps};
 use crate::gemm::view::MatMut;
 
 /// C's base pointer and strides, shared by the threads. Each work item
@@ -52,8 +52,8 @@ unsafe impl<C: Send> Sync for CPtr<C> {}
 /// single store of each output ([`Microkernel::store_block`]).
 ///
 /// Only [`block`](super::block::block) makes one (the fields are private
-/// to `blis`), under its contract: the block lies inside C and this thread alone writes it.
-/// That is what lets [`StoreBlock::run`] be a safe fn.
+/// to `blis`), under its contract: the block lies inside C and this
+/// thread alone writes it. That is what lets [`StoreBlock::run`] be a safe fn.
 pub(crate) struct StoreBlock<'a, C> {
     pub(super) ep: &'a Epilogue<'a>,
     pub(super) acc: &'a [f32],
@@ -74,7 +74,7 @@ impl<C: Element> StoreBlock<'_, C> {
     /// the non-finite count) runs once per row instead of once per tile.
     /// Returns how many stored values are non-finite.
     #[inline(always)]
-    pub(crate) fn run<K: Microkernel>(&self, kern: K) -> usize {
+    pub(crate) fn run<K: Microkernel + RowOps>(&self, kern: K) -> usize {
         let (mr, nr) = (K::MR, K::NR);
         let (blk, tile) = (self.blk, mr * nr);
         let span_tiles = ROW_SPAN / nr;
@@ -169,7 +169,7 @@ const _: () = assert!(ROW_SPAN >= 64 && ROW_SPAN < NC_MAX);
 /// taken from ([`CPtr::of`], `c_len` its slice's length), whose borrow
 /// outlives the call, and no other thread reads or writes them during it.
 #[inline(always)]
-pub(in crate::gemm) unsafe fn store_row<K: Microkernel, C: Element>(
+pub(in crate::gemm) unsafe fn store_row<K: RowOps, C: Element>(
     kern: K,
     ep: &Epilogue<'_>,
     acc: &mut [f32],

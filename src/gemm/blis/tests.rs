@@ -4,12 +4,11 @@
 
 use super::pack::*;
 use super::split::*;
-use super::*;
 use crate::element::Element;
 use crate::gemm::Gemm;
 use crate::gemm::epilogue::Epilogue;
 use crate::gemm::kernel::ScalarKernel;
-use crate::gemm::kernel::{Format, ROW_GROUP};
+use crate::gemm::kernel::{Blocking, Format, Microkernel, ROW_GROUP, RowOps};
 use crate::gemm::view::{MatMut, MatRef};
 use half::bf16;
 
@@ -66,7 +65,7 @@ fn grid_is_the_best_split() {
 /// thread), on 2 to 4 threads, with every epilogue step, for
 /// shapes with edge tiles, several row and column blocks and a KC tail;
 /// fresh random inputs, C poisoned before each call.
-fn splits_match_one_thread<K: Microkernel>(kern: K) {
+fn splits_match_one_thread<K: Microkernel + RowOps>(kern: K) {
     let mut bits = fresh_rng();
     let mut next = move || (bits() >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
     let pool = rayon::ThreadPoolBuilder::new()
@@ -98,8 +97,6 @@ fn splits_match_one_thread<K: Microkernel>(kern: K) {
             kern,
             av,
             &packed,
-            k,
-            n,
             MatMut::row_major(&mut want, m, n).unwrap(),
             &ep,
             1,
@@ -130,8 +127,6 @@ fn splits_match_one_thread<K: Microkernel>(kern: K) {
                     kern,
                     av,
                     &packed,
-                    k,
-                    n,
                     MatMut::row_major(&mut got, m, n).unwrap(),
                     &ep,
                     threads,
@@ -209,7 +204,8 @@ fn threaded_splits_match_one_thread() {
 }
 
 /// `K` with KC = 64 and runs of `R` KC blocks per column of tiles
-/// ([`Microkernel::KC_RUN`]); everything else is `K`'s.
+/// ([`Blocking::kc_run`]); the rest of the blocking is the BLIS default,
+/// everything else `K`'s.
 #[derive(Clone, Copy)]
 struct InRuns<K, const R: usize>(K);
 
@@ -218,14 +214,19 @@ impl<K: Microkernel, const R: usize> Microkernel for InRuns<K, R> {
     const NR: usize = K::NR;
     const FORMAT: Format = K::FORMAT;
     const FORMAT_A: Format = K::FORMAT_A;
-    const KC: usize = 64;
-    const KC_RUN: usize = R;
+    const BLOCKING: Blocking = Blocking {
+        kc: 64,
+        kc_run: R,
+        ..Blocking::BLIS
+    };
     const NAME: &'static str = "in-runs";
 
     fn kernel(self, slots: usize, a: &[f32], b: &[f32], tile: &mut [f32], acc: bool) {
         self.0.kernel(slots, a, b, tile, acc);
     }
+}
 
+impl<K: RowOps, const R: usize> RowOps for InRuns<K, R> {
     fn widen<T: Element>(self, src: &[T], dst: &mut [f32]) {
         self.0.widen(src, dst);
     }
@@ -246,7 +247,7 @@ impl<K: Microkernel, const R: usize> Microkernel for InRuns<K, R> {
 /// Columns of tiles run through 3 KC blocks at a time: the bits of the
 /// BLIS order (one KC block for every column), for k with whole runs,
 /// a short last run and a KC tail; then the threaded splits in runs.
-fn runs_match_blis_order<K: Microkernel>(kern: K) {
+fn runs_match_blis_order<K: Microkernel + RowOps>(kern: K) {
     let mut bits = fresh_rng();
     let mut next = move || (bits() >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
     for (m, n, k) in [(37, 45, 300), (70, 90, 384), (9, 130, 64), (3, 5, 0)] {
@@ -260,13 +261,13 @@ fn runs_match_blis_order<K: Microkernel>(kern: K) {
             let kern = InRuns::<K, 1>(kern);
             let packed = pack_b(kern, bv, 1);
             let cv = MatMut::row_major(c, m, n).unwrap();
-            run(kern, av, &packed, k, n, cv, &ep, 1)
+            run(kern, av, &packed, cv, &ep, 1)
         };
         let in_runs = |c: &mut Vec<f32>| {
             let kern = InRuns::<K, 3>(kern);
             let packed = pack_b(kern, bv, 1);
             let cv = MatMut::row_major(c, m, n).unwrap();
-            run(kern, av, &packed, k, n, cv, &ep, 1)
+            run(kern, av, &packed, cv, &ep, 1)
         };
         let (mut want, mut got) = (c0.clone(), c0.clone());
         assert_eq!(in_runs(&mut got), one_by_one(&mut want));

@@ -28,7 +28,7 @@
 use core::arch::aarch64::*;
 
 use super::super::Neon;
-use crate::gemm::kernel::{Format, Microkernel, generic_axpy_rows, generic_axpy_rows4};
+use crate::gemm::kernel::{Format, Microkernel, RowOps, generic_axpy_rows, generic_axpy_rows4};
 
 /// The NEON f32-FMLA microkernel.
 #[derive(Clone, Copy, Debug)]
@@ -45,10 +45,12 @@ impl Microkernel for NeonF32 {
         // SAFETY: the token proves NEON.
         unsafe { kernel(slots, a, b, tile, accumulate) }
     }
+}
 
+impl RowOps for NeonF32 {
     #[inline(always)]
     fn axpy_rows(self, x: &[f32], b: &[f32], y: &mut [&mut [f32]]) {
-        // SAFETY: as above.
+        // SAFETY: the token proves NEON.
         unsafe { axpy_rows(x, b, y) }
     }
 

@@ -54,7 +54,7 @@ use core::arch::asm;
 
 use super::super::NeonBf16;
 use super::super::neon::gemm::NeonF32;
-use crate::gemm::kernel::{Format, Microkernel};
+use crate::gemm::kernel::{Format, Microkernel, RowOps};
 
 /// The `BFMMLA` microkernel.
 #[derive(Clone, Copy, Debug)]
@@ -71,7 +71,9 @@ impl Microkernel for NeonBfmmla {
         // SAFETY: the token proves NEON and FEAT_BF16.
         unsafe { kernel(slots, a, b, tile, accumulate) }
     }
+}
 
+impl RowOps for NeonBfmmla {
     #[inline(always)]
     fn axpy_rows(self, x: &[f32], b: &[f32], y: &mut [&mut [f32]]) {
         NeonF32(self.0.neon()).axpy_rows(x, b, y);

@@ -36,7 +36,7 @@ use crate::arch::x86_64::avx512::gemm::store_block;
 use crate::arch::x86_64::avx512bf16::gemm::Avx512Dot;
 use crate::element::Element;
 use crate::gemm::kernel::StoreBlock;
-use crate::gemm::kernel::{Ahead, Format, Microkernel, ROW_GROUP};
+use crate::gemm::kernel::{Ahead, Blocking, Format, Microkernel, ROW_GROUP, RowOps};
 
 /// Rows of a tile of C: two 16-row AMX tiles.
 const MR: usize = 32;
@@ -55,28 +55,33 @@ impl Microkernel for AmxBf16 {
     const FORMAT: Format = Format::Bf16Pairs;
     const FORMAT_A: Format = Format::Bf16Rows;
     const NAME: &'static str = "amx-tdpbf16-32x32";
-    // Twice the default depth: the 32 x 32 f32 block of C goes through the
-    // workspace (4 tile loads, 4 stores) once per 512 k instead of per 256,
-    // and the `KC x NR` bf16 micro-panel of B~ (32 KiB) still fits L1.
-    const KC: usize = 512;
-    // Threads pack their own B~ up to `blis::local_b_pays`'s size limit: on
-    // 16 threads the shared B~ was slower there, and faster past it (see
-    // BENCHMARKS.md, AMX; docs/tried.md, Threads).
-    const LOCAL_B: bool = true;
-    // The static split's cells finish at very different times on 16
-    // threads; the dynamic split lets early threads take more blocks.
-    const DYNAMIC: bool = true;
-    // 8 A~ panels per B~ micro-panel instead of 5 where B~ is packed once
-    // (one thread, or n past LOCAL_B's limit): faster on one thread, even on
-    // 16. `run_local_b`'s cells keep 168 rows (docs/tried.md, GEMM blocking).
-    const MC: usize = 256;
-    // Each column of tiles runs through 4 KC blocks (2048 k) before the
-    // next column: its 8 accumulator tiles (32 KiB) are reloaded after 8
-    // kernel calls instead of after the whole block's (1 MiB of them, with
-    // a KC block of B~ as large passing through L2 in between), while the
-    // run's A~ (256 rows x 2048 k, 1 MiB) stays in L2. A deeper KC in one
-    // call instead was no faster (docs/tried.md, GEMM blocking).
-    const KC_RUN: usize = 4;
+    const BLOCKING: Blocking = Blocking {
+        // Twice the default depth: the 32 x 32 f32 block of C goes through
+        // the workspace (4 tile loads, 4 stores) once per 512 k instead of
+        // per 256, and the `KC x NR` bf16 micro-panel of B~ (32 KiB) still
+        // fits L1.
+        kc: 512,
+        // Each column of tiles runs through 4 KC blocks (2048 k) before the
+        // next column: its 8 accumulator tiles (32 KiB) are reloaded after
+        // 8 kernel calls instead of after the whole block's (1 MiB of them,
+        // with a KC block of B~ as large passing through L2 in between),
+        // while the run's A~ (256 rows x 2048 k, 1 MiB) stays in L2. A
+        // deeper KC in one call instead was no faster (docs/tried.md, GEMM
+        // blocking).
+        kc_run: 4,
+        // 8 A~ panels per B~ micro-panel instead of 5 where B~ is packed
+        // once (one thread, or n past `local_b`'s limit): faster on one
+        // thread, even on 16. `run_local_b`'s cells keep 168 rows
+        // (docs/tried.md, GEMM blocking).
+        mc: 256,
+        // Threads pack their own B~ up to `blis::local_b_pays`'s size
+        // limit: on 16 threads the shared B~ was slower there, and faster
+        // past it (see BENCHMARKS.md, AMX; docs/tried.md, Threads).
+        local_b: true,
+        // The static split's cells finish at very different times on 16
+        // threads; the dynamic split lets early threads take more blocks.
+        dynamic: true,
+    };
 
     #[inline(always)]
     fn kernel(self, slots: usize, a: &[f32], b: &[f32], tile: &mut [f32], accumulate: bool) {
@@ -99,6 +104,17 @@ impl Microkernel for AmxBf16 {
         });
     }
 
+    #[inline(always)]
+    fn store_block<C: Element>(self, job: &StoreBlock<'_, C>) -> usize
+    where
+        Self: RowOps,
+    {
+        // SAFETY: the token proves every feature `store_block` enables.
+        unsafe { store_block(self, job) }
+    }
+}
+
+impl RowOps for AmxBf16 {
     // Packing and the epilogue are the avx512bf16 kernel's (no tiles there).
     #[inline(always)]
     fn widen<T: Element>(self, src: &[T], dst: &mut [f32]) {
@@ -108,12 +124,6 @@ impl Microkernel for AmxBf16 {
     #[inline(always)]
     fn narrow_f16(self, src: &[f32], dst: &mut [half::f16]) {
         Avx512Dot(self.0.avx512bf16()).narrow_f16(src, dst);
-    }
-
-    #[inline(always)]
-    fn store_block<C: Element>(self, job: &StoreBlock<'_, C>) -> usize {
-        // SAFETY: the token proves every feature `store_block` enables.
-        unsafe { store_block(self, job) }
     }
 
     #[inline(always)]
@@ -432,268 +442,3 @@ unsafe fn groups_panel_and_tile(
 // The group arithmetic above assumes these.
 const _: () = assert!(GROUP_SLOTS * 4 == 2048 && SHARE_STEP * 4 == 256);
 const _: () = assert!(tile::MR == MR && tile::NR == NR);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// `n` groups with every slot `x`.
-    fn filled(n: usize, x: f32) -> Vec<Group> {
-        (0..n).map(|_| Group([x; GROUP_SLOTS])).collect()
-    }
-
-    /// The groups as one run of f32 slots.
-    fn slots_of(v: &[Group]) -> &[f32] {
-        // SAFETY: `Group` is `repr(C)` over an f32 array, so the groups are
-        // one contiguous run of `len * GROUP_SLOTS` f32.
-        unsafe { core::slice::from_raw_parts(v.as_ptr().cast(), v.len() * GROUP_SLOTS) }
-    }
-
-    /// [`slots_of`], mutably.
-    fn slots_of_mut(v: &mut [Group]) -> &mut [f32] {
-        // SAFETY: as in `slots_of`; the borrow of `v` is exclusive.
-        unsafe { core::slice::from_raw_parts_mut(v.as_mut_ptr().cast(), v.len() * GROUP_SLOTS) }
-    }
-
-    /// Kernel-only speed, a probe for AMX hosts rather than a check:
-    /// `./halfkern amx_kernel_speed --ignored --nocapture` (the lib test
-    /// binary). Times the microkernel over packed panels already in cache:
-    /// `bp` B~ micro-panels (KC deep) times `ap` A~ panels, in the
-    /// BLIS loop order (A~ panels innermost).
-    #[test]
-    #[ignore = "timing probe for AMX hosts"]
-    fn amx_kernel_speed() {
-        let Some(t) = Amx::try_new() else {
-            eprintln!("no AMX here");
-            return;
-        };
-        let kern = AmxBf16(t);
-        let one = f32::from_bits(0x3F80_3F80); // a pair of bf16 ones
-        // (KC, B~ panels, A~ panels): KC = 128 and 256 keep one A~ and
-        // one B~ panel in L1 (16 and 32 KiB), 512 does not (64 KiB).
-        let shapes = [
-            (128, 1, 1),
-            (256, 1, 1),
-            (512, 1, 1),
-            (512, 1, 4),
-            (512, 16, 1),
-            (512, 16, 4),
-            (512, 16, 16),
-        ];
-        for (kc, bp, ap) in shapes {
-            let slots = kc / 2;
-            let groups = slots / ROW_GROUP;
-            let (a, b) = (filled(ap * groups, one), filled(bp * groups, one));
-            let (a, b) = (slots_of(&a), slots_of(&b));
-            let mut tile = filled(2, 0.0); // 1024 f32: one 32 x 32 tile
-            let tile_f = slots_of_mut(&mut tile);
-            let calls = 4096 * 512 / kc / (bp * ap);
-            let run = |tile: &mut [f32]| {
-                for _ in 0..calls {
-                    for j in 0..bp {
-                        for i in 0..ap {
-                            let (a, b) = (&a[i * slots * MR..], &b[j * slots * NR..]);
-                            kern.kernel(slots, a, b, tile, true);
-                        }
-                    }
-                }
-            };
-            run(tile_f);
-            let t0 = std::time::Instant::now();
-            run(tile_f);
-            let secs = t0.elapsed().as_secs_f64();
-            let flops = (calls * bp * ap) as f64 * 2.0 * (MR * NR * 2 * slots) as f64;
-            eprintln!(
-                "KC {kc}, B~ panels {bp:2}, A~ panels {ap:2}: {:.0} GFLOP/s",
-                flops / secs / 1e9
-            );
-            assert!(tile_f.iter().all(|x| x.is_finite()));
-        }
-    }
-
-    /// The probe's variants: (KC, A~ panels inner, the next panel
-    /// prefetched).
-    const VARIANTS: [(usize, bool, bool); 8] = [
-        (256, true, false),
-        (256, true, true),
-        (256, false, false),
-        (256, false, true),
-        (512, true, false),
-        (512, true, true),
-        (512, false, false),
-        (512, false, true),
-    ];
-
-    /// One thread's part of [`amx_block_speed`]: the best of three seconds
-    /// per variant, each variant started on all threads at once.
-    fn block_probe_thread(t: Amx, start: &std::sync::Barrier) -> Vec<f64> {
-        let (mp, np, k) = (5usize, 32usize, 2048usize);
-        let one = f32::from_bits(0x3F80_3F80);
-        let total_groups = k / 2 / ROW_GROUP;
-        let b_store = filled(np * total_groups + 1, one);
-        let b_all = slots_of(&b_store);
-        let a_store = filled(mp * 256 / ROW_GROUP + 1, one);
-        let a_all = slots_of(&a_store);
-        let mut acc_store = filled(mp * np * 2, one);
-        let acc_all = slots_of_mut(&mut acc_store);
-        let mut secs = Vec::new();
-        TILES.with(|cell| {
-            let tiles = cell.get_or_init(|| TileGuard::new(t));
-            for (kc, a_inner, pf) in VARIANTS {
-                let slots = kc / 2;
-                let panel = slots * 32;
-                let b_panel = total_groups * GROUP_SLOTS;
-                let (outer, inner) = if a_inner { (np, mp) } else { (mp, np) };
-                let mut best = f64::MAX;
-                for _ in 0..3 {
-                    start.wait();
-                    let t0 = std::time::Instant::now();
-                    for pc in 0..k / kc {
-                        let b_off = pc * panel;
-                        for o in 0..outer {
-                            for i in 0..inner {
-                                let (ip, jp) = if a_inner { (i, o) } else { (o, i) };
-                                let a = &a_all[ip * panel..];
-                                let b = &b_all[jp * b_panel + b_off..];
-                                // The next inner panel (or the next outer
-                                // one after the last).
-                                let next = match (a_inner, i + 1 < inner) {
-                                    (true, true) => &a_all[(ip + 1) * panel..],
-                                    (false, true) => &b_all[(jp + 1) * b_panel + b_off..],
-                                    (true, false) => &b_all[((jp + 1) % np) * b_panel + b_off..],
-                                    (false, false) => &a_all[((ip + 1) % mp) * panel..],
-                                };
-                                let acc = &mut acc_all[(jp * mp + ip) * 1024..][..1024];
-                                let next = if pf {
-                                    Ahead::NextOperand(next)
-                                } else {
-                                    Ahead::Nothing
-                                };
-                                kernel(tiles, slots, a, b, acc, pc > 0, next);
-                            }
-                        }
-                    }
-                    best = best.min(t0.elapsed().as_secs_f64());
-                }
-                secs.push(best);
-            }
-        });
-        assert!(acc_all.iter().all(|x| x.is_finite()));
-        secs
-    }
-
-    /// Where the kernel's time goes in the one-thread GEMM's loops, a probe
-    /// for AMX hosts: `./halfkern amx_loop_parts --ignored --nocapture`.
-    /// One 256 x 1024 block over k = 2048 in `blis::block`'s order (columns
-    /// of tiles outer, KC = 512 blocks in one run, A~ panels inner), then
-    /// the same with one cost taken away at a time: B~ from 2 columns only
-    /// (hot in L2), the accumulators of one column only (hot), one A~
-    /// panel only, no prefetch. GFLOP/s, best of 5 rounds, variants
-    /// alternated in each round.
-    #[test]
-    #[ignore = "timing probe for AMX hosts"]
-    fn amx_loop_parts() {
-        let Some(t) = Amx::try_new() else {
-            eprintln!("no AMX here");
-            return;
-        };
-        let (mp, np, k, kc) = (8usize, 32usize, 2048usize, 512usize);
-        let (slots, runs) = (kc / 2, k / kc);
-        let one = f32::from_bits(0x3F80_3F80);
-        let panel = slots * 32; // f32 of one KC block of a panel
-        let a = filled(mp * runs * panel / GROUP_SLOTS, one);
-        let b = filled(np * runs * panel / GROUP_SLOTS, one);
-        let mut acc = filled(np * mp * 1024 / GROUP_SLOTS, one);
-        let (a, b) = (slots_of(&a), slots_of(&b));
-        let acc = slots_of_mut(&mut acc);
-        // (name, B~ columns, accumulator columns, A~ panels, prefetch)
-        let variants: [(&str, usize, usize, usize, bool); 5] = [
-            ("as the GEMM", np, np, mp, true),
-            ("no prefetch", np, np, mp, false),
-            ("B~ hot", 2, np, mp, true),
-            ("acc hot", np, 1, mp, true),
-            ("one A~ panel", np, np, 1, true),
-        ];
-        let mut best = [f64::MAX; 5];
-        TILES.with(|cell| {
-            let tiles = cell.get_or_init(|| TileGuard::new(t));
-            for _ in 0..5 {
-                for (v, &(_, bcols, acols, apanels, pf)) in variants.iter().enumerate() {
-                    let b_at = |jp: usize, q: usize| &b[((jp % bcols) * runs + q) * panel..];
-                    let t0 = std::time::Instant::now();
-                    for jp in 0..np {
-                        for q in 0..runs {
-                            let next = if q + 1 < runs {
-                                (jp, q + 1)
-                            } else {
-                                (jp + 1, 0)
-                            };
-                            let b_next = &b_at(next.0, next.1)[..panel];
-                            for ip in 0..mp {
-                                let a = &a[((ip % apanels) * runs + q) * panel..];
-                                let tile = ((jp % acols) * mp + ip) * 1024;
-                                // The next call's tile, as `blis::block` names it.
-                                let (njp, nip) = if ip + 1 < mp {
-                                    (jp, ip + 1)
-                                } else {
-                                    (next.0, 0)
-                                };
-                                let nt = ((njp % acols) * mp + nip) * 1024;
-                                let ahead = if pf && jp + 1 < np {
-                                    Ahead::PanelAndTile {
-                                        b_share: &b_next[ip * 1024..(ip + 1) * 1024],
-                                        next_tile: acc.as_ptr().wrapping_add(nt),
-                                    }
-                                } else {
-                                    Ahead::Nothing
-                                };
-                                let acc = &mut acc[tile..tile + 1024];
-                                kernel(tiles, slots, a, b_at(jp, q), acc, q > 0, ahead);
-                            }
-                        }
-                    }
-                    best[v] = best[v].min(t0.elapsed().as_secs_f64());
-                }
-            }
-        });
-        let flops = 2.0 * (mp * 32 * np * 32 * k) as f64;
-        for ((name, ..), secs) in variants.iter().zip(best) {
-            eprintln!("{name}: {:.0} GFLOP/s", flops / secs / 1e9);
-        }
-        assert!(acc.iter().all(|x| x.is_finite()));
-    }
-
-    /// The kernel in the GEMM's loops, a probe for AMX hosts:
-    /// `PROBE_THREADS=16 ./halfkern amx_block_speed --ignored --nocapture`
-    /// (default one thread). On each thread one `MC x NC` block (MC = 160,
-    /// NC = 1024) over k = 2048 with B~ of the whole depth (as the GEMM
-    /// streams it) and an A~ block reused for each KC, for KC = 256 and
-    /// 512, two loop orders (B~ micro-panel outer and A~ panels inner, as
-    /// the GEMM runs, or the reverse), with and without the prefetch of the
-    /// next panel; GFLOP/s per core (the slowest thread's).
-    #[test]
-    #[ignore = "timing probe for AMX hosts"]
-    fn amx_block_speed() {
-        let Some(t) = Amx::try_new() else {
-            eprintln!("no AMX here");
-            return;
-        };
-        let threads: usize = std::env::var("PROBE_THREADS").map_or(1, |v| v.parse().unwrap());
-        let start = std::sync::Barrier::new(threads);
-        let per_thread: Vec<Vec<f64>> = std::thread::scope(|s| {
-            let workers: Vec<_> = (0..threads)
-                .map(|_| s.spawn(|| block_probe_thread(t, &start)))
-                .collect();
-            workers.into_iter().map(|w| w.join().unwrap()).collect()
-        });
-        let flops = 2.0 * (160 * 1024 * 2048) as f64;
-        for (v, (kc, a_inner, pf)) in VARIANTS.iter().enumerate() {
-            let slowest = per_thread.iter().map(|s| s[v]).fold(0.0, f64::max);
-            eprintln!(
-                "{threads} threads, KC {kc}, {} inner, prefetch {pf}: {:.0} GFLOP/s per core",
-                if *a_inner { "A~" } else { "B~" },
-                flops / slowest / 1e9
-            );
-        }
-    }
-}

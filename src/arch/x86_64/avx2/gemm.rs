@@ -7,7 +7,7 @@ use super::super::Avx2;
 use crate::element::{Element, Slice};
 use crate::gemm::kernel::StoreBlock;
 use crate::gemm::kernel::{
-    Format, Microkernel, generic_axpy_rows, generic_axpy_rows4, generic_kernel,
+    Format, Microkernel, RowOps, generic_axpy_rows, generic_axpy_rows4, generic_kernel,
 };
 
 /// The AVX2 f32-FMA microkernel.
@@ -27,8 +27,19 @@ impl Microkernel for Avx2F32 {
     }
 
     #[inline(always)]
+    fn store_block<C: Element>(self, job: &StoreBlock<'_, C>) -> usize
+    where
+        Self: RowOps,
+    {
+        // SAFETY: the token proves every feature `store_block` enables.
+        unsafe { store_block(self, job) }
+    }
+}
+
+impl RowOps for Avx2F32 {
+    #[inline(always)]
     fn widen<T: Element>(self, src: &[T], dst: &mut [f32]) {
-        // SAFETY: as above.
+        // SAFETY: the token proves AVX2, FMA and F16C.
         unsafe { widen(T::slice(src), dst) }
     }
 
@@ -36,12 +47,6 @@ impl Microkernel for Avx2F32 {
     fn narrow_f16(self, src: &[f32], dst: &mut [half::f16]) {
         // SAFETY: as above.
         unsafe { narrow_f16(src, dst) }
-    }
-
-    #[inline(always)]
-    fn store_block<C: Element>(self, job: &StoreBlock<'_, C>) -> usize {
-        // SAFETY: the token proves every feature `store_block` enables.
-        unsafe { store_block(self, job) }
     }
 
     #[inline(always)]
@@ -118,7 +123,7 @@ fn widen(src: Slice<'_>, dst: &mut [f32]) {
 /// [`StoreBlock::run`] compiled for AVX2: the epilogue's loops use
 /// 256-bit vectors instead of the baseline's SSE2.
 #[target_feature(enable = "avx,avx2,fma,f16c")]
-fn store_block<K: Microkernel, C: Element>(kern: K, job: &StoreBlock<'_, C>) -> usize {
+fn store_block<K: Microkernel + RowOps, C: Element>(kern: K, job: &StoreBlock<'_, C>) -> usize {
     job.run(kern)
 }
 

@@ -7,7 +7,7 @@ use core::arch::x86_64::*;
 use super::super::Avx512;
 use crate::element::{Element, Slice};
 use crate::gemm::kernel::StoreBlock;
-use crate::gemm::kernel::{Format, Microkernel, generic_axpy_rows, generic_axpy_rows4};
+use crate::gemm::kernel::{Format, Microkernel, RowOps, generic_axpy_rows, generic_axpy_rows4};
 
 /// The AVX-512 f32-FMA microkernel.
 #[derive(Clone, Copy, Debug)]
@@ -26,8 +26,19 @@ impl Microkernel for Avx512F32 {
     }
 
     #[inline(always)]
+    fn store_block<C: Element>(self, job: &StoreBlock<'_, C>) -> usize
+    where
+        Self: RowOps,
+    {
+        // SAFETY: the token proves every feature `store_block` enables.
+        unsafe { store_block(self, job) }
+    }
+}
+
+impl RowOps for Avx512F32 {
+    #[inline(always)]
     fn widen<T: Element>(self, src: &[T], dst: &mut [f32]) {
-        // SAFETY: as above.
+        // SAFETY: the token proves AVX-512 F/BW/VL/DQ (and FMA, F16C).
         unsafe { widen(T::slice(src), dst) }
     }
 
@@ -35,12 +46,6 @@ impl Microkernel for Avx512F32 {
     fn narrow_f16(self, src: &[f32], dst: &mut [half::f16]) {
         // SAFETY: as above.
         unsafe { narrow_f16(src, dst) }
-    }
-
-    #[inline(always)]
-    fn store_block<C: Element>(self, job: &StoreBlock<'_, C>) -> usize {
-        // SAFETY: the token proves every feature `store_block` enables.
-        unsafe { store_block(self, job) }
     }
 
     #[inline(always)]
@@ -120,7 +125,7 @@ fn axpy_rows4(x: &[f32], b: [&[f32]; 4], y: &mut [&mut [f32]]) {
     generic_axpy_rows4(x, b, y, f32::mul_add);
 }
 
-/// [`Microkernel::axpy_rows4_widen`]: each 16 columns of the four B rows
+/// [`RowOps::axpy_rows4_widen`]: each 16 columns of the four B rows
 /// are widened in registers (as [`widen`] does: `vcvtph2ps`, a shift, a
 /// load) and added into every row of `y` with four FMAs in k order.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")]
@@ -172,7 +177,10 @@ fn axpy_rows4_widen<T: Element>(x: &[f32], b: [&[T]; 4], y: &mut [&mut [f32]]) {
 /// bias, activation, the count of non-finite outputs) use 512-bit vectors
 /// instead of the baseline's SSE2.
 #[target_feature(enable = "avx,avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq")]
-pub(crate) fn store_block<K: Microkernel, C: Element>(kern: K, job: &StoreBlock<'_, C>) -> usize {
+pub(crate) fn store_block<K: Microkernel + RowOps, C: Element>(
+    kern: K,
+    job: &StoreBlock<'_, C>,
+) -> usize {
     job.run(kern)
 }
 

@@ -16,7 +16,7 @@ use super::super::Avx512Bf16;
 use super::super::avx512::gemm as base;
 use crate::element::Element;
 use crate::gemm::kernel::StoreBlock;
-use crate::gemm::kernel::{Format, Microkernel};
+use crate::gemm::kernel::{Format, Microkernel, RowOps};
 
 /// The `vdpbf16ps` microkernel.
 #[derive(Clone, Copy, Debug)]
@@ -35,8 +35,20 @@ impl Microkernel for Avx512Dot {
     }
 
     #[inline(always)]
+    fn store_block<C: Element>(self, job: &StoreBlock<'_, C>) -> usize
+    where
+        Self: RowOps,
+    {
+        // SAFETY: the token proves every feature `base::store_block` enables.
+        unsafe { base::store_block(self, job) }
+    }
+}
+
+impl RowOps for Avx512Dot {
+    #[inline(always)]
     fn widen<T: Element>(self, src: &[T], dst: &mut [f32]) {
-        // SAFETY: as above (a superset of AVX-512's features).
+        // SAFETY: the token proves AVX-512 F/BW/VL/DQ and AVX512_BF16 (a
+        // superset of AVX-512's features).
         unsafe { base::widen(T::slice(src), dst) }
     }
 
@@ -44,12 +56,6 @@ impl Microkernel for Avx512Dot {
     fn narrow_f16(self, src: &[f32], dst: &mut [half::f16]) {
         // SAFETY: as above.
         unsafe { base::narrow_f16(src, dst) }
-    }
-
-    #[inline(always)]
-    fn store_block<C: Element>(self, job: &StoreBlock<'_, C>) -> usize {
-        // SAFETY: the token proves every feature `base::store_block` enables.
-        unsafe { base::store_block(self, job) }
     }
 
     #[inline(always)]
