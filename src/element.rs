@@ -107,12 +107,12 @@ impl Element for bf16 {
 
     #[inline(always)]
     fn to_f32(self) -> f32 {
-        crate::arch::scalar::convert::bf16_to_f32(self)
+        crate::kernel::bits::bf16_to_f32(self)
     }
 
     #[inline(always)]
     fn from_f32(x: f32) -> bf16 {
-        crate::arch::scalar::convert::f32_to_bf16(x)
+        crate::kernel::bits::f32_to_bf16(x)
     }
 
     fn slice(s: &[bf16]) -> Slice<'_> {
@@ -129,12 +129,12 @@ impl Element for f16 {
 
     #[inline(always)]
     fn to_f32(self) -> f32 {
-        crate::arch::scalar::convert::f16_to_f32(self)
+        crate::kernel::bits::f16_to_f32(self)
     }
 
     #[inline(always)]
     fn from_f32(x: f32) -> f16 {
-        crate::arch::scalar::convert::f32_to_f16(x)
+        crate::kernel::bits::f32_to_f16(x)
     }
 
     fn slice(s: &[f16]) -> Slice<'_> {

@@ -17,10 +17,10 @@ use std::sync::OnceLock;
 
 #[cfg(target_arch = "aarch64")]
 use crate::arch::aarch64 as arm;
-use crate::arch::simd::SimdOp;
 #[cfg(target_arch = "x86_64")]
 use crate::arch::x86_64 as x86;
 use crate::error::Error;
+use crate::kernel::simd::SimdOp;
 
 /// An instruction set halfkern has kernels for.
 ///

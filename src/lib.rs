@@ -58,6 +58,7 @@ pub mod finite;
 mod fp_env;
 pub mod gemm;
 mod isa;
+mod kernel;
 pub mod train;
 
 // Root re-exports: the entry functions of the one-call capabilities (convert, gemm) and every type
@@ -79,7 +80,7 @@ pub use train::{
 /// The scalar bit-level conversions that define the numerics contract,
 /// exported so tests, fuzzers and users can check results against them.
 pub mod oracle {
-    pub use crate::arch::scalar::convert::{
+    pub use crate::kernel::bits::{
         bf16_to_f16, bf16_to_f32, bf16_to_f32_bits, f16_to_bf16, f16_to_f32, f16_to_f32_bits,
         f32_to_bf16, f32_to_bf16_bits, f32_to_bf16_sr_bits, f32_to_f16, f32_to_f16_bits,
         f32_to_f16_sr_bits, sr_bits, sr_key,

@@ -1,11 +1,14 @@
 //! Everything ISA-specific lives below here; nothing above `arch` touches an
 //! intrinsic.
 //!
+//! It imports only the interfaces and types of `kernel` (and `element`);
+//! the layers above reach it only through the dispatch in `isa`.
+//!
 //! - `scalar`: portable code, and the oracle every other ISA is tested
-//!   against (bit-level conversions, checks, reference GEMM).
-//! - `simd`: the private [`F32Simd`](simd::F32Simd) trait every vectorised
-//!   kernel is written over, and the chunking driver; `generic`: the kernels
-//!   written once over it.
+//!   against (checks, the training step, reference GEMM; the bit-level
+//!   conversions are `kernel::bits`).
+//! - `generic`: the elementwise kernels written once over
+//!   `kernel::simd::F32Simd`, each with its `SimdOp`.
 //! - `x86_64`, `aarch64`: one folder per ISA, each implementing only what
 //!   differs, plus the tokens that prove an ISA is present.
 
@@ -19,14 +22,6 @@ pub(crate) mod scalar;
     )
 )]
 pub(crate) mod generic;
-#[cfg_attr(
-    not(any(target_arch = "x86_64", target_arch = "aarch64")),
-    allow(
-        dead_code,
-        reason = "no SIMD ISA on this target: only the scalar oracle runs"
-    )
-)]
-pub(crate) mod simd;
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86_64;

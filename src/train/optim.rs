@@ -2,6 +2,7 @@
 //! and the per-step constants the fused kernels consume.
 
 use crate::error::Error;
+use crate::kernel::train::Rule;
 
 /// `torch.optim.SGD`: momentum, dampening, Nesterov, L2 weight decay
 /// (added to the gradient, not decoupled).
@@ -299,79 +300,6 @@ impl Default for Precision {
     fn default() -> Precision {
         Precision::Master {
             rounding: Rounding::Nearest,
-        }
-    }
-}
-
-/// The per-step constants of a fused update, shared by every ISA's kernel.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub(crate) enum Rule {
-    Sgd {
-        neg_lr: f32,
-        weight_decay: f32,
-        momentum: f32,
-        one_minus_dampening: f32,
-        nesterov: bool,
-        first: bool,
-    },
-    AdamW {
-        decay: f32,
-        one_minus_beta1: f32,
-        beta2: f32,
-        one_minus_beta2: f32,
-        eps: f32,
-        neg_step_size: f32,
-        inv_bc2_sqrt: f32,
-    },
-}
-
-impl Rule {
-    /// One element's update: `g` the unscaled, clipped gradient, `p` the
-    /// weight, `m`/`v` the buffers (ignored when the rule has none).
-    /// Returns the new weight. This is the scalar oracle; the SIMD kernels
-    /// perform the same operations in the same order (each `mul_add` is an
-    /// FMA there), so every ISA gives the same bits.
-    #[inline(always)]
-    pub(crate) fn scalar(&self, g: f32, p: f32, m: &mut f32, v: &mut f32) -> f32 {
-        match *self {
-            Rule::Sgd {
-                neg_lr,
-                weight_decay,
-                momentum,
-                one_minus_dampening,
-                nesterov,
-                first,
-            } => {
-                let mut d = g;
-                if weight_decay != 0.0 {
-                    d = weight_decay.mul_add(p, d);
-                }
-                if momentum != 0.0 {
-                    let b = if first {
-                        d
-                    } else {
-                        momentum.mul_add(*m, one_minus_dampening * d)
-                    };
-                    *m = b;
-                    d = if nesterov { momentum.mul_add(b, d) } else { b };
-                }
-                neg_lr.mul_add(d, p)
-            }
-            Rule::AdamW {
-                decay,
-                one_minus_beta1,
-                beta2,
-                one_minus_beta2,
-                eps,
-                neg_step_size,
-                inv_bc2_sqrt,
-            } => {
-                let p = p * decay;
-                *m = (g - *m).mul_add(one_minus_beta1, *m);
-                *v = v.mul_add(beta2, g * g * one_minus_beta2);
-                let denom = v.sqrt().mul_add(inv_bc2_sqrt, eps);
-                neg_step_size.mul_add(*m / denom, p)
-            }
         }
     }
 }

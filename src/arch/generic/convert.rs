@@ -3,8 +3,8 @@
 //! rounds once), and stochastic rounding draws `sr_bits` per global index.
 
 use crate::arch::scalar::convert::sr_key;
-use crate::arch::simd::{F32Simd, Half, Io, SimdOp, for_each_chunk, stream_head};
 use crate::element::{Slice, SliceMut};
+use crate::kernel::simd::{F32Simd, Half, Io, SimdOp, for_each_chunk, stream_head};
 
 /// Converts `src` into `dst` (equal lengths) on `s`'s ISA; `stream` asks
 /// for streaming stores (the caller decides from the whole output's size).

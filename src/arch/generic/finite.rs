@@ -30,9 +30,9 @@ use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
 use crate::arch::scalar::finite as oracle;
-use crate::arch::simd::{Chunk, F32Simd, Io, SimdOp, for_each_chunk};
 use crate::element::{Element, Slice, SliceMut};
-use crate::finite::GradStats;
+use crate::kernel::simd::{Chunk, F32Simd, Io, SimdOp, for_each_chunk};
+use crate::kernel::stats::GradStats;
 
 /// Vectors per block (4 accumulators x 8 vectors each).
 const BLOCK_VECS: usize = 32;
@@ -334,14 +334,8 @@ impl SimdOp for Unscale<'_> {
     }
     #[inline(always)]
     fn simd<S: F32Simd>(self, s: S) -> GradStats {
-        if S::POW2_PASS {
-            // bf16 by a power of two: the ISA's exponent arithmetic.
-            super::pow2::unscale_with_pow2(s, self.data, self.inv_scale, |blocks, d| {
-                s.unscale_bf16_pow2(blocks, d)
-            })
-        } else {
-            unscale(s, self.data, self.inv_scale)
-        }
+        // bf16 by a power of two: the ISA's exponent arithmetic, if any.
+        super::pow2::unscale_with_pow2(s, self.data, self.inv_scale)
     }
 }
 

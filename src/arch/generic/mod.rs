@@ -1,6 +1,6 @@
-//! Kernels written once over [`F32Simd`](crate::arch::simd::F32Simd) and
+//! Kernels written once over [`F32Simd`](crate::kernel::simd::F32Simd) and
 //! instantiated by each ISA's `#[target_feature]` shims (see
-//! `arch::simd` for how).
+//! `kernel::simd` for how).
 
 pub(crate) mod convert;
 pub(crate) mod finite;

@@ -10,9 +10,9 @@ use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 
 use super::finite::{self, TINY_TOTAL, tiny_sum_sq};
 use crate::arch::scalar::finite as oracle;
-use crate::arch::simd::F32Simd;
 use crate::element::SliceMut;
-use crate::finite::GradStats;
+use crate::kernel::simd::F32Simd;
+use crate::kernel::stats::GradStats;
 
 /// bf16 values per block of the power-of-two passes (see [`pow2_blocks`]).
 pub(crate) const POW2_BLOCK: usize = 512;
@@ -26,24 +26,24 @@ pub(crate) fn pow2_exponent(inv_scale: f32) -> Option<i32> {
     (bits & 0x807F_FFFF == 0 && (1..=127).contains(&biased)).then_some(biased - 127)
 }
 
-/// [`finite::unscale`](super::finite::unscale) on an ISA with a bf16 power-of-two pass: bf16 data with an
-/// `inv_scale` of `2^d` go to `pow2(blocks, d)` for their whole blocks of
-/// [`POW2_BLOCK`] values; the rest, and every other case, to the generic
-/// pass.
+/// [`finite::unscale`](super::finite::unscale), with bf16 data and an
+/// `inv_scale` of `2^d` handed to the ISA's power-of-two pass
+/// ([`F32Simd::unscale_bf16_pow2`]) for their whole blocks of
+/// [`POW2_BLOCK`] values where it has one; the rest, and every other case,
+/// go to the generic pass.
 #[inline(always)]
 pub(crate) fn unscale_with_pow2<S: F32Simd>(
     s: S,
-    data: SliceMut<'_>,
+    mut data: SliceMut<'_>,
     inv_scale: f32,
-    pow2: impl FnOnce(&mut [bf16], i32) -> GradStats,
 ) -> GradStats {
-    match (data, pow2_exponent(inv_scale)) {
-        (SliceMut::Bf16(d), Some(e)) => {
-            let (blocks, rest) = d.split_at_mut(d.len() / POW2_BLOCK * POW2_BLOCK);
-            pow2(blocks, e).merge(finite::unscale(s, SliceMut::Bf16(rest), inv_scale))
+    if let (SliceMut::Bf16(d), Some(e)) = (&mut data, pow2_exponent(inv_scale)) {
+        let (blocks, rest) = d.split_at_mut(d.len() / POW2_BLOCK * POW2_BLOCK);
+        if let Some(stats) = s.unscale_bf16_pow2(blocks, e) {
+            return stats.merge(finite::unscale(s, SliceMut::Bf16(rest), inv_scale));
         }
-        (data, _) => finite::unscale(s, data, inv_scale),
     }
+    finite::unscale(s, data, inv_scale)
 }
 
 /// The block loop of the bf16 power-of-two passes, the statistics as in

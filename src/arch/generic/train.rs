@@ -3,7 +3,7 @@
 //! - `stats`: reads a gradient tensor, multiplies by `inv_scale`, counts
 //!   the non-finite lanes and sums the squares of the finite ones (f32 FMAs
 //!   in blocks of 64 vectors, folded into f64), as a
-//!   [`GradStats`](crate::finite::GradStats). `finite::unscale` writes its
+//!   [`GradStats`](crate::kernel::stats::GradStats). `finite::unscale` writes its
 //!   result; this pass cannot. It writes nothing: the skip decision is
 //!   global over every tensor, so it must finish before any update starts,
 //!   and f16 gradients unscaled in place would flush to zero.
@@ -14,11 +14,11 @@
 //!   store master and moments, and narrow the model copy, to nearest-even or
 //!   stochastically by element index.
 
-use crate::arch::simd::{Chunk, F32Simd, Io, SimdOp, for_each_chunk};
 use crate::element::{Slice, SliceMut};
-use crate::finite::GradStats;
-use crate::train::kernel::{Tensor, Update, segments};
-use crate::train::optim::Rule;
+use crate::kernel::simd::{Chunk, F32Simd, Io, SimdOp, for_each_chunk};
+use crate::kernel::stats::GradStats;
+use crate::kernel::train::Rule;
+use crate::kernel::train::{Tensor, Update, segments};
 use half::{bf16, f16};
 
 /// Sums at most this many vectors of squares in f32 before widening: with

@@ -8,7 +8,7 @@
 //! data is at most `n * 2^-53`, far inside the 1e-6 the API promises.
 
 use crate::element::{Element, Slice, SliceMut};
-use crate::finite::GradStats;
+use crate::kernel::stats::GradStats;
 
 /// Number of inf/NaN elements; with `stop_at_first`, stops at the first
 /// (the count is then 0 or 1).

@@ -6,8 +6,8 @@ use crate::arch::scalar::convert::{
     sr_bits,
 };
 use crate::element::{Slice, SliceMut};
-use crate::finite::GradStats;
-use crate::train::kernel::{Tensor, Update, segments};
+use crate::kernel::stats::GradStats;
+use crate::kernel::train::{Tensor, Update, segments};
 use half::{bf16, f16};
 
 /// Non-finite count, and sum of squares of the finite values, of

@@ -74,14 +74,14 @@ mod tests {
     #[test]
     fn avx2_implements_f32simd() {
         if let Some(t) = Avx2::try_new() {
-            crate::arch::simd::tests::check(t);
+            crate::kernel::simd::tests::check(t);
         }
     }
 
     #[test]
     fn avx512_implements_f32simd() {
         if let Some(t) = Avx512::try_new() {
-            crate::arch::simd::tests::check(t);
+            crate::kernel::simd::tests::check(t);
         }
     }
 }

@@ -3,13 +3,13 @@
 //! operation goes through (also for `neonbf16`, which adds nothing to
 //! those operations).
 //!
-//! [`F32Simd`]: crate::arch::simd::F32Simd
+//! [`F32Simd`]: crate::kernel::simd::F32Simd
 
 pub(crate) mod gemm;
 mod simd;
 
 use super::Neon;
-use crate::arch::simd::SimdOp;
+use crate::kernel::simd::SimdOp;
 
 /// Runs an elementwise operation on NEON.
 pub(crate) fn run<O: SimdOp>(t: Neon, op: O) -> O::Output {
@@ -29,7 +29,7 @@ mod tests {
     #[test]
     fn neon_implements_f32simd() {
         if let Some(t) = super::Neon::try_new() {
-            crate::arch::simd::tests::check(t);
+            crate::kernel::simd::tests::check(t);
         }
     }
 }

@@ -11,7 +11,7 @@
 use core::arch::aarch64::*;
 
 use crate::arch::aarch64::Neon;
-use crate::arch::simd::F32Simd;
+use crate::kernel::simd::F32Simd;
 
 /// Calls value intrinsics inside a method of `impl F32Simd for Neon`.
 macro_rules! v {

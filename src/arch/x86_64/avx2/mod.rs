@@ -2,14 +2,14 @@
 //! power-of-two unscale pass, the GEMM microkernel, and the one
 //! `#[target_feature]` entry every elementwise operation goes through.
 //!
-//! [`F32Simd`]: crate::arch::simd::F32Simd
+//! [`F32Simd`]: crate::kernel::simd::F32Simd
 
 mod finite;
 pub(crate) mod gemm;
 mod simd;
 
 use super::Avx2;
-use crate::arch::simd::SimdOp;
+use crate::kernel::simd::SimdOp;
 
 /// Runs an elementwise operation on AVX2.
 pub(crate) fn run<O: SimdOp>(t: Avx2, op: O) -> O::Output {

@@ -8,8 +8,8 @@ use core::arch::x86_64::*;
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
-use crate::arch::simd::F32Simd;
 use crate::arch::x86_64::Avx2;
+use crate::kernel::simd::F32Simd;
 
 /// Calls value intrinsics inside a method of `impl F32Simd for Avx2`.
 macro_rules! v {
@@ -29,13 +29,15 @@ impl F32Simd for Avx2 {
     type M = __m256i;
     type Acc = (__m256d, __m256d);
 
-    const POW2_PASS: bool = true;
-
     #[inline(always)]
-    fn unscale_bf16_pow2(self, blocks: &mut [half::bf16], d: i32) -> crate::finite::GradStats {
+    fn unscale_bf16_pow2(
+        self,
+        blocks: &mut [half::bf16],
+        d: i32,
+    ) -> Option<crate::kernel::stats::GradStats> {
         // SAFETY: the token proves the features of the `#[target_feature]`
         // pass.
-        unsafe { super::finite::unscale_bf16_pow2(self, blocks, d) }
+        Some(unsafe { super::finite::unscale_bf16_pow2(self, blocks, d) })
     }
 
     #[inline(always)]

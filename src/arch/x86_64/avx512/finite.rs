@@ -25,7 +25,7 @@ use half::bf16;
 
 use super::super::Avx512;
 use crate::arch::generic::pow2::{POW2_BLOCK, Pow2, pow2_blocks, pow2_oracle};
-use crate::finite::GradStats;
+use crate::kernel::stats::GradStats;
 
 /// bf16 values per vector here.
 const LANES: usize = 32;

@@ -4,14 +4,14 @@
 //! operation goes through (also for `avx512bf16` and `amx`, which add
 //! nothing to those operations).
 //!
-//! [`F32Simd`]: crate::arch::simd::F32Simd
+//! [`F32Simd`]: crate::kernel::simd::F32Simd
 
 mod finite;
 pub(crate) mod gemm;
 mod simd;
 
 use super::Avx512;
-use crate::arch::simd::SimdOp;
+use crate::kernel::simd::SimdOp;
 
 /// Runs an elementwise operation on AVX-512.
 pub(crate) fn run<O: SimdOp>(t: Avx512, op: O) -> O::Output {

@@ -7,8 +7,8 @@ use core::arch::x86_64::*;
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
-use crate::arch::simd::F32Simd;
 use crate::arch::x86_64::Avx512;
+use crate::kernel::simd::F32Simd;
 
 /// Calls value intrinsics inside a method of `impl F32Simd for Avx512`.
 macro_rules! v {
@@ -35,13 +35,15 @@ impl F32Simd for Avx512 {
     type M = __mmask16;
     type Acc = (__m512d, __m512d);
 
-    const POW2_PASS: bool = true;
-
     #[inline(always)]
-    fn unscale_bf16_pow2(self, blocks: &mut [half::bf16], d: i32) -> crate::finite::GradStats {
+    fn unscale_bf16_pow2(
+        self,
+        blocks: &mut [half::bf16],
+        d: i32,
+    ) -> Option<crate::kernel::stats::GradStats> {
         // SAFETY: the token proves the features of the `#[target_feature]`
         // pass.
-        unsafe { super::finite::unscale_bf16_pow2(self, blocks, d) }
+        Some(unsafe { super::finite::unscale_bf16_pow2(self, blocks, d) })
     }
 
     #[inline(always)]

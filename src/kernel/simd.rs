@@ -71,7 +71,7 @@
 //!   [`F32Simd::Acc`] with [`F32Simd::acc_add`], which widens to f64. A
 //!   16M-element sum of squares then stays far inside 1e-6 relative error.
 //! - Conversions (`*_bf16`, `*_f16`) are bit-identical to
-//!   `arch::scalar::convert`, hence to `half`, for every input (the
+//!   `kernel::bits`, hence to `half`, for every input (the
 //!   exhaustive tests in tests/convert.rs run every implementation).
 
 use half::slice::HalfFloatSliceExt;
@@ -113,24 +113,22 @@ pub(crate) trait F32Simd: Copy + Send + Sync + 'static {
     /// Number of f32 lanes.
     const LANES: usize;
 
-    /// Whether the ISA brings its own pass for bf16 unscaled by a power of
-    /// two ([`F32Simd::unscale_bf16_pow2`]) instead of the generic one: the
-    /// one place an ISA replaces a whole pass, because that pass works on
-    /// 16-bit lanes, which this trait does not model.
-    const POW2_PASS: bool = false;
-
-    /// `x <- x * 2^d` (`-126 <= d <= 0`) for whole blocks of
+    /// The ISA's own pass for bf16 unscaled by a power of two: `x <- x *
+    /// 2^d` (`-126 <= d <= 0`) for whole blocks of
     /// `arch::generic::pow2::POW2_BLOCK` bf16, with their statistics (see
-    /// `arch::generic::pow2`). Default: the generic pass.
+    /// `arch::generic::pow2`). The one place an ISA replaces a whole pass,
+    /// because that pass works on 16-bit lanes, which this trait does not
+    /// model. `None` (the default): the ISA has none; the generic pass runs.
     #[inline(always)]
-    fn unscale_bf16_pow2(self, blocks: &mut [bf16], d: i32) -> crate::finite::GradStats {
-        let inv_scale = f32::from_bits(((127 + d) as u32) << 23);
-        crate::arch::generic::finite::unscale(
-            self,
-            crate::element::SliceMut::Bf16(blocks),
-            inv_scale,
-        )
+    fn unscale_bf16_pow2(
+        self,
+        blocks: &mut [bf16],
+        d: i32,
+    ) -> Option<crate::kernel::stats::GradStats> {
+        let _ = (blocks, d);
+        None
     }
+
     /// `LANES` f32.
     type F: Copy;
     /// `LANES` u32 (the bits of an `F`, or integer work).
@@ -275,7 +273,7 @@ pub(crate) trait F32Simd: Copy + Send + Sync + 'static {
     }
 
     /// f32 to bf16 bits, round to nearest even, NaN quiet; bit-identical to
-    /// `arch::scalar::convert::f32_to_bf16_bits`.
+    /// `kernel::bits::f32_to_bf16_bits`.
     #[inline(always)]
     fn narrow_bf16(self, v: Self::F) -> Self::U {
         let x = self.to_bits(v);
@@ -288,7 +286,7 @@ pub(crate) trait F32Simd: Copy + Send + Sync + 'static {
     }
 
     /// Stochastic f32 to bf16 bits with random bits `r`; bit-identical to
-    /// `arch::scalar::convert::f32_to_bf16_sr_bits`.
+    /// `kernel::bits::f32_to_bf16_sr_bits`.
     #[inline(always)]
     fn narrow_bf16_sr(self, v: Self::F, r: Self::U) -> Self::U {
         let x = self.to_bits(v);
@@ -325,7 +323,7 @@ pub(crate) trait F32Simd: Copy + Send + Sync + 'static {
     }
 
     /// f32 to f16 bits, round to nearest even; bit-identical to
-    /// `arch::scalar::convert::f32_to_f16_bits`.
+    /// `kernel::bits::f32_to_f16_bits`.
     #[inline(always)]
     fn narrow_f16(self, v: Self::F) -> Self::U {
         let x = self.to_bits(v);
@@ -359,7 +357,7 @@ pub(crate) trait F32Simd: Copy + Send + Sync + 'static {
     }
 
     /// Stochastic f32 to f16 bits with random bits `r`; bit-identical to
-    /// `arch::scalar::convert::f32_to_f16_sr_bits`.
+    /// `kernel::bits::f32_to_f16_sr_bits`.
     #[inline(always)]
     fn narrow_f16_sr(self, v: Self::F, r: Self::U) -> Self::U {
         let x = self.to_bits(v);
@@ -396,7 +394,7 @@ pub(crate) trait F32Simd: Copy + Send + Sync + 'static {
         self.u_select(special, self.narrow_f16(v), res)
     }
 
-    /// `arch::scalar::convert::sr_bits(key, first + i)` in lane `i`.
+    /// `kernel::bits::sr_bits(key, first + i)` in lane `i`.
     #[inline(always)]
     fn sr_bits(self, key: u32, first: u32) -> Self::U {
         let idx = self.u_add(self.u_splat(first), self.iota());
@@ -710,15 +708,15 @@ impl Chunk {
 macro_rules! for_each_chunk {
     ($S:ty, $len:expr, |$c:ident| $body:block) => {{
         let len: usize = $len;
-        let lanes = <$S as $crate::arch::simd::F32Simd>::LANES;
+        let lanes = <$S as $crate::kernel::simd::F32Simd>::LANES;
         let mut start = 0usize;
         while len - start >= lanes {
-            let $c = $crate::arch::simd::Chunk { start, len: lanes };
+            let $c = $crate::kernel::simd::Chunk { start, len: lanes };
             $body
             start += lanes;
         }
         if start < len {
-            let $c = $crate::arch::simd::Chunk {
+            let $c = $crate::kernel::simd::Chunk {
                 start,
                 len: len - start,
             };
@@ -733,7 +731,7 @@ pub(crate) use for_each_chunk;
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::arch::scalar::convert as oracle;
+    use crate::kernel::bits as oracle;
 
     fn lanes<S: F32Simd>(s: S, v: S::F) -> Vec<f32> {
         let mut out = vec![0f32; S::LANES];
