@@ -1,0 +1,615 @@
+//! Prints this machine's report as markdown, for BENCHMARKS.md: the CPU,
+//! the ISAs halfkern sees, the machine's own ceilings (ceilings.rs), and
+//! halfkern's conversions, square GEMM and decode GEMM beside their
+//! ceiling and their peer, all measured in this one run (DESIGN.md
+//! section 6).
+//!
+//! ```sh
+//! cargo run --release --example report            # about 30 s on 2 cores
+//! cargo run --release --example report -- --quick # fewer timings
+//! ```
+//!
+//! Every timing is the median of `--runs` samples (default 21, `--quick`
+//! 7) after a warm-up; a sample repeats a call until it takes 2 ms. The
+//! closures of one row group (each ISA and the peer) take their samples in
+//! turns, so a busy moment of the machine slows them alike. halfkern runs
+//! on one thread (a one-thread rayon pool, `Threads::Single`), the peers
+//! too. Buffers start on 64-byte boundaries.
+//!
+//! - Conversions: 64K elements, in L2; bytes read plus written against
+//!   the L2 copy bound of the ISA's vector width (scalar: the widest), and
+//!   `half`'s slice conversion as the peer.
+//! - Square GEMM, n = 512, f32 C, packing included: against the FMA peak
+//!   of the kernel's width (`vdpbf16ps` for the bf16 dot kernel), and the
+//!   `gemm` crate 0.19 (f32; for f16 it writes f16 C, its native form; it
+//!   has no bf16).
+//! - Decode, n = k = 4096, m = 1 and 16: the weights rotate through
+//!   matrices that together hold more than twice the L3, so no call finds
+//!   its weights in cache. m = 1 against the one-core DRAM read bound
+//!   (weight bytes per second), m = 16 against the FMA peak.
+
+mod ceilings;
+
+use std::cell::Cell;
+use std::hint::black_box;
+use std::time::Instant;
+
+use ceilings::{Aligned, Kind, Unit, Width};
+use half::slice::HalfFloatSliceExt;
+use halfkern::{Backend, Element, Gemm, Isa, MatMut, MatRef, Threads, bf16, f16};
+
+/// How long one sample runs at least, in seconds.
+const SAMPLE_S: f64 = 2e-3;
+
+fn main() {
+    let mut runs = 21;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--quick" => runs = 7,
+            "--runs" => {
+                runs = args.next().and_then(|r| r.parse().ok()).expect("--runs N");
+            }
+            _ => {
+                eprintln!("usage: report [--quick] [--runs N]");
+                std::process::exit(2);
+            }
+        }
+    }
+    let start = Instant::now();
+    header(runs);
+
+    let ceilings = measure_ceilings(runs);
+    println!("| ceiling | loop | value | spread |");
+    println!("|---|---|---|---|");
+    for c in &ceilings {
+        println!(
+            "| {} | {} | {:.1} {} | ±{:.0}% |",
+            c.id,
+            c.how,
+            c.value,
+            unit_name(c.unit),
+            c.spread * 100.0
+        );
+    }
+    println!();
+
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let mut rows = Vec::new();
+    one.install(|| {
+        let r = &mut rows;
+        conversion::<f32, bf16>(r, &ceilings, runs, "f32->bf16", |s, d| {
+            d.convert_from_f32_slice(s)
+        });
+        conversion::<f32, f16>(r, &ceilings, runs, "f32->f16", |s, d| {
+            d.convert_from_f32_slice(s)
+        });
+        conversion::<bf16, f32>(r, &ceilings, runs, "bf16->f32", |s, d| {
+            s.convert_to_f32_slice(d)
+        });
+        conversion::<f16, f32>(r, &ceilings, runs, "f16->f32", |s, d| {
+            s.convert_to_f32_slice(d)
+        });
+        square::<f32>(
+            r,
+            &ceilings,
+            runs,
+            Some(&peer_f32(512, 512, 512) as &Peer<f32>),
+        );
+        square::<bf16>(r, &ceilings, runs, None);
+        square::<f16>(
+            r,
+            &ceilings,
+            runs,
+            Some(&peer_f16(512, 512, 512) as &Peer<f16>),
+        );
+        for m in [1, 16] {
+            decode::<f32>(
+                r,
+                &ceilings,
+                runs,
+                m,
+                Some(&peer_f32(m, 4096, 4096) as &Peer<f32>),
+            );
+            decode::<bf16>(r, &ceilings, runs, m, None);
+            decode::<f16>(
+                r,
+                &ceilings,
+                runs,
+                m,
+                Some(&peer_f16(m, 4096, 4096) as &Peer<f16>),
+            );
+        }
+    });
+    println!("| kernel | ISA (path) | halfkern | ceiling | of ceiling | peer | vs peer |");
+    println!("|---|---|---|---|---|---|---|");
+    for r in &rows {
+        let (ceiling, of) = match &r.ceiling {
+            Some((c, x)) => (c.as_str(), format!("{:.0}%", x * 100.0)),
+            None => ("", String::new()),
+        };
+        let (peer, vs) = match &r.peer {
+            Some((p, x)) => (p.as_str(), format!("{x:.2}x")),
+            None => ("", String::new()),
+        };
+        println!(
+            "| {} | {} | {} | {ceiling} | {of} | {peer} | {vs} |",
+            r.kernel, r.isa, r.value
+        );
+    }
+    println!();
+    println!("Whole report: {:.0} s.", start.elapsed().as_secs_f64());
+}
+
+/// The machine, the version, the date, the command.
+fn header(runs: usize) {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        cpuinfo
+            .lines()
+            .find(|l| l.split(':').next().is_some_and(|k| k.trim() == name))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let mut cpu = field("model name")
+        .or_else(lscpu_model)
+        .unwrap_or("unknown CPU".into());
+    if let (Some(f), Some(m)) = (field("cpu family"), field("model")) {
+        cpu = format!("{cpu} (family {f} model {m})");
+    }
+    let isas: Vec<&str> = Isa::available().into_iter().map(Isa::name).collect();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mib = |b: Option<usize>| b.map_or("?".into(), |b| format!("{} KiB", b >> 10));
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load = load.split_whitespace().next().unwrap_or("?");
+    println!("### {cpu}, {}", today());
+    println!();
+    println!(
+        "halfkern {}; ISAs {}; {cores} cores; L2 {}, L3 {}; load average {load} at the start.",
+        env!("CARGO_PKG_VERSION"),
+        isas.join(", "),
+        mib(ceilings::cache_bytes(2)),
+        mib(ceilings::cache_bytes(3)),
+    );
+    let quick = if runs == 7 { " -- --quick" } else { "" };
+    println!("`cargo run --release --example report{quick}`: medians of {runs} timings.");
+    println!();
+}
+
+/// `Model name` from `lscpu` (aarch64 kernels leave it out of cpuinfo).
+fn lscpu_model() -> Option<String> {
+    let out = std::process::Command::new("lscpu").output().ok()?;
+    let text = String::from_utf8(out.stdout).ok()?;
+    let line = text.lines().find(|l| l.starts_with("Model name"))?;
+    Some(line.split_once(':')?.1.trim().to_string())
+}
+
+/// Today's UTC date, `YYYY-MM-DD` (days to civil date, Hinnant's method).
+fn today() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let z = (secs / 86_400) as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year}-{month:02}-{day:02}")
+}
+
+fn unit_name(u: Unit) -> &'static str {
+    match u {
+        Unit::Flop => "GFLOP/s",
+        Unit::Byte => "GB/s",
+    }
+}
+
+/// One measured ceiling, in GFLOP/s or GB/s.
+struct Ceiling {
+    kind: Kind,
+    id: String,
+    how: String,
+    unit: Unit,
+    value: f64,
+    /// Half the interquartile range over the median.
+    spread: f64,
+}
+
+fn measure_ceilings(runs: usize) -> Vec<Ceiling> {
+    let mut out = Vec::new();
+    for mut p in ceilings::probes() {
+        let samples = sample(runs, &mut [&mut p.run]).remove(0);
+        let q = |f: f64| quantile(&samples, f);
+        out.push(Ceiling {
+            kind: p.kind,
+            id: p.id,
+            how: p.how,
+            unit: p.unit,
+            value: p.work / q(0.5) / 1e9,
+            spread: (q(0.75) - q(0.25)) / 2.0 / q(0.5),
+        });
+    }
+    out
+}
+
+fn find(ceilings: &[Ceiling], kind: Kind) -> Option<&Ceiling> {
+    ceilings.iter().find(|c| c.kind == kind)
+}
+
+/// Seconds per call of each closure: `runs` samples each, taken in turns
+/// after one warm-up call; a sample repeats the call until it lasts
+/// [`SAMPLE_S`].
+fn sample(runs: usize, fs: &mut [&mut dyn FnMut()]) -> Vec<Vec<f64>> {
+    let reps: Vec<usize> = fs
+        .iter_mut()
+        .map(|f| {
+            f();
+            let t = Instant::now();
+            f();
+            (SAMPLE_S / t.elapsed().as_secs_f64())
+                .ceil()
+                .clamp(1.0, 1e5) as usize
+        })
+        .collect();
+    let mut out = vec![Vec::with_capacity(runs); fs.len()];
+    for _ in 0..runs {
+        for ((f, &r), o) in fs.iter_mut().zip(&reps).zip(&mut out) {
+            let t = Instant::now();
+            for _ in 0..r {
+                f();
+            }
+            o.push(t.elapsed().as_secs_f64() / r as f64);
+        }
+    }
+    out
+}
+
+fn quantile(samples: &[f64], q: f64) -> f64 {
+    let mut s = samples.to_vec();
+    s.sort_by(f64::total_cmp);
+    s[((s.len() - 1) as f64 * q).round() as usize]
+}
+
+/// Median seconds per call of each closure (see [`sample`]).
+fn medians(runs: usize, fs: &mut [&mut dyn FnMut()]) -> Vec<f64> {
+    sample(runs, fs).iter().map(|s| quantile(s, 0.5)).collect()
+}
+
+/// One line of the halfkern table.
+struct Row {
+    kernel: String,
+    isa: String,
+    value: String,
+    /// The ceiling's name and value, and the fraction of it reached.
+    ceiling: Option<(String, f64)>,
+    /// The peer's name and figure, and halfkern's speed-up over it.
+    peer: Option<(String, f64)>,
+}
+
+fn ceiling_text(c: &Ceiling) -> String {
+    format!("{} {:.1}", c.id, c.value)
+}
+
+/// The vector width of an ISA's conversions and copies (scalar: the widest
+/// this CPU has, the machine's bound).
+fn width_of(isa: Isa) -> Option<Width> {
+    let widths = Width::available();
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => Some(Width::Ymm),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx => Some(Width::Zmm),
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon | Isa::NeonBf16 => Some(Width::Neon),
+        _ => widths.last().copied(),
+    }
+}
+
+/// The peak a GEMM path runs against: the dot peak for the `vdpbf16ps`
+/// kernel, none for AMX tiles and BFMMLA (not measured here), else the FMA
+/// peak of the ISA's width.
+fn gemm_peak(isa: Isa, kernel: &str) -> Option<Kind> {
+    if kernel.contains("tdpbf16") || kernel.contains("bfmmla") || isa == Isa::Scalar {
+        None
+    } else if kernel.contains("dpbf16") {
+        Some(Kind::DotBf16)
+    } else {
+        width_of(isa).map(Kind::Fma)
+    }
+}
+
+/// `n` values of every magnitude a training run sees.
+fn inputs<T: Element>(n: usize, seed: u64) -> Vec<T> {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ seed;
+    (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let unit = (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+            T::from_f32(unit * 2f32.powi((state % 24) as i32 - 12))
+        })
+        .collect()
+}
+
+fn conversion<S: Element, D: Element>(
+    rows: &mut Vec<Row>,
+    ceilings: &[Ceiling],
+    runs: usize,
+    name: &str,
+    peer: fn(&[S], &mut [D]),
+) {
+    let n = 64 << 10;
+    let src = Aligned::from_slice(&inputs::<S>(n, 1));
+    let isas = Isa::available();
+    let mut dsts: Vec<Aligned<D>> = (0..=isas.len())
+        .map(|_| Aligned::new(D::default(), n))
+        .collect();
+    let (peer_dst, isa_dsts) = dsts.split_last_mut().unwrap();
+    let mut fs: Vec<Box<dyn FnMut() + '_>> = isas
+        .iter()
+        .zip(isa_dsts)
+        .map(|(&isa, dst)| {
+            let backend = Backend::new(isa).unwrap();
+            let src = &src;
+            Box::new(move || {
+                backend
+                    .convert(black_box(src.as_slice()), dst.as_mut_slice())
+                    .unwrap();
+            }) as Box<dyn FnMut()>
+        })
+        .collect();
+    fs.push(Box::new(|| {
+        peer(black_box(src.as_slice()), peer_dst.as_mut_slice())
+    }));
+    let mut refs: Vec<&mut dyn FnMut()> = fs.iter_mut().map(|f| &mut **f as _).collect();
+    let t = medians(runs, &mut refs);
+    let t_peer = *t.last().unwrap();
+    let bytes = (n * (size_of::<S>() + size_of::<D>())) as f64;
+    for (&isa, &t) in isas.iter().zip(&t) {
+        let gbs = bytes / t / 1e9;
+        let copy = width_of(isa).and_then(|w| find(ceilings, Kind::CopyL2(w)));
+        rows.push(Row {
+            kernel: format!("{name}, 64K"),
+            isa: isa.name().into(),
+            value: format!("{:.2} Gelem/s, {gbs:.1} GB/s", n as f64 / t / 1e9),
+            ceiling: copy.map(|c| (ceiling_text(c), gbs / c.value)),
+            peer: Some((
+                format!("half 2.7: {:.2} Gelem/s", n as f64 / t_peer / 1e9),
+                t_peer / t,
+            )),
+        });
+    }
+}
+
+/// A peer library's GEMM: `(a, b)`, its own C.
+type Peer<T> = dyn Fn(&[T], &[T]);
+
+fn isa_path(isa: Isa, kernel: &str) -> String {
+    let short = kernel
+        .strip_prefix(isa.name())
+        .and_then(|k| k.strip_prefix('-'))
+        .unwrap_or(kernel);
+    format!("{} ({short})", isa.name())
+}
+
+/// Square GEMM, n = 512, one thread, every SIMD ISA and the peer.
+fn square<T: Element>(
+    rows: &mut Vec<Row>,
+    ceilings: &[Ceiling],
+    runs: usize,
+    peer: Option<&Peer<T>>,
+) {
+    let n = 512;
+    let (a, b) = (
+        Aligned::from_slice(&inputs::<T>(n * n, 2)),
+        Aligned::from_slice(&inputs::<T>(n * n, 3)),
+    );
+    let isas: Vec<Isa> = Isa::available()
+        .into_iter()
+        .filter(|&i| i != Isa::Scalar)
+        .collect();
+    let mut outs: Vec<Aligned<f32>> = isas.iter().map(|_| Aligned::new(0.0, n * n)).collect();
+    let mut kernels = Vec::new();
+    let mut fs: Vec<Box<dyn FnMut() + '_>> = Vec::new();
+    for (&isa, out) in isas.iter().zip(&mut outs) {
+        let backend = Backend::new(isa).unwrap();
+        let (a, b) = (&a, &b);
+        let mut call = move || {
+            backend
+                .gemm(
+                    MatRef::row_major(black_box(a.as_slice()), n, n).unwrap(),
+                    MatRef::row_major(black_box(b.as_slice()), n, n).unwrap(),
+                    MatMut::row_major(out.as_mut_slice(), n, n).unwrap(),
+                    &Gemm::new().threads(Threads::Single),
+                )
+                .unwrap()
+        };
+        kernels.push(call().kernel);
+        fs.push(Box::new(move || {
+            call();
+        }));
+    }
+    if let Some(peer) = peer {
+        fs.push(Box::new(|| {
+            peer(black_box(a.as_slice()), black_box(b.as_slice()))
+        }));
+    }
+    let mut refs: Vec<&mut dyn FnMut()> = fs.iter_mut().map(|f| &mut **f as _).collect();
+    let t = medians(runs, &mut refs);
+    let flops = 2.0 * (n * n * n) as f64;
+    let t_peer = peer.map(|_| *t.last().unwrap());
+    for ((&isa, kernel), &t) in isas.iter().zip(&kernels).zip(&t) {
+        let gf = flops / t / 1e9;
+        let peak = gemm_peak(isa, kernel).and_then(|k| find(ceilings, k));
+        rows.push(Row {
+            kernel: format!("gemm {} n=512, 1T", T::DTYPE.name()),
+            isa: isa_path(isa, kernel),
+            value: format!("{gf:.1} GFLOP/s"),
+            ceiling: peak.map(|c| (ceiling_text(c), gf / c.value)),
+            peer: t_peer.map(|tp| {
+                (
+                    format!("gemm 0.19: {:.1} GFLOP/s", flops / tp / 1e9),
+                    tp / t,
+                )
+            }),
+        });
+    }
+}
+
+/// Decode GEMM, n = k = 4096, `m` rows, one thread, weights out of cache.
+fn decode<T: Element>(
+    rows: &mut Vec<Row>,
+    ceilings: &[Ceiling],
+    runs: usize,
+    m: usize,
+    peer: Option<&Peer<T>>,
+) {
+    let (n, k) = (4096, 4096);
+    let bytes = k * n * size_of::<T>();
+    let l3 = ceilings::cache_bytes(3).unwrap_or(64 << 20);
+    let count = ((2 * l3).div_ceil(bytes) + 1).max(2);
+    let first = Aligned::from_slice(&inputs::<T>(k * n, 4));
+    let weights: Vec<Aligned<T>> = (0..count).map(|_| first.clone()).collect();
+    drop(first);
+    let x = Aligned::from_slice(&inputs::<T>(m * k, 5));
+    // One counter for every closure: the matrix a call reads was last read
+    // `count - 1` calls ago, more than twice the L3 of other weights ago.
+    let next = Cell::new(0usize);
+    let take = || {
+        let i = next.get();
+        next.set((i + 1) % count);
+        weights[i].as_slice()
+    };
+    let isas: Vec<Isa> = Isa::available()
+        .into_iter()
+        .filter(|&i| i != Isa::Scalar)
+        .collect();
+    let mut outs: Vec<Aligned<f32>> = isas.iter().map(|_| Aligned::new(0.0, m * n)).collect();
+    let mut kernels = Vec::new();
+    let mut fs: Vec<Box<dyn FnMut() + '_>> = Vec::new();
+    for (&isa, out) in isas.iter().zip(&mut outs) {
+        let backend = Backend::new(isa).unwrap();
+        let (x, take) = (&x, &take);
+        let mut call = move || {
+            backend
+                .gemm(
+                    MatRef::row_major(black_box(x.as_slice()), m, k).unwrap(),
+                    MatRef::row_major(black_box(take()), k, n).unwrap(),
+                    MatMut::row_major(out.as_mut_slice(), m, n).unwrap(),
+                    &Gemm::new().threads(Threads::Single),
+                )
+                .unwrap()
+        };
+        kernels.push(call().kernel);
+        fs.push(Box::new(move || {
+            call();
+        }));
+    }
+    if let Some(peer) = peer {
+        fs.push(Box::new(|| {
+            peer(black_box(x.as_slice()), black_box(take()))
+        }));
+    }
+    let mut refs: Vec<&mut dyn FnMut()> = fs.iter_mut().map(|f| &mut **f as _).collect();
+    let t = medians(runs, &mut refs);
+    let flops = 2.0 * (m * n * k) as f64;
+    let t_peer = peer.map(|_| *t.last().unwrap());
+    for ((&isa, kernel), &t) in isas.iter().zip(&kernels).zip(&t) {
+        let (gbs, gf) = (bytes as f64 / t / 1e9, flops / t / 1e9);
+        let ceiling = if m == 1 {
+            find(ceilings, Kind::DramOne).map(|c| (ceiling_text(c), gbs / c.value))
+        } else {
+            let peak = gemm_peak(isa, kernel).and_then(|k| find(ceilings, k));
+            peak.map(|c| (ceiling_text(c), gf / c.value))
+        };
+        rows.push(Row {
+            kernel: format!("decode {} m={m} n=k=4096, 1T", T::DTYPE.name()),
+            isa: isa_path(isa, kernel),
+            value: format!("{gbs:.1} GB/s, {gf:.1} GFLOP/s"),
+            ceiling,
+            peer: t_peer.map(|tp| {
+                let p = if m == 1 {
+                    format!("gemm 0.19: {:.1} GB/s", bytes as f64 / tp / 1e9)
+                } else {
+                    format!("gemm 0.19: {:.1} GFLOP/s", flops / tp / 1e9)
+                };
+                (p, tp / t)
+            }),
+        });
+    }
+}
+
+/// The `gemm` crate, f32 C from f32 inputs, one thread; its own C.
+fn peer_f32(m: usize, n: usize, k: usize) -> impl Fn(&[f32], &[f32]) {
+    let c = std::sync::Mutex::new(vec![0.0f32; m * n]);
+    move |a, b| {
+        assert!(a.len() == m * k && b.len() == k * n);
+        let mut c = c.lock().unwrap();
+        // SAFETY: row-major m x k, k x n and m x n buffers of exactly those
+        // sizes (asserted above); the strides stay inside them.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                c.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a.as_ptr(),
+                1,
+                k as isize,
+                b.as_ptr(),
+                1,
+                n as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        }
+    }
+}
+
+/// The `gemm` crate, f16 x f16 -> f16 C (its native form), one thread.
+fn peer_f16(m: usize, n: usize, k: usize) -> impl Fn(&[f16], &[f16]) {
+    let c = std::sync::Mutex::new(vec![f16::ZERO; m * n]);
+    move |a, b| {
+        assert!(a.len() == m * k && b.len() == k * n);
+        let mut c = c.lock().unwrap();
+        // SAFETY: as in `peer_f32`.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                c.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a.as_ptr(),
+                1,
+                k as isize,
+                b.as_ptr(),
+                1,
+                n as isize,
+                f16::ZERO,
+                f16::ONE,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        }
+    }
+}
