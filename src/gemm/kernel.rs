@@ -3,7 +3,7 @@
 //! A microkernel multiplies one packed `MR x kc` panel of A (`A~`) by one
 //! packed `kc x NR` panel of B (`B~`) into an `MR x NR` f32 tile. Everything
 //! else (the five BLIS loops, packing with zero-padded edges, the epilogue,
-//! threads, the small-m path) is written once in `blis.rs` / `gemv.rs` and
+//! threads, the small-m path) is written once in `blis/` / `gemv.rs` and
 //! calls the trait. A new ISA is one small file: a zero-sized
 //! type holding its token, `MR`, `NR`, a [`Format`], and a `#[target_feature]`
 //! kernel, usually [`generic_kernel`] instantiated with the ISA's features
