@@ -56,8 +56,10 @@ fn main() {
             }
         }
     }
-    let start = Instant::now();
-    header(runs);
+    let before = CpuTicks::read();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (start, at_start) = (Instant::now(), CpuTicks::read());
+    header(runs, CpuTicks::others_share(before, at_start));
 
     let ceilings = measure_ceilings(runs);
     println!("| ceiling | loop | value | spread |");
@@ -141,11 +143,21 @@ fn main() {
         );
     }
     println!();
-    println!("Whole report: {:.0} s.", start.elapsed().as_secs_f64());
+    let others = CpuTicks::others_share(at_start, CpuTicks::read());
+    let others = others.map_or(String::new(), |o| {
+        format!(
+            "; other processes used {:.0}% of the CPUs meanwhile",
+            o * 100.0
+        )
+    });
+    println!(
+        "Whole report: {:.0} s{others}.",
+        start.elapsed().as_secs_f64()
+    );
 }
 
 /// The machine, the version, the date, the command.
-fn header(runs: usize) {
+fn header(runs: usize, others: Option<f64>) {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let field = |name: &str| {
         cpuinfo
@@ -163,20 +175,64 @@ fn header(runs: usize) {
     let isas: Vec<&str> = Isa::available().into_iter().map(Isa::name).collect();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mib = |b: Option<usize>| b.map_or("?".into(), |b| format!("{} KiB", b >> 10));
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let load = load.split_whitespace().next().unwrap_or("?");
+    let others = others.map_or("?".into(), |o| format!("{:.0}%", o * 100.0));
     println!("### {cpu}, {}", today());
     println!();
     println!(
-        "halfkern {}; ISAs {}; {cores} cores; L2 {}, L3 {}; load average {load} at the start.",
+        "halfkern {}; ISAs {}; {cores} cores; L2 {}, L3 {}; other processes used {others} of the CPUs in the half second before.",
         env!("CARGO_PKG_VERSION"),
         isas.join(", "),
         mib(ceilings::cache_bytes(2)),
         mib(ceilings::cache_bytes(3)),
     );
-    let quick = if runs == 7 { " -- --quick" } else { "" };
-    println!("`cargo run --release --example report{quick}`: medians of {runs} timings.");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args = if args.is_empty() {
+        String::new()
+    } else {
+        format!(" -- {}", args.join(" "))
+    };
+    println!("`cargo run --release --example report{args}`: medians of {runs} timings.");
     println!();
+}
+
+/// Clock ticks from Linux's `/proc`: all CPUs' total and idle, and this
+/// process's own, to tell how busy the machine was besides this run.
+#[derive(Clone, Copy)]
+struct CpuTicks {
+    total: u64,
+    idle: u64,
+    own: u64,
+}
+
+impl CpuTicks {
+    fn read() -> Option<CpuTicks> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let cpu: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .map(|v| v.parse().ok())
+            .collect::<Option<_>>()?;
+        let own = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields 14 and 15 (utime, stime) count from the last ')'.
+        let after: Vec<&str> = own.rsplit_once(')')?.1.split_whitespace().collect();
+        Some(CpuTicks {
+            total: cpu.iter().take(8).sum(),
+            idle: cpu.get(3)? + cpu.get(4)?,
+            own: after.get(11)?.parse::<u64>().ok()? + after.get(12)?.parse::<u64>().ok()?,
+        })
+    }
+
+    /// The share of all CPUs' time between `a` and `b` that other
+    /// processes kept busy.
+    fn others_share(a: Option<CpuTicks>, b: Option<CpuTicks>) -> Option<f64> {
+        let (a, b) = (a?, b?);
+        let total = b.total.checked_sub(a.total).filter(|&t| t > 0)?;
+        let busy = total.saturating_sub(b.idle.saturating_sub(a.idle));
+        let others = busy.saturating_sub(b.own.saturating_sub(a.own));
+        Some(others as f64 / total as f64)
+    }
 }
 
 /// `Model name` from `lscpu` (aarch64 kernels leave it out of cpuinfo).
