@@ -219,7 +219,7 @@ mod tests {
     /// against the element-wise oracle.
     #[test]
     fn scalar_kernels_match_the_oracle_on_small_slices() {
-        use crate::arch::scalar::convert as o;
+        use crate::kernel::bits as o;
         let bits: [u32; 12] = [
             0,
             0x8000_0000,

@@ -19,7 +19,9 @@ use std::sync::OnceLock;
 use crate::arch::aarch64 as arm;
 #[cfg(target_arch = "x86_64")]
 use crate::arch::x86_64 as x86;
+use crate::element::DType;
 use crate::error::Error;
+use crate::kernel::gemm::KernelOp;
 use crate::kernel::simd::SimdOp;
 
 /// An instruction set halfkern has kernels for.
@@ -165,6 +167,45 @@ pub(crate) mod ops {
 }
 
 impl Token {
+    /// Calls `op` with the microkernel this ISA runs for `dtype` inputs: the
+    /// one `match` on the ISA for GEMM.
+    /// `dot` overrides the choice between the bf16 dot kernel (`vdpbf16ps` on
+    /// `avx512bf16`/`amx`, `BFMMLA` on `neonbf16`) and widening for bf16
+    /// (`None`: the per-CPU default, and on `amx` the tile kernel; `Some` on
+    /// `amx` runs the `avx512bf16` choice).
+    pub(crate) fn with_microkernel<O: KernelOp>(
+        self,
+        dtype: DType,
+        dot: Option<bool>,
+        op: O,
+    ) -> O::Output {
+        let _ = (dtype, dot);
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Token::Avx2(t) => op.run(crate::arch::x86_64::avx2::gemm::Avx2F32(t)),
+            #[cfg(target_arch = "x86_64")]
+            Token::Avx512(t) => op.run(crate::arch::x86_64::avx512::gemm::Avx512F32(t)),
+            #[cfg(target_arch = "x86_64")]
+            Token::Avx512Bf16(t) => bf16_choice(t, dtype, dot, op),
+            #[cfg(target_arch = "x86_64")]
+            Token::Amx(t) => {
+                // Tiles for bf16, except where streaming B beats packing it
+                // (small m: a 32-row tile would be mostly padding).
+                if dtype == DType::Bf16 && dot.is_none() && !op.small_m() {
+                    op.run(crate::arch::x86_64::amx::gemm::AmxBf16(t))
+                } else {
+                    bf16_choice(t.avx512bf16(), dtype, dot, op)
+                }
+            }
+            #[cfg(target_arch = "aarch64")]
+            Token::Neon(t) => op.run(crate::arch::aarch64::neon::gemm::NeonF32(t)),
+            #[cfg(target_arch = "aarch64")]
+            Token::NeonBf16(t) => neon_bf16_choice(t, dtype, dot, op),
+            #[allow(unreachable_patterns, reason = "scalar, and ISAs without a kernel")]
+            _ => op.run(crate::arch::scalar::gemm::ScalarKernel),
+        }
+    }
+
     /// Runs an elementwise operation on the ISA this token proves: the one
     /// `match` on the ISA for every elementwise kernel. ISAs that add
     /// nothing to these operations run the ISA below them (`avx512bf16`
@@ -188,6 +229,87 @@ impl Token {
             Token::Neon(t) => arm::neon::run(t, op),
             #[cfg(target_arch = "aarch64")]
             Token::NeonBf16(t) => arm::neon::run(t.neon(), op),
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn bf16_choice<O: KernelOp>(
+    t: crate::arch::x86_64::Avx512Bf16,
+    dtype: DType,
+    dot: Option<bool>,
+    op: O,
+) -> O::Output {
+    use crate::arch::x86_64::avx512bf16::gemm::{Avx512Dot, dot_is_faster};
+    use std::sync::OnceLock;
+    static DOT: OnceLock<bool> = OnceLock::new();
+    let dot = dot.unwrap_or_else(|| *DOT.get_or_init(dot_is_faster));
+    if dtype == DType::Bf16 && dot {
+        op.run(Avx512Dot(t))
+    } else {
+        op.run(crate::arch::x86_64::avx512::gemm::Avx512F32(t.avx512()))
+    }
+}
+
+/// `neonbf16`: `BFMMLA` for bf16 inputs unless `dot == Some(false)`
+/// (see `arch::aarch64::neonbf16::gemm` for its numerics), NEON FMLA
+/// otherwise.
+#[cfg(target_arch = "aarch64")]
+fn neon_bf16_choice<O: KernelOp>(
+    t: crate::arch::aarch64::NeonBf16,
+    dtype: DType,
+    dot: Option<bool>,
+    op: O,
+) -> O::Output {
+    if dtype == DType::Bf16 && dot != Some(false) {
+        op.run(crate::arch::aarch64::neonbf16::gemm::NeonBfmmla(t))
+    } else {
+        op.run(crate::arch::aarch64::neon::gemm::NeonF32(t.neon()))
+    }
+}
+
+/// The portable microkernel, the reference the drivers' tests compare with.
+#[cfg(test)]
+pub(crate) use crate::arch::scalar::gemm::ScalarKernel;
+
+/// A test that runs once per GEMM microkernel (see [`each_microkernel`]).
+#[cfg(test)]
+pub(crate) trait EachKernel {
+    /// The test, on one kernel.
+    fn kernel<K: crate::kernel::gemm::Microkernel + crate::kernel::gemm::RowOps>(
+        &mut self,
+        kern: K,
+    );
+}
+
+/// Calls `each` with every GEMM microkernel this machine can run (the
+/// scalar one everywhere): how the drivers' tests reach every kernel
+/// without naming one.
+#[cfg(test)]
+pub(crate) fn each_microkernel(each: &mut impl EachKernel) {
+    each.kernel(crate::arch::scalar::gemm::ScalarKernel);
+    #[cfg(target_arch = "x86_64")]
+    {
+        if let Some(t) = x86::Avx2::try_new() {
+            each.kernel(x86::avx2::gemm::Avx2F32(t));
+        }
+        if let Some(t) = x86::Avx512::try_new() {
+            each.kernel(x86::avx512::gemm::Avx512F32(t));
+        }
+        if let Some(t) = x86::Avx512Bf16::try_new() {
+            each.kernel(x86::avx512bf16::gemm::Avx512Dot(t));
+        }
+        if let Some(t) = x86::amx::Amx::try_new() {
+            each.kernel(x86::amx::gemm::AmxBf16(t));
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        if let Some(t) = arm::Neon::try_new() {
+            each.kernel(arm::neon::gemm::NeonF32(t));
+        }
+        if let Some(t) = arm::NeonBf16::try_new() {
+            each.kernel(arm::neonbf16::gemm::NeonBfmmla(t));
         }
     }
 }

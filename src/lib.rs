@@ -59,6 +59,8 @@ mod fp_env;
 pub mod gemm;
 mod isa;
 mod kernel;
+#[cfg(all(feature = "internals", target_arch = "x86_64"))]
+mod probes;
 pub mod train;
 
 // Root re-exports: the entry functions of the one-call capabilities (convert, gemm) and every type
@@ -93,7 +95,7 @@ pub mod oracle {
 #[doc(hidden)]
 pub mod __internals {
     #[cfg(target_arch = "x86_64")]
-    pub use crate::gemm::probes::{Ahead, AmxKernel, BusyDriver, BusyPackedB};
+    pub use crate::probes::{Ahead, AmxKernel, BusyDriver, BusyPackedB};
 }
 
 /// The README's examples, compiled and run as doctests.

@@ -12,11 +12,11 @@
 
 use rayon::prelude::*;
 
-use super::blis::{CPtr, store_row};
-use super::epilogue::Epilogue;
-use super::kernel::RowOps;
+use super::blis::{c_ptr, store_row};
 use super::view::{MatMut, MatRef};
 use crate::element::Element;
+use crate::kernel::epilogue::Epilogue;
+use crate::kernel::gemm::RowOps;
 
 /// The largest m this path takes.
 pub(crate) const GEMV_MAX_M: usize = 16;
@@ -67,7 +67,7 @@ pub(crate) fn run<K: RowOps, T: Element, C: Element>(
     // Balance: each thread one contiguous range of columns.
     let threads = threads.min(chunks.max(n.div_ceil(256))).max(1);
     let per = n.div_ceil(threads).div_ceil(16) * 16;
-    let (cptr, c_len) = CPtr::of(c);
+    let (cptr, c_len) = c_ptr(c);
     let xt = &xt;
     let work = |t: usize| -> usize {
         let _mode = crate::fp_env::Ieee::enter();

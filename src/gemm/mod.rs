@@ -9,25 +9,21 @@
 //! Validation happens before anything is written: an `Err` leaves C as it
 //! was.
 
-mod blis;
-mod epilogue;
+pub(crate) mod blis;
 mod gemv;
-pub(crate) mod kernel;
 mod packed;
 mod params;
-#[cfg(all(feature = "internals", target_arch = "x86_64"))]
-pub(crate) mod probes;
 mod view;
 
 pub use packed::PackedB;
 pub use params::{Activation, Bias, Gemm, GemmReport, Threads};
 pub use view::{MatMut, MatRef};
 
-use crate::element::{DType, Element};
+use crate::element::Element;
 use crate::error::Error;
-use crate::isa::{Backend, Token};
-use epilogue::Epilogue;
-use kernel::{Microkernel, RowOps};
+use crate::isa::Backend;
+use crate::kernel::epilogue::Epilogue;
+use crate::kernel::gemm::{Format, KernelOp, Microkernel, RowOps};
 
 /// `C <- act(inv_scale * (alpha * A B) + beta * C + bias)` on the
 /// process-wide backend (see [`Backend::global`]); see [`Gemm`] for the
@@ -160,15 +156,14 @@ impl Backend {
         let (m, n, k) = check((a.rows, a.cols), (b.rows, b.cols), (c.rows, c.cols), params)?;
         let threads = params.thread_count(m as f64 * n as f64 * k as f64);
         let _mode = crate::fp_env::Ieee::enter();
-        with_kernel(
-            self.token,
+        self.token.with_microkernel(
             T::DTYPE,
             params.dot,
             Unpacked {
                 a,
                 b,
                 c,
-                ep: Epilogue::new(params),
+                ep: params.epilogue(),
                 threads,
                 isa: self.isa(),
             },
@@ -190,15 +185,14 @@ impl Backend {
         let (m, n, k) = check((a.rows, a.cols), (b.k, b.n), (c.rows, c.cols), params)?;
         let threads = params.thread_count(m as f64 * n as f64 * k as f64);
         let _mode = crate::fp_env::Ieee::enter();
-        with_kernel(
-            self.token,
+        self.token.with_microkernel(
             T::DTYPE,
             params.dot,
             Prepacked {
                 a,
                 b,
                 c,
-                ep: Epilogue::new(params),
+                ep: params.epilogue(),
                 threads,
                 isa: self.isa(),
             },
@@ -228,98 +222,6 @@ fn preflight(bytes: Option<usize>, arg: &'static str) -> Result<(), Error> {
     Ok(())
 }
 
-/// Something to run with the microkernel chosen for an ISA and input type.
-pub(crate) trait KernelOp {
-    type Output;
-    fn run<K: Microkernel + RowOps>(self, kern: K) -> Self::Output;
-    /// Whether this op takes the small-m path (see `gemv`) on an
-    /// [`kernel::Format::F32`] kernel: where an ISA would pick a kernel that
-    /// cannot (AMX), it picks one that can.
-    #[cfg_attr(
-        not(target_arch = "x86_64"),
-        expect(
-            dead_code,
-            reason = "only x86-64 has a kernel without the small-m path"
-        )
-    )]
-    fn small_m(&self) -> bool {
-        false
-    }
-}
-
-/// Calls `op` with the microkernel this ISA runs for `dtype` inputs.
-/// `dot` overrides the choice between the bf16 dot kernel (`vdpbf16ps` on
-/// `avx512bf16`/`amx`, `BFMMLA` on `neonbf16`) and widening for bf16
-/// (`None`: the per-CPU default, and on `amx` the tile kernel; `Some` on
-/// `amx` runs the `avx512bf16` choice).
-pub(crate) fn with_kernel<O: KernelOp>(
-    token: Token,
-    dtype: DType,
-    dot: Option<bool>,
-    op: O,
-) -> O::Output {
-    let _ = (dtype, dot);
-    match token {
-        #[cfg(target_arch = "x86_64")]
-        Token::Avx2(t) => op.run(crate::arch::x86_64::avx2::gemm::Avx2F32(t)),
-        #[cfg(target_arch = "x86_64")]
-        Token::Avx512(t) => op.run(crate::arch::x86_64::avx512::gemm::Avx512F32(t)),
-        #[cfg(target_arch = "x86_64")]
-        Token::Avx512Bf16(t) => bf16_choice(t, dtype, dot, op),
-        #[cfg(target_arch = "x86_64")]
-        Token::Amx(t) => {
-            // Tiles for bf16, except where streaming B beats packing it
-            // (small m: a 32-row tile would be mostly padding).
-            if dtype == DType::Bf16 && dot.is_none() && !op.small_m() {
-                op.run(crate::arch::x86_64::amx::gemm::AmxBf16(t))
-            } else {
-                bf16_choice(t.avx512bf16(), dtype, dot, op)
-            }
-        }
-        #[cfg(target_arch = "aarch64")]
-        Token::Neon(t) => op.run(crate::arch::aarch64::neon::gemm::NeonF32(t)),
-        #[cfg(target_arch = "aarch64")]
-        Token::NeonBf16(t) => neon_bf16_choice(t, dtype, dot, op),
-        #[allow(unreachable_patterns, reason = "scalar, and ISAs without a kernel")]
-        _ => op.run(kernel::ScalarKernel),
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-fn bf16_choice<O: KernelOp>(
-    t: crate::arch::x86_64::Avx512Bf16,
-    dtype: DType,
-    dot: Option<bool>,
-    op: O,
-) -> O::Output {
-    use crate::arch::x86_64::avx512bf16::gemm::{Avx512Dot, dot_is_faster};
-    use std::sync::OnceLock;
-    static DOT: OnceLock<bool> = OnceLock::new();
-    let dot = dot.unwrap_or_else(|| *DOT.get_or_init(dot_is_faster));
-    if dtype == DType::Bf16 && dot {
-        op.run(Avx512Dot(t))
-    } else {
-        op.run(crate::arch::x86_64::avx512::gemm::Avx512F32(t.avx512()))
-    }
-}
-
-/// `neonbf16`: `BFMMLA` for bf16 inputs unless `dot == Some(false)`
-/// (see `arch::aarch64::neonbf16::gemm` for its numerics), NEON FMLA
-/// otherwise.
-#[cfg(target_arch = "aarch64")]
-fn neon_bf16_choice<O: KernelOp>(
-    t: crate::arch::aarch64::NeonBf16,
-    dtype: DType,
-    dot: Option<bool>,
-    op: O,
-) -> O::Output {
-    if dtype == DType::Bf16 && dot != Some(false) {
-        op.run(crate::arch::aarch64::neonbf16::gemm::NeonBfmmla(t))
-    } else {
-        op.run(crate::arch::aarch64::neon::gemm::NeonF32(t.neon()))
-    }
-}
-
 struct Unpacked<'a, 'p, T: Element, C: Element> {
     a: MatRef<'a, T>,
     b: MatRef<'a, T>,
@@ -346,7 +248,7 @@ impl<T: Element, C: Element> KernelOp for Unpacked<'_, '_, T, C> {
             // Nothing to write: B is not even packed.
             return Ok(report(0, K::NAME));
         }
-        let small_m = gemv::applies(&self.a, &self.b) && K::FORMAT == kernel::Format::F32;
+        let small_m = gemv::applies(&self.a, &self.b) && K::FORMAT == Format::F32;
         if small_m {
             preflight(gemv::scratch_bytes(m, k, threads), "a")?;
             let bad = gemv::run(kern, self.a, self.b, self.c, &self.ep, threads);

@@ -8,6 +8,7 @@ use super::view::MatRef;
 use crate::element::Element;
 use crate::error::Error;
 use crate::isa::Backend;
+use crate::kernel::gemm::{KernelOp, Microkernel, RowOps};
 
 /// B (`k x n`, usually weights) packed once for repeated GEMMs with
 /// different A: [`gemm_packed`](crate::gemm_packed) skips B's packing, which
@@ -86,8 +87,7 @@ impl Backend {
         b: MatRef<'_, T>,
         dot: Option<bool>,
     ) -> Result<PackedB<T>, Error> {
-        super::with_kernel(
-            self.token,
+        self.token.with_microkernel(
             T::DTYPE,
             dot,
             Pack {
@@ -103,9 +103,9 @@ struct Pack<'a, T: Element> {
     threads: usize,
 }
 
-impl<T: Element> super::KernelOp for Pack<'_, T> {
+impl<T: Element> KernelOp for Pack<'_, T> {
     type Output = Result<PackedB<T>, Error>;
-    fn run<K: super::Microkernel + super::RowOps>(self, kern: K) -> Result<PackedB<T>, Error> {
+    fn run<K: Microkernel + RowOps>(self, kern: K) -> Result<PackedB<T>, Error> {
         let slots = packed_b_slots::<K>(self.b.rows, self.b.cols);
         let bytes = slots.and_then(|s| s.checked_mul(size_of::<f32>()));
         let bytes = bytes.filter(|&b| b <= isize::MAX as usize);

@@ -5,32 +5,7 @@
 use crate::error::Error;
 use crate::isa::Isa;
 
-/// The activation applied to every output, after bias (see [`Gemm`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Activation {
-    /// Identity.
-    #[default]
-    None,
-    /// `max(x, 0)`; NaN stays NaN.
-    Relu,
-    /// GELU, tanh form: `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`.
-    GeluTanh,
-}
-
-/// A bias added to every output before the activation (see [`Gemm`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-#[non_exhaustive]
-pub enum Bias<'a> {
-    /// No bias.
-    #[default]
-    None,
-    /// `bias[i]` added to row `i` of C (length `m`).
-    PerRow(&'a [f32]),
-    /// `bias[j]` added to column `j` of C (length `n`): a linear layer's bias
-    /// when C is `batch x features`.
-    PerCol(&'a [f32]),
-}
+pub use crate::kernel::epilogue::{Activation, Bias};
 
 /// How many threads a GEMM may use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -207,6 +182,17 @@ impl<'a> Gemm<'a> {
     }
 
     /// The number of threads to use for `work` multiply-adds.
+    /// The epilogue's parameters, resolved once per call.
+    pub(crate) fn epilogue(&self) -> crate::kernel::epilogue::Epilogue<'a> {
+        crate::kernel::epilogue::Epilogue {
+            alpha: self.alpha,
+            inv_scale: self.inv_scale,
+            beta: self.beta,
+            bias: self.bias,
+            activation: self.activation,
+        }
+    }
+
     pub(crate) fn thread_count(&self, work: f64) -> usize {
         let pool = rayon::current_num_threads().max(1);
         let wanted = match self.threads {

@@ -7,11 +7,19 @@
 //! - [`bits`]: the bit-level conversions, the numerics contract's oracle.
 //! - [`simd`]: the `F32Simd` vector vocabulary and the `SimdOp` operation
 //!   trait every elementwise kernel is written against.
+//! - [`gemm`]: the `Microkernel` and `RowOps` traits an ISA's GEMM
+//!   kernel implements, the packing formats and blocking policy, and
+//!   `KernelOp`, GEMM's operation trait.
+//! - [`epilogue`] and [`store`]: what every kernel applies to a finished
+//!   block of C and how it stores it (`StoreBlock`, `store_row`), and the
+//!   public `Activation` and `Bias` they read.
 //! - [`stats`]: `GradStats`, what a gradient check returns.
 //! - [`train`]: what one fused optimizer update needs (`Update`, `Tensor`,
 //!   `Rule`).
 
 pub mod bits;
+pub(crate) mod epilogue;
+pub(crate) mod gemm;
 #[cfg_attr(
     not(any(target_arch = "x86_64", target_arch = "aarch64")),
     allow(
@@ -21,4 +29,5 @@ pub mod bits;
 )]
 pub(crate) mod simd;
 pub(crate) mod stats;
+pub(crate) mod store;
 pub(crate) mod train;

@@ -2,6 +2,7 @@
 
 pub mod convert;
 pub(crate) mod finite;
+pub(crate) mod gemm;
 pub(crate) mod train;
 
 use crate::element::{Slice, SliceMut};

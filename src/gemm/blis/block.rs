@@ -4,21 +4,12 @@
 //! may prefetch, then the hand-over to the store.
 
 use super::pack::{PackedPanels, aligned, pack_panel};
-use super::store::{CPtr, StoreBlock};
 use super::{div_ceil, slots, total_slots};
 use crate::element::Element;
-use crate::gemm::epilogue::Epilogue;
-use crate::gemm::kernel::{Ahead, Microkernel, RowOps};
 use crate::gemm::view::MatRef;
-
-/// One block of C: rows `i0..i0 + m`, columns `j0..j0 + n`.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Block {
-    pub(super) i0: usize,
-    pub(super) m: usize,
-    pub(super) j0: usize,
-    pub(super) n: usize,
-}
+use crate::kernel::epilogue::Epilogue;
+use crate::kernel::gemm::{Ahead, Microkernel, RowOps};
+use crate::kernel::store::{Block, CPtr, StoreBlock};
 
 /// A thread's buffers, reused across its work items.
 #[derive(Default)]
@@ -239,14 +230,7 @@ pub(super) unsafe fn block<K: Microkernel + RowOps, T: Element, C: Element>(
             }
         }
     }
-    // A `StoreBlock` is only made here, under this function's contract.
-    kern.store_block(&StoreBlock {
-        ep,
-        acc: acc_all,
-        blk,
-        m_panels,
-        n_panels,
-        c,
-        c_len,
-    })
+    // SAFETY: this function's contract is `StoreBlock::new`'s.
+    let store = unsafe { StoreBlock::new(ep, acc_all, blk, (m_panels, n_panels), c, c_len) };
+    kern.store_block(&store)
 }

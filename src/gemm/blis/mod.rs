@@ -49,26 +49,36 @@ mod block;
 mod pack;
 mod scratch;
 mod split;
-mod store;
 #[cfg(test)]
 mod tests;
 
+pub(in crate::gemm) use crate::kernel::store::{CPtr, store_row};
 pub(crate) use pack::{PackedPanels, pack_b, pack_b_scratch, recycle};
 pub(crate) use split::{local_b_pays, run, run_local_b};
-pub(crate) use store::StoreBlock;
-pub(in crate::gemm) use store::{CPtr, store_row};
 
-use super::kernel::{Format, Microkernel};
+/// C's pointer and strides, and the length of its slice, for the threads
+/// that write disjoint blocks of it while the caller's borrow of C lasts.
+pub(in crate::gemm) fn c_ptr<C: crate::element::Element>(
+    c: crate::gemm::MatMut<'_, C>,
+) -> (CPtr<C>, usize) {
+    let len = c.data.len();
+    let ptr = CPtr {
+        ptr: c.data.as_mut_ptr(),
+        rs: c.rs,
+        cs: c.cs,
+    };
+    (ptr, len)
+}
+
+// A block of at most NC_MAX columns takes at most two epilogue spans, so
+// the tests of any ISA reach the span loop.
+const _: () = assert!(crate::kernel::store::ROW_SPAN < NC_MAX);
+
+use crate::kernel::gemm::{Format, Microkernel};
 use pack::LINE;
 use split::dynamic_pays;
 
-/// Depth of a packed block: a `KC x NR` micro-panel of B~ (32 KiB for
-/// NR = 32 f32) stays in L1 (48 KiB here) while LOOP 1 runs over it. A
-/// multiple of 4, so a bf16 pair or quad never straddles two blocks.
-pub(crate) const KC: usize = 256;
-/// Upper bound for the rows of an A~ block: `MC x KC` f32 = 168 KiB for
-/// MC = 168, well inside a 2 MiB L2 with room for B~ micro-panels.
-pub(crate) const MC_MAX: usize = 168;
+pub(crate) use crate::kernel::gemm::{KC, MC_MAX};
 /// Upper bound for the columns of a work item: its f32 workspace
 /// (`MC x NC`, 672 KiB) and the `KC x NC` slice of B~ it streams stay in L2.
 pub(super) const NC_MAX: usize = 1024;

@@ -7,8 +7,8 @@ use rayon::prelude::*;
 
 use super::{div_ceil, scratch, slots, total_slots};
 use crate::element::{DType, Element, Slice};
-use crate::gemm::kernel::{Format, Microkernel, ROW_GROUP, RowOps};
 use crate::gemm::view::MatRef;
+use crate::kernel::gemm::{Format, Microkernel, ROW_GROUP, RowOps};
 use half::bf16;
 
 /// Rows of B packed per pass over all panels (see `pack_b_into`); a

@@ -6,14 +6,14 @@
 
 use rayon::prelude::*;
 
-use super::block::{Block, BlockJob, Prefetch, block};
+use super::block::{BlockJob, Prefetch, block};
 use super::pack::{PackedPanels, pack_a_shared, pack_b_scratch, recycle};
-use super::store::CPtr;
 use super::{MC_MAX, NC_MAX, div_ceil, scratch, total_slots};
 use crate::element::Element;
-use crate::gemm::epilogue::Epilogue;
-use crate::gemm::kernel::{Microkernel, RowOps};
 use crate::gemm::view::{MatMut, MatRef};
+use crate::kernel::epilogue::Epilogue;
+use crate::kernel::gemm::{Microkernel, RowOps};
+use crate::kernel::store::Block;
 
 /// Runs the GEMM with B already packed by [`pack_b`](super::pack_b) for
 /// this kernel ([`run_dynamic`] where [`dynamic_pays`]). Shapes, strides
@@ -56,7 +56,7 @@ pub(crate) fn run<K: Microkernel + RowOps, T: Element, C: Element>(
     let rows_of = |ib: usize| (ib * panels / mb * K::MR).min(m);
     let items = mb * nb;
     let threads = threads.min(items).max(1);
-    let (c, c_len) = CPtr::of(c);
+    let (c, c_len) = super::c_ptr(c);
     let job = BlockJob {
         kern,
         a,
@@ -127,7 +127,7 @@ pub(crate) fn run_local_b<K: Microkernel + RowOps, T: Element, C: Element>(
     let (mt, nt) = grid(pm, pn, threads);
     let rows_of = |i: usize| (i * pm / mt * K::MR).min(m);
     let cols_of = |j: usize| (j * pn / nt * K::NR).min(n);
-    let (c, c_len) = CPtr::of(c);
+    let (c, c_len) = super::c_ptr(c);
     let cell = |t: usize| -> usize {
         let _mode = crate::fp_env::Ieee::enter();
         let (i, j) = (t / nt, t % nt);
@@ -219,7 +219,7 @@ pub(super) fn run_dynamic<K: Microkernel + RowOps, T: Element, C: Element>(
     let (mb, nb) = (div_ceil(m, mc), div_ceil(n, nc));
     let items = mb * nb;
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let (c, c_len) = CPtr::of(c);
+    let (c, c_len) = super::c_ptr(c);
     let job = BlockJob {
         kern,
         a,
@@ -271,7 +271,7 @@ pub(super) const ITEMS_PER_THREAD: usize = 4;
 /// that its two packing passes and finer blocks cost more than the balance
 /// gains (see BENCHMARKS.md, AMX; docs/tried.md, Threads).
 ///
-/// [`Blocking::dynamic`]: crate::gemm::kernel::Blocking::dynamic
+/// [`Blocking::dynamic`]: crate::kernel::gemm::Blocking::dynamic
 pub(super) fn dynamic_pays<K: Microkernel>(m: usize, n: usize, k: usize, threads: usize) -> bool {
     K::BLOCKING.dynamic
         && threads > 1

@@ -6,10 +6,10 @@ use super::pack::*;
 use super::split::*;
 use crate::element::Element;
 use crate::gemm::Gemm;
-use crate::gemm::epilogue::Epilogue;
-use crate::gemm::kernel::ScalarKernel;
-use crate::gemm::kernel::{Blocking, Format, Microkernel, ROW_GROUP, RowOps};
 use crate::gemm::view::{MatMut, MatRef};
+use crate::isa::ScalarKernel;
+use crate::isa::{EachKernel, each_microkernel};
+use crate::kernel::gemm::{Blocking, Format, Microkernel, ROW_GROUP, RowOps};
 use half::bf16;
 
 /// 64 random bits per call (splitmix64) from a clock seed, printed so a
@@ -88,7 +88,7 @@ fn splits_match_one_thread<K: Microkernel + RowOps>(kern: K) {
             .beta(0.5)
             .unscale(4.0)
             .bias(crate::gemm::params::Bias::PerCol(&bias));
-        let ep = Epilogue::new(&params);
+        let ep = params.epilogue();
         let av = MatRef::row_major(&a, m, k).unwrap();
         let bv = MatRef::row_major(&b, k, n).unwrap();
         let mut want = c0.clone();
@@ -174,33 +174,15 @@ fn item_shape_gives_enough_whole_blocks() {
     }
 }
 
-/// Calls `$check` with every BLIS kernel this machine has (the scalar
-/// one everywhere).
-macro_rules! with_every_kernel {
-    ($check:ident) => {{
-        $check(ScalarKernel);
-        #[cfg(target_arch = "x86_64")]
-        if let Some(t) = crate::arch::x86_64::Avx512Bf16::try_new() {
-            $check(crate::arch::x86_64::avx512bf16::gemm::Avx512Dot(t));
-        }
-        #[cfg(target_arch = "x86_64")]
-        if let Some(t) = crate::arch::x86_64::amx::Amx::try_new() {
-            $check(crate::arch::x86_64::amx::gemm::AmxBf16(t));
-        }
-        #[cfg(target_arch = "aarch64")]
-        if let Some(t) = crate::arch::aarch64::Neon::try_new() {
-            $check(crate::arch::aarch64::neon::gemm::NeonF32(t));
-        }
-        #[cfg(target_arch = "aarch64")]
-        if let Some(t) = crate::arch::aarch64::NeonBf16::try_new() {
-            $check(crate::arch::aarch64::neonbf16::gemm::NeonBfmmla(t));
-        }
-    }};
-}
-
 #[test]
 fn threaded_splits_match_one_thread() {
-    with_every_kernel!(splits_match_one_thread);
+    struct Check;
+    impl EachKernel for Check {
+        fn kernel<K: Microkernel + RowOps>(&mut self, kern: K) {
+            splits_match_one_thread(kern);
+        }
+    }
+    each_microkernel(&mut Check);
 }
 
 /// `K` with KC = 64 and runs of `R` KC blocks per column of tiles
@@ -254,7 +236,7 @@ fn runs_match_blis_order<K: Microkernel + RowOps>(kern: K) {
         let a: Vec<bf16> = (0..m * k).map(|_| bf16::from_f32(next())).collect();
         let b: Vec<bf16> = (0..k * n).map(|_| bf16::from_f32(next())).collect();
         let c0: Vec<f32> = (0..m * n).map(|_| next()).collect();
-        let ep = Epilogue::new(&Gemm::new().beta(0.5));
+        let ep = Gemm::new().beta(0.5).epilogue();
         let av = MatRef::row_major(&a, m, k).unwrap();
         let bv = MatRef::row_major(&b, k, n).unwrap();
         let one_by_one = |c: &mut Vec<f32>| {
@@ -280,7 +262,13 @@ fn runs_match_blis_order<K: Microkernel + RowOps>(kern: K) {
 
 #[test]
 fn kc_runs_match_blis_order() {
-    with_every_kernel!(runs_match_blis_order);
+    struct Check;
+    impl EachKernel for Check {
+        fn kernel<K: Microkernel + RowOps>(&mut self, kern: K) {
+            runs_match_blis_order(kern);
+        }
+    }
+    each_microkernel(&mut Check);
 }
 
 /// [`Format::Bf16Rows`] (the AMX A~ layout, otherwise only packed on

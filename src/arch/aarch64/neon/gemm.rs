@@ -28,7 +28,7 @@
 use core::arch::aarch64::*;
 
 use super::super::Neon;
-use crate::gemm::kernel::{Format, Microkernel, RowOps, generic_axpy_rows, generic_axpy_rows4};
+use crate::kernel::gemm::{Format, Microkernel, RowOps, generic_axpy_rows, generic_axpy_rows4};
 
 /// The NEON f32-FMLA microkernel.
 #[derive(Clone, Copy, Debug)]

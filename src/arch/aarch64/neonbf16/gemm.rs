@@ -54,7 +54,7 @@ use core::arch::asm;
 
 use super::super::NeonBf16;
 use super::super::neon::gemm::NeonF32;
-use crate::gemm::kernel::{Format, Microkernel, RowOps};
+use crate::kernel::gemm::{Format, Microkernel, RowOps};
 
 /// The `BFMMLA` microkernel.
 #[derive(Clone, Copy, Debug)]

@@ -35,8 +35,8 @@ use super::tile::{self, TileGuard};
 use crate::arch::x86_64::avx512::gemm::store_block;
 use crate::arch::x86_64::avx512bf16::gemm::Avx512Dot;
 use crate::element::Element;
-use crate::gemm::kernel::StoreBlock;
-use crate::gemm::kernel::{Ahead, Blocking, Format, Microkernel, ROW_GROUP, RowOps};
+use crate::kernel::gemm::StoreBlock;
+use crate::kernel::gemm::{Ahead, Blocking, Format, Microkernel, ROW_GROUP, RowOps};
 
 /// Rows of a tile of C: two 16-row AMX tiles.
 const MR: usize = 32;

@@ -5,8 +5,8 @@ use core::arch::x86_64::*;
 
 use super::super::Avx2;
 use crate::element::{Element, Slice};
-use crate::gemm::kernel::StoreBlock;
-use crate::gemm::kernel::{
+use crate::kernel::gemm::StoreBlock;
+use crate::kernel::gemm::{
     Format, Microkernel, RowOps, generic_axpy_rows, generic_axpy_rows4, generic_kernel,
 };
 

@@ -6,8 +6,8 @@ use core::arch::x86_64::*;
 
 use super::super::Avx512;
 use crate::element::{Element, Slice};
-use crate::gemm::kernel::StoreBlock;
-use crate::gemm::kernel::{Format, Microkernel, RowOps, generic_axpy_rows, generic_axpy_rows4};
+use crate::kernel::gemm::StoreBlock;
+use crate::kernel::gemm::{Format, Microkernel, RowOps, generic_axpy_rows, generic_axpy_rows4};
 
 /// The AVX-512 f32-FMA microkernel.
 #[derive(Clone, Copy, Debug)]

@@ -15,8 +15,8 @@ use core::arch::x86_64::*;
 use super::super::Avx512Bf16;
 use super::super::avx512::gemm as base;
 use crate::element::Element;
-use crate::gemm::kernel::StoreBlock;
-use crate::gemm::kernel::{Format, Microkernel, RowOps};
+use crate::kernel::gemm::StoreBlock;
+use crate::kernel::gemm::{Format, Microkernel, RowOps};
 
 /// The `vdpbf16ps` microkernel.
 #[derive(Clone, Copy, Debug)]

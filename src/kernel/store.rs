@@ -2,43 +2,28 @@
 //! activation, rounding to C's type) applied row by row, the single store
 //! of each output through [`CPtr`], and the count of non-finite outputs.
 
-use super::NC_MAX;
-use super::block::Block;
+use super::epilogue::Epilogue;
+use super::gemm::{Microkernel, RowOps};
 use crate::element::{DType, Element, SliceMut};
-use crate::gemm::epilogue::Epilogue;
-use crate::gemm::kernel::{Microkernel, RowOps};
-use crate::gemm::view::MatMut;
 
-/// C's base pointer and strides, shared by the threads. Each work item
-/// writes a disjoint block of C's elements, and [`MatMut`]'s strides never
-/// alias (checked when the view was made), so the blocks are disjoint in
-/// memory too.
-#[derive(Clone, Copy)]
-pub(in crate::gemm) struct CPtr<C> {
-    pub(in crate::gemm) ptr: *mut C,
-    pub(in crate::gemm) rs: usize,
-    pub(in crate::gemm) cs: usize,
+/// One block of C: rows `i0..i0 + m`, columns `j0..j0 + n`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Block {
+    pub(crate) i0: usize,
+    pub(crate) m: usize,
+    pub(crate) j0: usize,
+    pub(crate) n: usize,
 }
 
-impl<C> CPtr<C> {
-    /// C's pointer and strides, and the length of its slice (for debug
-    /// checks), for the threads that write it while the caller's borrow of
-    /// C lasts.
-    pub(in crate::gemm) fn of(c: MatMut<'_, C>) -> (Self, usize)
-    where
-        C: Element,
-    {
-        let (rs, cs) = (c.rs, c.cs);
-        let len = c.data.len();
-        (
-            CPtr {
-                ptr: c.data.as_mut_ptr(),
-                rs,
-                cs,
-            },
-            len,
-        )
-    }
+/// C's base pointer and strides, shared by the threads. Each work item
+/// writes a disjoint block of C's elements, and C's strides never alias
+/// (`MatMut` checks that when the view is made), so the blocks are
+/// disjoint in memory too.
+#[derive(Clone, Copy)]
+pub(crate) struct CPtr<C> {
+    pub(crate) ptr: *mut C,
+    pub(crate) rs: usize,
+    pub(crate) cs: usize,
 }
 
 // SAFETY: the pointer is only used for disjoint elements per thread (see
@@ -51,17 +36,47 @@ unsafe impl<C: Send> Sync for CPtr<C> {}
 /// `(jp * m_panels + ip) * MR * NR`), waiting for the epilogue and the
 /// single store of each output ([`Microkernel::store_block`]).
 ///
-/// Only [`block`](super::block::block) makes one (the fields are private
-/// to `blis`), under its contract: the block lies inside C and this
-/// thread alone writes it. That is what lets [`StoreBlock::run`] be a safe fn.
+/// Only [`StoreBlock::new`] makes one (the fields are private), and its
+/// contract is that the block lies inside C and this thread alone writes
+/// it. That is what lets [`StoreBlock::run`] be a safe fn.
 pub(crate) struct StoreBlock<'a, C> {
-    pub(super) ep: &'a Epilogue<'a>,
-    pub(super) acc: &'a [f32],
-    pub(super) blk: Block,
-    pub(super) m_panels: usize,
-    pub(super) n_panels: usize,
-    pub(super) c: CPtr<C>,
-    pub(super) c_len: usize,
+    ep: &'a Epilogue<'a>,
+    acc: &'a [f32],
+    blk: Block,
+    m_panels: usize,
+    n_panels: usize,
+    c: CPtr<C>,
+    c_len: usize,
+}
+
+impl<'a, C> StoreBlock<'a, C> {
+    /// The store of block `blk` of C (`c`, its slice `c_len` long) from
+    /// the f32 tiles in `acc`: `m_panels x n_panels` tiles of `MR x NR`,
+    /// tile `(ip, jp)` at `(jp * m_panels + ip) * MR * NR`.
+    ///
+    /// # Safety
+    ///
+    /// `blk` lies inside the C view `c` was taken from, whose borrow
+    /// outlives the store, and no other thread reads or writes `blk`'s
+    /// elements of C until it is done.
+    pub(crate) unsafe fn new(
+        ep: &'a Epilogue<'a>,
+        acc: &'a [f32],
+        blk: Block,
+        (m_panels, n_panels): (usize, usize),
+        c: CPtr<C>,
+        c_len: usize,
+    ) -> Self {
+        StoreBlock {
+            ep,
+            acc,
+            blk,
+            m_panels,
+            n_panels,
+            c,
+            c_len,
+        }
+    }
 }
 
 impl<C: Element> StoreBlock<'_, C> {
@@ -153,10 +168,10 @@ fn count_nonfinite(d: &[f32]) -> usize {
 }
 
 /// The most columns of a row of C that [`StoreBlock::run`] stages at once
-/// (whole tiles of every ISA; a block up to [`NC_MAX`] wide takes two spans,
+/// (whole tiles of every ISA; a block up to `blis::NC_MAX` wide takes two spans,
 /// so the tests of any ISA reach the span loop).
-const ROW_SPAN: usize = 512;
-const _: () = assert!(ROW_SPAN >= 64 && ROW_SPAN < NC_MAX);
+pub(crate) const ROW_SPAN: usize = 512;
+const _: () = assert!(ROW_SPAN >= 64);
 
 /// Applies the epilogue to `acc` (outputs `(i, j0..j0 + acc.len())`) and
 /// stores it into C; returns how many stored values are non-finite. `acc`
@@ -169,7 +184,7 @@ const _: () = assert!(ROW_SPAN >= 64 && ROW_SPAN < NC_MAX);
 /// taken from ([`CPtr::of`], `c_len` its slice's length), whose borrow
 /// outlives the call, and no other thread reads or writes them during it.
 #[inline(always)]
-pub(in crate::gemm) unsafe fn store_row<K: RowOps, C: Element>(
+pub(crate) unsafe fn store_row<K: RowOps, C: Element>(
     kern: K,
     ep: &Epilogue<'_>,
     acc: &mut [f32],
@@ -225,7 +240,7 @@ pub(in crate::gemm) unsafe fn store_row<K: RowOps, C: Element>(
                 // (A u32 count: 32-bit lanes in the vector loop.)
                 let mut bad = 0u32;
                 for (o, &x) in d.iter_mut().zip(t.iter()) {
-                    let bits = crate::arch::scalar::convert::f32_to_bf16_bits(x.to_bits());
+                    let bits = crate::kernel::bits::f32_to_bf16_bits(x.to_bits());
                     *o = half::bf16::from_bits(bits);
                     bad += u32::from(bits & 0x7F80 == 0x7F80);
                 }

@@ -5,15 +5,14 @@
 //! they reach, each behind a safe API (a token proves the ISA, slices
 //! are bounds-checked).
 
-use super::blis::{self, PackedPanels};
-use super::epilogue::Epilogue;
-use super::kernel::{self, Blocking, Format, Microkernel, RowOps, StoreBlock};
-use super::{Gemm, MatMut, MatRef};
 use crate::arch::x86_64::Avx512Bf16;
 use crate::arch::x86_64::amx::Amx;
 use crate::arch::x86_64::amx::gemm::AmxBf16;
 use crate::arch::x86_64::avx512bf16::gemm::Avx512Dot;
 use crate::element::Element;
+use crate::gemm::blis::{self, PackedPanels};
+use crate::gemm::{Gemm, MatMut, MatRef};
+use crate::kernel::gemm::{self as kernel, Blocking, Format, Microkernel, RowOps, StoreBlock};
 use half::bf16;
 
 /// A kernel with the AMX kernel's shape and formats that touches no
@@ -117,7 +116,7 @@ impl BusyDriver {
         c: MatMut<'_, C>,
         threads: usize,
     ) -> usize {
-        let ep = Epilogue::new(&Gemm::new());
+        let ep = Gemm::new().epilogue();
         blis::run(self.0, a, &packed.0, c, &ep, threads)
     }
 }

@@ -18,8 +18,15 @@
 //! bits of two bf16 neighbours along k (even k in the low half), the layout
 //! `vdpbf16ps`/`BFDOT` read.
 
-pub(crate) use super::blis::StoreBlock;
+pub(crate) use super::store::StoreBlock;
 use crate::element::Element;
+/// Depth of a packed block: a `KC x NR` micro-panel of B~ (32 KiB for
+/// NR = 32 f32) stays in L1 (48 KiB here) while LOOP 1 runs over it. A
+/// multiple of 4, so a bf16 pair or quad never straddles two blocks.
+pub(crate) const KC: usize = 256;
+/// Upper bound for the rows of an A~ block: `MC x KC` f32 = 168 KiB for
+/// MC = 168, well inside a 2 MiB L2 with room for B~ micro-panels.
+pub(crate) const MC_MAX: usize = 168;
 
 /// What the calls after a kernel call read, for the kernel to prefetch
 /// (see [`Microkernel::kernel_then`]): the per-call value, which the
@@ -130,12 +137,12 @@ pub(crate) struct Blocking {
 }
 
 impl Blocking {
-    /// The BLIS defaults: KC and MC from `blis`, one KC block per column
+    /// The BLIS defaults: [`KC`] and [`MC_MAX`], one KC block per column
     /// of tiles, B~ packed once and shared, a static split.
     pub(crate) const BLIS: Blocking = Blocking {
-        kc: super::blis::KC,
+        kc: KC,
         kc_run: 1,
-        mc: super::blis::MC_MAX,
+        mc: MC_MAX,
         local_b: false,
         dynamic: false,
     };
@@ -192,6 +199,29 @@ pub(crate) trait Microkernel: Copy + Send + Sync {
         Self: RowOps,
     {
         job.run(self)
+    }
+}
+
+/// Something to run with the microkernel chosen for an ISA and input type
+/// (`isa::Token::with_microkernel`): GEMM's operation trait, as
+/// [`SimdOp`](super::simd::SimdOp) is the elementwise kernels'.
+pub(crate) trait KernelOp {
+    /// What the operation returns.
+    type Output;
+    /// Runs the operation with the chosen microkernel.
+    fn run<K: Microkernel + RowOps>(self, kern: K) -> Self::Output;
+    /// Whether this op takes the small-m path (see `gemv`) on an
+    /// [`Format::F32`] kernel: where an ISA would pick a kernel that
+    /// cannot (AMX), it picks one that can.
+    #[cfg_attr(
+        not(target_arch = "x86_64"),
+        expect(
+            dead_code,
+            reason = "only x86-64 has a kernel without the small-m path"
+        )
+    )]
+    fn small_m(&self) -> bool {
+        false
     }
 }
 
@@ -321,32 +351,5 @@ pub(crate) fn generic_axpy_rows4(
             let t = madd(x2, b2[j], t);
             yr[j] = madd(x3, b3[j], t);
         }
-    }
-}
-
-/// The portable microkernel: what the scalar ISA (and any ISA without its
-/// own kernel) runs. Separate multiply
-/// and add: a software `fma` would be far slower.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct ScalarKernel;
-
-impl Microkernel for ScalarKernel {
-    const MR: usize = 4;
-    const NR: usize = 8;
-    const FORMAT: Format = Format::F32;
-    const NAME: &'static str = "scalar-4x8";
-
-    fn kernel(self, slots: usize, a: &[f32], b: &[f32], tile: &mut [f32], accumulate: bool) {
-        generic_kernel::<4, 8>(slots, a, b, tile, accumulate, |a, b, c| a * b + c);
-    }
-}
-
-impl RowOps for ScalarKernel {
-    fn axpy_rows(self, x: &[f32], b: &[f32], y: &mut [&mut [f32]]) {
-        generic_axpy_rows(x, b, y, |a, b, c| a * b + c);
-    }
-
-    fn axpy_rows4(self, x: &[f32], b: [&[f32]; 4], y: &mut [&mut [f32]]) {
-        generic_axpy_rows4(x, b, y, |a, b, c| a * b + c);
     }
 }

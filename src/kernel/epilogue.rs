@@ -1,7 +1,33 @@
 //! The epilogue every path applies to an f32 accumulator before the single
-//! store of an output (the order is documented on [`Gemm`]).
+//! store of an output (the order is documented on `halfkern::Gemm`), and
+//! the public [`Activation`] and [`Bias`] it reads (re-exported by `gemm`).
 
-use super::params::{Activation, Bias, Gemm};
+/// The activation applied to every output, after bias (see `halfkern::Gemm`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Activation {
+    /// Identity.
+    #[default]
+    None,
+    /// `max(x, 0)`; NaN stays NaN.
+    Relu,
+    /// GELU, tanh form: `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`.
+    GeluTanh,
+}
+
+/// A bias added to every output before the activation (see `halfkern::Gemm`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub enum Bias<'a> {
+    /// No bias.
+    #[default]
+    None,
+    /// `bias[i]` added to row `i` of C (length `m`).
+    PerRow(&'a [f32]),
+    /// `bias[j]` added to column `j` of C (length `n`): a linear layer's bias
+    /// when C is `batch x features`.
+    PerCol(&'a [f32]),
+}
 
 /// The epilogue's parameters, resolved once per call.
 #[derive(Clone, Copy, Debug)]
@@ -11,18 +37,6 @@ pub(crate) struct Epilogue<'a> {
     pub(crate) beta: f32,
     pub(crate) bias: Bias<'a>,
     pub(crate) activation: Activation,
-}
-
-impl<'a> Epilogue<'a> {
-    pub(crate) fn new(params: &Gemm<'a>) -> Self {
-        Epilogue {
-            alpha: params.alpha,
-            inv_scale: params.inv_scale,
-            beta: params.beta,
-            bias: params.bias,
-            activation: params.activation,
-        }
-    }
 }
 
 impl Epilogue<'_> {
