@@ -25,7 +25,7 @@
 //!   reached 20). Threads take equal contiguous parts.
 
 use std::hint::black_box;
-use std::rc::Rc;
+use std::sync::Arc;
 
 /// Independent accumulators of a 16-register ISA (ymm): 12 chains plus the
 /// two operands.
@@ -182,7 +182,7 @@ pub struct Probe {
     /// Flops or bytes per call.
     pub work: f64,
     /// One call.
-    pub run: Box<dyn FnMut()>,
+    pub run: Box<dyn FnMut() + Send>,
 }
 
 /// A slice of `T` that starts on a 64-byte boundary (a cache line, and a
@@ -344,8 +344,8 @@ pub fn probes() -> Vec<Probe> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let unit = STREAMS * SUM_STEP * cores;
     let len = dram_bytes() / 4 / unit * unit;
-    let buf = Rc::new(Aligned::new(1.0f32, len));
-    let one = Rc::clone(&buf);
+    let buf = Arc::new(Aligned::new(1.0f32, len));
+    let one = Arc::clone(&buf);
     out.push(Probe {
         kind: Kind::DramOne,
         id: "dram-read-1core".into(),

@@ -5,7 +5,7 @@
 //! section 6).
 //!
 //! ```sh
-//! cargo run --release --example report            # about 30 s on 2 cores
+//! cargo run --release --example report            # about 15 s on 2 cores
 //! cargo run --release --example report -- --quick # fewer timings
 //! ```
 //!
@@ -26,7 +26,9 @@
 //! - Decode, n = k = 4096, m = 1 and 16: the weights rotate through
 //!   matrices that together hold more than twice the L3, so no call finds
 //!   its weights in cache. m = 1 against the one-core DRAM read bound
-//!   (weight bytes per second), m = 16 against the FMA peak.
+//!   (weight bytes per second), timed again in turns with the group's
+//!   calls (a shared host's DRAM speed drifts by 20-40% within minutes);
+//!   m = 16 against the FMA peak.
 
 mod ceilings;
 
@@ -34,7 +36,7 @@ use std::cell::Cell;
 use std::hint::black_box;
 use std::time::Instant;
 
-use ceilings::{Aligned, Kind, Unit, Width};
+use ceilings::{Aligned, Kind, Probe, Unit, Width};
 use half::slice::HalfFloatSliceExt;
 use halfkern::{Backend, Element, Gemm, Isa, MatMut, MatRef, Threads, bf16, f16};
 
@@ -61,7 +63,7 @@ fn main() {
     let (start, at_start) = (Instant::now(), CpuTicks::read());
     header(runs, CpuTicks::others_share(before, at_start));
 
-    let ceilings = measure_ceilings(runs);
+    let (ceilings, mut dram) = measure_ceilings(runs);
     println!("| ceiling | loop | value | spread |");
     println!("|---|---|---|---|");
     for c in &ceilings {
@@ -109,21 +111,23 @@ fn main() {
             Some(&peer_f16(512, 512, 512) as &Peer<f16>),
         );
         for m in [1, 16] {
-            decode::<f32>(
-                r,
-                &ceilings,
-                runs,
-                m,
-                Some(&peer_f32(m, 4096, 4096) as &Peer<f32>),
-            );
-            decode::<bf16>(r, &ceilings, runs, m, None);
-            decode::<f16>(
-                r,
-                &ceilings,
-                runs,
-                m,
-                Some(&peer_f16(m, 4096, 4096) as &Peer<f16>),
-            );
+            // m = 1 is bound by DRAM, whose speed on a shared host drifts:
+            // its rows take turns with the DRAM probe itself.
+            let c = Ceilings {
+                all: &ceilings,
+                dram: dram.as_mut().filter(|_| m == 1),
+            };
+            decode::<f32>(r, c, runs, m, Some(&peer_f32(m, 4096, 4096) as &Peer<f32>));
+            let c = Ceilings {
+                all: &ceilings,
+                dram: dram.as_mut().filter(|_| m == 1),
+            };
+            decode::<bf16>(r, c, runs, m, None);
+            let c = Ceilings {
+                all: &ceilings,
+                dram: dram.as_mut().filter(|_| m == 1),
+            };
+            decode::<f16>(r, c, runs, m, Some(&peer_f16(m, 4096, 4096) as &Peer<f16>));
         }
     });
     println!("| kernel | ISA (path) | halfkern | ceiling | of ceiling | peer | vs peer |");
@@ -278,21 +282,33 @@ struct Ceiling {
     spread: f64,
 }
 
-fn measure_ceilings(runs: usize) -> Vec<Ceiling> {
+/// Every ceiling, and the one-core DRAM probe kept for the decode rows.
+fn measure_ceilings(runs: usize) -> (Vec<Ceiling>, Option<Probe>) {
     let mut out = Vec::new();
+    let mut dram = None;
     for mut p in ceilings::probes() {
         let samples = sample(runs, &mut [&mut p.run]).remove(0);
         let q = |f: f64| quantile(&samples, f);
         out.push(Ceiling {
             kind: p.kind,
-            id: p.id,
-            how: p.how,
+            id: p.id.clone(),
+            how: p.how.clone(),
             unit: p.unit,
             value: p.work / q(0.5) / 1e9,
             spread: (q(0.75) - q(0.25)) / 2.0 / q(0.5),
         });
+        if p.kind == Kind::DramOne {
+            dram = Some(p);
+        }
     }
-    out
+    (out, dram)
+}
+
+/// The ceilings a decode group compares with; `dram`, where given, is
+/// timed again in turns with the group.
+struct Ceilings<'a> {
+    all: &'a [Ceiling],
+    dram: Option<&'a mut Probe>,
 }
 
 fn find(ceilings: &[Ceiling], kind: Kind) -> Option<&Ceiling> {
@@ -523,7 +539,7 @@ fn square<T: Element>(
 /// Decode GEMM, n = k = 4096, `m` rows, one thread, weights out of cache.
 fn decode<T: Element>(
     rows: &mut Vec<Row>,
-    ceilings: &[Ceiling],
+    ceilings: Ceilings<'_>,
     runs: usize,
     m: usize,
     peer: Option<&Peer<T>>,
@@ -575,15 +591,30 @@ fn decode<T: Element>(
         }));
     }
     let mut refs: Vec<&mut dyn FnMut()> = fs.iter_mut().map(|f| &mut **f as _).collect();
-    let t = medians(runs, &mut refs);
+    let Ceilings { all, dram } = ceilings;
+    let dram_work = dram.as_ref().map(|p| p.work);
+    if let Some(p) = dram {
+        refs.push(&mut p.run);
+    }
+    let mut t = medians(runs, &mut refs);
+    // DRAM read in these turns, as the ceiling of m = 1.
+    let dram_here = dram_work.map(|w| (w / t.pop().unwrap() / 1e9, "same turns"));
+    let dram_one = dram_here.or_else(|| find(all, Kind::DramOne).map(|c| (c.value, "")));
     let flops = 2.0 * (m * n * k) as f64;
     let t_peer = peer.map(|_| *t.last().unwrap());
     for ((&isa, kernel), &t) in isas.iter().zip(&kernels).zip(&t) {
         let (gbs, gf) = (bytes as f64 / t / 1e9, flops / t / 1e9);
         let ceiling = if m == 1 {
-            find(ceilings, Kind::DramOne).map(|c| (ceiling_text(c), gbs / c.value))
+            dram_one.map(|(v, note)| {
+                let note = if note.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({note})")
+                };
+                (format!("dram-read-1core{note} {v:.1}"), gbs / v)
+            })
         } else {
-            let peak = gemm_peak(isa, kernel).and_then(|k| find(ceilings, k));
+            let peak = gemm_peak(isa, kernel).and_then(|k| find(all, k));
             peak.map(|c| (ceiling_text(c), gf / c.value))
         };
         rows.push(Row {
