@@ -243,7 +243,10 @@ fn bf16_choice<O: KernelOp>(
     use crate::arch::x86_64::avx512bf16::gemm::{Avx512Dot, dot_is_faster};
     use std::sync::OnceLock;
     static DOT: OnceLock<bool> = OnceLock::new();
-    let dot = dot.unwrap_or_else(|| *DOT.get_or_init(dot_is_faster));
+    // Small m streams B through the f32 small-m path (`gemm::gemv`), which
+    // only f32-format kernels take: there the dot kernel would pack all of
+    // B for a few rows.
+    let dot = dot.unwrap_or_else(|| !op.small_m() && *DOT.get_or_init(dot_is_faster));
     if dtype == DType::Bf16 && dot {
         op.run(Avx512Dot(t))
     } else {
@@ -251,9 +254,10 @@ fn bf16_choice<O: KernelOp>(
     }
 }
 
-/// `neonbf16`: `BFMMLA` for bf16 inputs unless `dot == Some(false)`
-/// (see `arch::aarch64::neonbf16::gemm` for its numerics), NEON FMLA
-/// otherwise.
+/// `neonbf16`: `BFMMLA` for bf16 inputs unless `dot == Some(false)`, or
+/// unless `dot` is unset and the operation takes the small-m path (which
+/// only f32-format kernels take; see `arch::aarch64::neonbf16::gemm` for
+/// BFMMLA's numerics), NEON FMLA otherwise.
 #[cfg(target_arch = "aarch64")]
 fn neon_bf16_choice<O: KernelOp>(
     t: crate::arch::aarch64::NeonBf16,
@@ -261,7 +265,8 @@ fn neon_bf16_choice<O: KernelOp>(
     dot: Option<bool>,
     op: O,
 ) -> O::Output {
-    if dtype == DType::Bf16 && dot != Some(false) {
+    let dot = dot.unwrap_or(!op.small_m());
+    if dtype == DType::Bf16 && dot {
         op.run(crate::arch::aarch64::neonbf16::gemm::NeonBfmmla(t))
     } else {
         op.run(crate::arch::aarch64::neon::gemm::NeonF32(t.neon()))

@@ -212,14 +212,7 @@ pub(crate) trait KernelOp {
     fn run<K: Microkernel + RowOps>(self, kern: K) -> Self::Output;
     /// Whether this op takes the small-m path (see `gemv`) on an
     /// [`Format::F32`] kernel: where an ISA would pick a kernel that
-    /// cannot (AMX), it picks one that can.
-    #[cfg_attr(
-        not(target_arch = "x86_64"),
-        expect(
-            dead_code,
-            reason = "only x86-64 has a kernel without the small-m path"
-        )
-    )]
+    /// cannot (AMX, the bf16 dot kernels), it picks one that can.
     fn small_m(&self) -> bool {
         false
     }
