@@ -15,7 +15,7 @@
 )]
 mod mlp;
 
-use mlp::{CLASSES, Config, FEATURES, Precision, RunResult};
+use mlp::{CLASSES, Config, FEATURES, Recipe, RunResult};
 
 /// True under qemu (CI sets the stride there to sample exhaustive sweeps).
 fn emulated() -> bool {
@@ -72,7 +72,7 @@ fn every_precision_learns_and_lands_near_f32() {
         };
         (cfg, 0.90, 0.03)
     };
-    let results: Vec<RunResult> = Precision::ALL
+    let results: Vec<RunResult> = Recipe::ALL
         .into_iter()
         .map(|p| mlp::train(&data, p, &cfg, &mut |_| {}).unwrap())
         .collect();
@@ -88,7 +88,7 @@ fn every_precision_learns_and_lands_near_f32() {
         );
     }
     let base = &results[0];
-    assert_eq!(base.precision, Precision::F32);
+    assert_eq!(base.precision, Recipe::F32);
     for r in &results {
         let name = r.precision.name();
         // Chance is 10%.
@@ -130,15 +130,15 @@ fn same_seed_same_run() {
         epochs: 1,
         ..Config::default()
     };
-    for p in [Precision::F16, Precision::Bf16Pure] {
+    for p in [Recipe::F16, Recipe::Bf16Pure] {
         let a = mlp::train(&data, p, &cfg, &mut |_| {}).unwrap();
         let b = mlp::train(&data, p, &cfg, &mut |_| {}).unwrap();
         assert_eq!(a.epoch_loss, b.epoch_loss, "{}", p.name());
         assert_eq!(a.test_accuracy, b.test_accuracy, "{}", p.name());
     }
     let other = Config { seed: 7, ..cfg };
-    let a = mlp::train(&data, Precision::F32, &cfg, &mut |_| {}).unwrap();
-    let c = mlp::train(&data, Precision::F32, &other, &mut |_| {}).unwrap();
+    let a = mlp::train(&data, Recipe::F32, &cfg, &mut |_| {}).unwrap();
+    let c = mlp::train(&data, Recipe::F32, &other, &mut |_| {}).unwrap();
     assert_ne!(a.epoch_loss, c.epoch_loss, "the seed changes the run");
 }
 
@@ -155,6 +155,6 @@ fn bad_config_is_an_error() {
             ..Config::default()
         },
     ] {
-        assert!(mlp::train(&data, Precision::F32, &cfg, &mut |_| {}).is_err());
+        assert!(mlp::train(&data, Recipe::F32, &cfg, &mut |_| {}).is_err());
     }
 }

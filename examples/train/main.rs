@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use mlp::{Config, Precision, RunResult};
+use mlp::{Config, Recipe, RunResult};
 
 /// bf16 and f16 count as "as accurate as f32" within this many percentage
 /// points of test accuracy (the issue's bar; 1.5 points is 5 of the 359
@@ -62,13 +62,13 @@ ENVIRONMENT:
 
 struct Args {
     cfg: Config,
-    precisions: Vec<Precision>,
+    precisions: Vec<Recipe>,
     out: PathBuf,
 }
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
     let mut cfg = Config::default();
-    let mut precisions = Precision::ALL.to_vec();
+    let mut precisions = Recipe::ALL.to_vec();
     let mut out = default_out();
     while let Some(arg) = it.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -105,7 +105,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
                 let v = value()?;
                 precisions = Vec::new();
                 for name in v.split(',').filter(|s| !s.trim().is_empty()) {
-                    let p = Precision::parse(name).ok_or_else(|| {
+                    let p = Recipe::parse(name).ok_or_else(|| {
                         format!(
                             "--precisions: unknown precision '{name}' (choose from f32, bf16, f16, bf16-pure)"
                         )
@@ -214,7 +214,7 @@ fn run(args: &Args) -> Result<(), String> {
 /// A one-line progress bar on stderr, redrawn in place with `\r` at most
 /// every 50 ms; when stderr is not a terminal, one line per precision.
 struct ProgressBar {
-    precision: Precision,
+    precision: Recipe,
     tty: bool,
     last_draw: Option<Instant>,
     started: Instant,
@@ -223,7 +223,7 @@ struct ProgressBar {
 impl ProgressBar {
     const WIDTH: usize = 30;
 
-    fn new(precision: Precision) -> ProgressBar {
+    fn new(precision: Recipe) -> ProgressBar {
         ProgressBar {
             precision,
             tty: std::io::stderr().is_terminal(),
@@ -277,7 +277,7 @@ impl ProgressBar {
 fn print_table(results: &[RunResult], isa: &str) {
     let f32_step = results
         .iter()
-        .find(|r| r.precision == Precision::F32)
+        .find(|r| r.precision == Recipe::F32)
         .map(|r| r.secs_per_step);
     println!(
         "{:<10} {:>9} {:>10} {:>9} {:>7} {:>8} {:>10}  {:<11} stores",
@@ -308,7 +308,7 @@ fn print_table(results: &[RunResult], isa: &str) {
 /// Which precision to train in on this CPU, from what was measured.
 fn recommendation(results: &[RunResult]) -> Vec<String> {
     let mut lines = vec!["Recommendation for this CPU:".to_string()];
-    let Some(base) = results.iter().find(|r| r.precision == Precision::F32) else {
+    let Some(base) = results.iter().find(|r| r.precision == Recipe::F32) else {
         lines.push(
             "  run with f32 among --precisions to compare accuracy and speed against it.".into(),
         );
@@ -318,7 +318,7 @@ fn recommendation(results: &[RunResult]) -> Vec<String> {
     let speedup = |r: &RunResult| base.secs_per_step / r.secs_per_step;
     let halves: Vec<&RunResult> = results
         .iter()
-        .filter(|r| r.precision != Precision::F32)
+        .filter(|r| r.precision != Recipe::F32)
         .collect();
     for r in &halves {
         let gap = acc(r) - acc(base);
@@ -359,10 +359,8 @@ fn recommendation(results: &[RunResult]) -> Vec<String> {
         .iter()
         .copied()
         .max_by(|a, b| speedup(a).total_cmp(&speedup(b)));
-    if let (Some(b), Some(bf)) = (
-        best,
-        accurate.iter().find(|r| r.precision == Precision::Bf16),
-    ) && speedup(bf) >= 0.95 * speedup(b)
+    if let (Some(b), Some(bf)) = (best, accurate.iter().find(|r| r.precision == Recipe::Bf16))
+        && speedup(bf) >= 0.95 * speedup(b)
     {
         best = Some(bf);
     }
@@ -380,7 +378,7 @@ fn recommendation(results: &[RunResult]) -> Vec<String> {
              with half the bytes per weight and activation{}.",
             b.precision.name(),
             100.0 * SPEED_NOISE,
-            if b.precision == Precision::F16 {
+            if b.precision == Recipe::F16 {
                 ""
             } else {
                 ", and needs no loss scaling"
@@ -456,11 +454,11 @@ fn hardware_notes() -> Vec<String> {
 /// The loss curves (log scale) and test accuracy per epoch, one line per
 /// precision.
 fn plot_svg(results: &[RunResult], cfg: &Config) -> String {
-    let style = |p: Precision| match p {
-        Precision::F32 => ("#222222", ""),
-        Precision::Bf16 => ("#1f77b4", ""),
-        Precision::F16 => ("#d62728", "6 3"),
-        Precision::Bf16Pure => ("#2ca02c", "2 3"),
+    let style = |p: Recipe| match p {
+        Recipe::F32 => ("#222222", ""),
+        Recipe::Bf16 => ("#1f77b4", ""),
+        Recipe::F16 => ("#d62728", "6 3"),
+        Recipe::Bf16Pure => ("#2ca02c", "2 3"),
     };
     let series = |f: &dyn Fn(&RunResult) -> Vec<(f64, f64)>| -> Vec<plot::Series<'_>> {
         results

@@ -20,7 +20,7 @@
 
 use std::time::Instant;
 
-use halfkern::train::{AdamW, LossScaler, Precision as Weights, Trainer};
+use halfkern::train::{AdamW, LossScaler, Precision, Trainer};
 use halfkern::{Activation, Bias, Element, Error, Gemm, MatMut, MatRef, bf16, f16};
 
 /// Pixels per image (8x8).
@@ -196,9 +196,12 @@ impl Rng {
 // Precisions and configuration
 // ---------------------------------------------------------------------------
 
-/// What the model is stored and computed in.
+/// A training recipe: what the model is stored and computed in, and how
+/// its updates are kept (f32 master weights or stochastic rounding) and
+/// scaled. Each maps onto the library's `train::Precision` and a
+/// `LossScaler`; named apart from `Precision` so the two never mix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Precision {
+pub enum Recipe {
     /// Everything in f32: the reference.
     F32,
     /// bf16 weights, activations and activation gradients; f32 master
@@ -211,38 +214,33 @@ pub enum Precision {
     Bf16Pure,
 }
 
-impl Precision {
+impl Recipe {
     /// Every precision, in the order the table shows them.
-    pub const ALL: [Precision; 4] = [
-        Precision::F32,
-        Precision::Bf16,
-        Precision::F16,
-        Precision::Bf16Pure,
-    ];
+    pub const ALL: [Recipe; 4] = [Recipe::F32, Recipe::Bf16, Recipe::F16, Recipe::Bf16Pure];
 
     /// The name used on the command line and in the table.
     pub const fn name(self) -> &'static str {
         match self {
-            Precision::F32 => "f32",
-            Precision::Bf16 => "bf16",
-            Precision::F16 => "f16",
-            Precision::Bf16Pure => "bf16-pure",
+            Recipe::F32 => "f32",
+            Recipe::Bf16 => "bf16",
+            Recipe::F16 => "f16",
+            Recipe::Bf16Pure => "bf16-pure",
         }
     }
 
     /// One line on what the precision stores.
     pub const fn describe(self) -> &'static str {
         match self {
-            Precision::F32 => "f32 everywhere",
-            Precision::Bf16 => "bf16 model, f32 master weights",
-            Precision::F16 => "f16 model, f32 master weights, dynamic loss scaling",
-            Precision::Bf16Pure => "bf16 only, stochastic rounding, no master copy",
+            Recipe::F32 => "f32 everywhere",
+            Recipe::Bf16 => "bf16 model, f32 master weights",
+            Recipe::F16 => "f16 model, f32 master weights, dynamic loss scaling",
+            Recipe::Bf16Pure => "bf16 only, stochastic rounding, no master copy",
         }
     }
 
-    /// Parses a name as [`Precision::name`] writes it.
-    pub fn parse(s: &str) -> Option<Precision> {
-        Precision::ALL
+    /// Parses a name as [`Recipe::name`] writes it.
+    pub fn parse(s: &str) -> Option<Recipe> {
+        Recipe::ALL
             .into_iter()
             .find(|p| p.name().eq_ignore_ascii_case(s.trim()))
     }
@@ -292,7 +290,7 @@ pub struct Progress {
 #[derive(Clone, Debug)]
 pub struct RunResult {
     /// The precision.
-    pub precision: Precision,
+    pub precision: Recipe,
     /// Fraction of test images classified correctly at the end.
     pub test_accuracy: f64,
     /// Mean training loss of the last epoch.
@@ -356,7 +354,7 @@ impl Underflow {
 /// file), or [`Error::InvalidArgument`] for a zero batch size or epoch count.
 pub fn train(
     data: &Dataset,
-    precision: Precision,
+    precision: Recipe,
     cfg: &Config,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<RunResult, Error> {
@@ -373,11 +371,9 @@ pub fn train(
         });
     }
     match precision {
-        Precision::F32 => Run::<f32>::new(data, precision, cfg)?.train(progress),
-        Precision::Bf16 | Precision::Bf16Pure => {
-            Run::<bf16>::new(data, precision, cfg)?.train(progress)
-        }
-        Precision::F16 => Run::<f16>::new(data, precision, cfg)?.train(progress),
+        Recipe::F32 => Run::<f32>::new(data, precision, cfg)?.train(progress),
+        Recipe::Bf16 | Recipe::Bf16Pure => Run::<bf16>::new(data, precision, cfg)?.train(progress),
+        Recipe::F16 => Run::<f16>::new(data, precision, cfg)?.train(progress),
     }
 }
 
@@ -411,7 +407,7 @@ struct Buffers<T> {
 /// A run of one precision with element type `T`.
 struct Run<'d, T> {
     data: &'d Dataset,
-    precision: Precision,
+    precision: Recipe,
     cfg: Config,
     layers: [Layer<T>; 3],
     /// The training images in `T`, converted once.
@@ -423,7 +419,7 @@ struct Run<'d, T> {
 }
 
 impl<'d, T: Element> Run<'d, T> {
-    fn new(data: &'d Dataset, precision: Precision, cfg: &Config) -> Result<Run<'d, T>, Error> {
+    fn new(data: &'d Dataset, precision: Recipe, cfg: &Config) -> Result<Run<'d, T>, Error> {
         // The same f32 initial weights for every precision (He-uniform from
         // the seed), rounded to nearest into T.
         let mut rng = Rng::new(cfg.seed ^ 0x1417_1A1F_0000_0001);
@@ -478,9 +474,9 @@ impl<'d, T: Element> Run<'d, T> {
         // their absence) and the loss scale.
         let optimizer = AdamW::new(cfg.lr).weight_decay(WEIGHT_DECAY);
         let (weights, scaler) = match precision {
-            Precision::F32 | Precision::Bf16 => (Weights::default(), LossScaler::disabled()),
-            Precision::F16 => (Weights::default(), LossScaler::dynamic()),
-            Precision::Bf16Pure => (Weights::Pure, LossScaler::disabled()),
+            Recipe::F32 | Recipe::Bf16 => (Precision::default(), LossScaler::disabled()),
+            Recipe::F16 => (Precision::default(), LossScaler::dynamic()),
+            Recipe::Bf16Pure => (Precision::Pure, LossScaler::disabled()),
         };
         let params: Vec<&[T]> = layers.iter().flat_map(|l| [&l.w[..], &l.b[..]]).collect();
         let trainer = Trainer::builder(optimizer)
@@ -548,7 +544,7 @@ impl<'d, T: Element> Run<'d, T> {
             skipped,
             final_scale: self.trainer.scale(),
             secs_per_step: step_time / step as f64,
-            f16_without_scaling: (self.precision == Precision::F16).then_some(self.underflow),
+            f16_without_scaling: (self.precision == Recipe::F16).then_some(self.underflow),
         })
     }
 
@@ -693,7 +689,7 @@ impl<'d, T: Element> Run<'d, T> {
             unscaled,
         )?;
         gemm(ones, dz1, gb1, unscaled)?;
-        if self.precision == Precision::F16 {
+        if self.precision == Recipe::F16 {
             for dz in [
                 &b.dz3[..m * CLASSES],
                 &b.dz2[..m * HIDDEN],
