@@ -6,7 +6,8 @@
 //!
 //! - [`bits`]: the bit-level conversions, the numerics contract's oracle.
 //! - [`simd`]: the `F32Simd` vector vocabulary and the `SimdOp` operation
-//!   trait every elementwise kernel is written against.
+//!   trait every elementwise kernel is written against; [`chunk`]: how
+//!   those kernels walk a slice (vectors, then a tail).
 //! - [`gemm`]: the `Microkernel` and `RowOps` traits an ISA's GEMM
 //!   kernel implements, the packing formats and blocking policy, and
 //!   `KernelOp`, GEMM's operation trait.
@@ -18,6 +19,7 @@
 //!   `Rule`).
 
 pub mod bits;
+pub(crate) mod chunk;
 pub(crate) mod epilogue;
 pub(crate) mod gemm;
 #[cfg_attr(
