@@ -16,7 +16,7 @@ dir=${1:?usage: host_tests.sh DIR_WITH_TEST_BINARIES}
 out=$(mktemp -d)
 export HALFKERN_REQUIRE=amx
 for isa in amx avx512bf16 avx512; do
-  for t in halfkern train finite train_example gemm; do
+  for t in halfkern train finite train_example gemm fp_env; do
     HALFKERN_ISA=$isa timeout 240 "$dir/$t" -q > "$out/${t}_$isa.log" 2>&1 &
   done
 done
