@@ -1029,3 +1029,106 @@ fn small_m_streams_b_for_every_type() {
         on::<f16>(&backend, &mut rng);
     }
 }
+
+/// The small-m kernels (every backend's `gemv_block`: register tiles on
+/// AVX2 and AVX-512, the portable loop elsewhere) on every m of the path
+/// and one past it, n around each vector width and strip (and past a
+/// column block), k across their passes of B rows, B seen through a
+/// misaligned sub-slice with a padded row stride (its padding NaN, so a
+/// read past a row poisons the result), C poisoned, NaN and inf in A and
+/// B: the same bits as the packed path of the same backend (one FMA per
+/// product in k order on both; NaN where it is NaN), and within the bound
+/// of the f64 reference.
+#[test]
+fn small_m_kernels_match_packed_bits() {
+    fn on<T: Element>(backend: Backend, rng: &mut Rng) {
+        let isa = backend.isa();
+        // Widening forced for bf16: the dot kernels round pairs.
+        let g = Gemm::new()
+            .threads(Threads::Single)
+            .dot_kernel((T::DTYPE == DType::Bf16).then_some(false));
+        let ks = [1usize, 3, 8, 9, 16, 17, 40];
+        let ns = (0..=33).chain([47, 48, 63, 64, 65, 127, 129, 255, 257, 300, 513, 1000]);
+        let ns: Vec<usize> = ns.collect();
+        let special = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY];
+        let mut cases: Vec<(usize, usize, usize)> = Vec::new();
+        for m in 0..=17 {
+            for &n in &ns {
+                cases.push((m, n, ks[rng.below(ks.len())]));
+            }
+            // Past a column block (8192 columns for one row on AVX).
+            if [1, 2, 16].contains(&m) {
+                cases.push((m, 8200, 3));
+            }
+        }
+        for (m, n, k) in cases {
+            let off = rng.below(4);
+            let rs = n + rng.below(3);
+            let mut bdata = vec![T::from_f32(f32::NAN); off + k * rs];
+            let mut adata: Vec<T> = (0..m * k)
+                .map(|_| T::from_f32(rng.unit() * 2.0 - 1.0))
+                .collect();
+            for l in 0..k {
+                for j in 0..n {
+                    bdata[off + l * rs + j] = T::from_f32(rng.unit() * 2.0 - 1.0);
+                }
+            }
+            if rng.below(4) == 0 && n > 0 {
+                for _ in 0..2 {
+                    let x = special[rng.below(3)];
+                    if rng.below(2) == 0 && m > 0 {
+                        adata[rng.below(m * k)] = T::from_f32(x);
+                    } else {
+                        bdata[off + rng.below(k) * rs + rng.below(n)] = T::from_f32(x);
+                    }
+                }
+            }
+            let a = MatRef::row_major(&adata, m, k).unwrap();
+            let b = MatRef::strided(&bdata[off..], k, n, rs, 1).unwrap();
+            let what = format!("{isa} {:?} m={m} n={n} k={k} off={off} rs={rs}", T::DTYPE);
+            let mut c1 = vec![f32::NAN; m * n];
+            let r = backend
+                .gemm(a, b, MatMut::row_major(&mut c1, m, n).unwrap(), &g)
+                .unwrap();
+            if (1..=16).contains(&m) && n > 0 {
+                assert_eq!(r.kernel, "gemv", "{what}");
+            }
+            let packed = backend.pack_b_for(b, &g).unwrap();
+            let mut c2 = vec![f32::NAN; m * n];
+            backend
+                .gemm_packed(a, &packed, MatMut::row_major(&mut c2, m, n).unwrap(), &g)
+                .unwrap();
+            for i in 0..m {
+                for j in 0..n {
+                    let (x, y) = (c1[i * n + j], c2[i * n + j]);
+                    assert!(
+                        x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()),
+                        "{what}: C[{i},{j}] = {x:e}, packed {y:e}"
+                    );
+                    let (mut exact, mut abs) = (0f64, 0f64);
+                    for l in 0..k {
+                        let p = adata[i * k + l].to_f32() as f64
+                            * bdata[off + l * rs + j].to_f32() as f64;
+                        exact += p;
+                        abs += p.abs();
+                    }
+                    let ok = if exact.is_nan() {
+                        x.is_nan()
+                    } else if exact.is_infinite() {
+                        x as f64 == exact
+                    } else {
+                        let tol = C_BOUND * k as f64 * 2f64.powi(-24) * abs;
+                        (x as f64 - exact).abs() <= tol
+                    };
+                    assert!(ok, "{what}: C[{i},{j}] = {x:e}, want {exact:e}");
+                }
+            }
+        }
+    }
+    let mut rng = Rng::fresh("small_m_kernels_match_packed_bits");
+    for backend in backends() {
+        on::<f32>(backend, &mut rng);
+        on::<bf16>(backend, &mut rng);
+        on::<f16>(backend, &mut rng);
+    }
+}

@@ -7,6 +7,7 @@
 //! ```sh
 //! cargo run --release --example report            # about 15 s on 2 cores
 //! cargo run --release --example report -- --quick # fewer timings
+//! cargo run --release --example report -- --decode 1,4,16 # decode rows only
 //! ```
 //!
 //! Every timing is the median of `--runs` samples (default 21, `--quick`
@@ -45,6 +46,8 @@ const SAMPLE_S: f64 = 2e-3;
 
 fn main() {
     let mut runs = 21;
+    // `--decode 1,4,16`: only the decode rows, for these m.
+    let mut decode_only: Option<Vec<usize>> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -52,8 +55,13 @@ fn main() {
             "--runs" => {
                 runs = args.next().and_then(|r| r.parse().ok()).expect("--runs N");
             }
+            "--decode" => {
+                let ms = args.next().expect("--decode M,M,..");
+                let ms = ms.split(',').map(|m| m.parse().expect("--decode M,M,.."));
+                decode_only = Some(ms.collect());
+            }
             _ => {
-                eprintln!("usage: report [--quick] [--runs N]");
+                eprintln!("usage: report [--quick] [--runs N] [--decode M,M,..]");
                 std::process::exit(2);
             }
         }
@@ -85,6 +93,12 @@ fn main() {
     let mut rows = Vec::new();
     one.install(|| {
         let r = &mut rows;
+        if let Some(ms) = &decode_only {
+            for &m in ms {
+                decode_group(r, &ceilings, &mut dram, runs, m);
+            }
+            return;
+        }
         conversion::<f32, bf16>(r, &ceilings, runs, "f32->bf16", |s, d| {
             d.convert_from_f32_slice(s)
         });
@@ -111,23 +125,7 @@ fn main() {
             Some(&peer_f16(512, 512, 512) as &Peer<f16>),
         );
         for m in [1, 16] {
-            // m = 1 is bound by DRAM, whose speed on a shared host drifts:
-            // its rows take turns with the DRAM probe itself.
-            let c = Ceilings {
-                all: &ceilings,
-                dram: dram.as_mut().filter(|_| m == 1),
-            };
-            decode::<f32>(r, c, runs, m, Some(&peer_f32(m, 4096, 4096) as &Peer<f32>));
-            let c = Ceilings {
-                all: &ceilings,
-                dram: dram.as_mut().filter(|_| m == 1),
-            };
-            decode::<bf16>(r, c, runs, m, None);
-            let c = Ceilings {
-                all: &ceilings,
-                dram: dram.as_mut().filter(|_| m == 1),
-            };
-            decode::<f16>(r, c, runs, m, Some(&peer_f16(m, 4096, 4096) as &Peer<f16>));
+            decode_group(r, &ceilings, &mut dram, runs, m);
         }
     });
     println!("| kernel | ISA (path) | halfkern | ceiling | of ceiling | peer | vs peer |");
@@ -158,6 +156,33 @@ fn main() {
         "Whole report: {:.0} s{others}.",
         start.elapsed().as_secs_f64()
     );
+}
+
+/// The decode rows of one m, each type in turn. m = 1 is bound by DRAM,
+/// whose speed on a shared host drifts: its rows take turns with the DRAM
+/// probe itself.
+fn decode_group(
+    r: &mut Vec<Row>,
+    ceilings: &[Ceiling],
+    dram: &mut Option<Probe>,
+    runs: usize,
+    m: usize,
+) {
+    let c = Ceilings {
+        all: ceilings,
+        dram: dram.as_mut().filter(|_| m == 1),
+    };
+    decode::<f32>(r, c, runs, m, Some(&peer_f32(m, 4096, 4096) as &Peer<f32>));
+    let c = Ceilings {
+        all: ceilings,
+        dram: dram.as_mut().filter(|_| m == 1),
+    };
+    decode::<bf16>(r, c, runs, m, None);
+    let c = Ceilings {
+        all: ceilings,
+        dram: dram.as_mut().filter(|_| m == 1),
+    };
+    decode::<f16>(r, c, runs, m, Some(&peer_f16(m, 4096, 4096) as &Peer<f16>));
 }
 
 /// The machine, the version, the date, the command.

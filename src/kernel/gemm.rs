@@ -273,6 +273,117 @@ pub(crate) trait RowOps: Copy + Send + Sync {
         }
         self.axpy_rows4(x, [t0, t1, t2, t3], y);
     }
+
+    /// Rows of the small-m path's tile for `m` rows of A: the driver pads
+    /// A (with zeros) and the accumulators to this many rows before
+    /// [`RowOps::gemv_block`], and stores the first `m`. At least `m`, and
+    /// below `2m`.
+    #[inline(always)]
+    fn gemv_rows(self, m: usize) -> usize {
+        m
+    }
+
+    /// Columns of one [`RowOps::gemv_block`] call for `mp` padded rows: a
+    /// multiple of 16, at most [`GEMV_BLOCK_FLOATS`]` / (mp + 4)`. The
+    /// default keeps the accumulators and four widened B rows in 40 KiB
+    /// (a 48 KiB L1d).
+    #[inline(always)]
+    fn gemv_cols(self, mp: usize) -> usize {
+        (10 * 1024 / (mp + 4)).clamp(16, 4096) / 16 * 16
+    }
+
+    /// The small-m path's whole k over one block of columns:
+    /// `y[r * w + j] = sum over l, in k order, of x[l * mp + r] * b[l * rs + j]`
+    /// with one fused multiply-add per product (or a plain multiply and add
+    /// where the ISA's [`RowOps::axpy_rows`] has no FMA), B widened as
+    /// [`RowOps::widen`] widens it. `mp = gemv_rows(m)` rows, `k = x.len() /
+    /// mp`, `w = y.len() / mp` columns; B's rows start `rs` elements apart
+    /// (`rs` may be 0) with unit column stride, so `b` holds at least
+    /// `(k - 1) * rs + w` elements when `k > 0`. `y` is overwritten (zeros
+    /// for `k = 0`). The default runs [`RowOps::axpy_rows4_widen`] over the
+    /// accumulators in `y`, four B rows per pass, widening through `tmp`;
+    /// an ISA overrides it with a kernel that keeps a tile of accumulators
+    /// in registers.
+    fn gemv_block<T: Element>(
+        self,
+        x: &[f32],
+        mp: usize,
+        b: &[T],
+        rs: usize,
+        y: &mut [f32],
+        tmp: &mut Vec<f32>,
+    ) {
+        generic_gemv_block(self, x, mp, b, rs, y, tmp);
+    }
+}
+
+/// The portable [`RowOps::gemv_block`] (its default): four B rows per pass
+/// over the accumulators in `y`, through [`RowOps::axpy_rows4_widen`].
+pub(crate) fn generic_gemv_block<K: RowOps, T: Element>(
+    kern: K,
+    x: &[f32],
+    mp: usize,
+    b: &[T],
+    rs: usize,
+    y: &mut [f32],
+    tmp: &mut Vec<f32>,
+) {
+    let (k, w) = gemv_block_shape(x, mp, b, rs, y);
+    y.fill(0.0);
+    let mut rows: Vec<&mut [f32]> = y.chunks_mut(w.max(1)).take(mp).collect();
+    if w == 0 {
+        return;
+    }
+    if tmp.len() < 4 * w {
+        tmp.resize(4 * w, 0.0);
+    }
+    let row = |l: usize| &b[l * rs..l * rs + w];
+    let mut l = 0;
+    while l + 4 <= k {
+        let x4 = &x[l * mp..(l + 4) * mp];
+        kern.axpy_rows4_widen(
+            x4,
+            [row(l), row(l + 1), row(l + 2), row(l + 3)],
+            tmp,
+            &mut rows,
+        );
+        l += 4;
+    }
+    for l in l..k {
+        let t = &mut tmp[..w];
+        kern.widen(row(l), t);
+        kern.axpy_rows(&x[l * mp..(l + 1) * mp], t, &mut rows);
+    }
+}
+
+/// Upper bound of `(mp + 4) * gemv_cols(mp)`: the floats of one thread's
+/// scratch in the small-m path.
+pub(crate) const GEMV_BLOCK_FLOATS: usize = 40 * 1024;
+
+/// `(k, w)` of a [`RowOps::gemv_block`] call, after checking its slices
+/// agree (panics otherwise): kernels read B through raw pointers on the
+/// strength of this check.
+#[inline(always)]
+pub(crate) fn gemv_block_shape<T>(
+    x: &[f32],
+    mp: usize,
+    b: &[T],
+    rs: usize,
+    y: &[f32],
+) -> (usize, usize) {
+    assert!(
+        mp > 0 && x.len().is_multiple_of(mp) && y.len().is_multiple_of(mp),
+        "gemv_block rows"
+    );
+    let (k, w) = (x.len() / mp, y.len() / mp);
+    if k > 0 {
+        let need = (k - 1).checked_mul(rs).and_then(|o| o.checked_add(w));
+        assert!(
+            need.is_some_and(|need| need <= b.len()),
+            "gemv_block: B too short"
+        );
+    }
+    (k, w)
 }
 
 /// The f32 microkernel written once: LLVM keeps the `MR x NR` accumulators in
