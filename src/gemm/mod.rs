@@ -200,26 +200,49 @@ impl Backend {
     }
 }
 
-/// Above this many bytes of scratch a call first asks the allocator
-/// (`try_reserve`) whether it can have them, so that a shape whose packed
-/// operands cannot fit in memory is an [`Error::Allocation`] before
-/// anything is written, not an abort inside a worker thread. Below it the
-/// question costs more than it could save.
+/// Above this many bytes of scratch a call first checks that it can have
+/// them, so that a shape whose packed operands cannot fit in memory is an
+/// [`Error::Allocation`] before anything is written, not an abort (or an
+/// out-of-memory kill) inside a worker thread. Below it the question costs
+/// more than it could save.
 const PREFLIGHT_BYTES: usize = 256 << 20;
 
 /// Checks that `bytes` of scratch (`None`: the size overflowed) can be had;
-/// `arg` names the operand whose shape implies them.
+/// `arg` names the operand whose shape implies them. Scratch beyond the
+/// machine's memory and swap is refused outright: where the kernel
+/// overcommits memory (Linux's `vm.overcommit_memory = 1`) the allocator
+/// would grant it, and touching it would end the process. Everything else
+/// is asked of the allocator with `try_reserve`.
 fn preflight(bytes: Option<usize>, arg: &'static str) -> Result<(), Error> {
     let bytes = bytes.ok_or(Error::Overflow { arg })?;
     if bytes > PREFLIGHT_BYTES {
+        let refused = Error::Allocation {
+            what: "gemm scratch",
+            bytes,
+        };
+        if memory_bytes().is_some_and(|memory| bytes > memory) {
+            return Err(refused);
+        }
         Vec::<u8>::new()
             .try_reserve_exact(bytes)
-            .map_err(|_| Error::Allocation {
-                what: "gemm scratch",
-                bytes,
-            })?;
+            .map_err(|_| refused)?;
     }
     Ok(())
+}
+
+/// The machine's memory plus swap in bytes (Linux: `/proc/meminfo`), read
+/// once; `None` where it cannot be read.
+fn memory_bytes() -> Option<usize> {
+    static MEMORY: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    *MEMORY.get_or_init(|| {
+        let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let kib = |key: &str| -> Option<usize> {
+            let line = info.lines().find(|l| l.starts_with(key))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        };
+        let total = kib("MemTotal:")?.checked_add(kib("SwapTotal:").unwrap_or(0))?;
+        total.checked_mul(1024)
+    })
 }
 
 struct Unpacked<'a, 'p, T: Element, C: Element> {
