@@ -4,6 +4,7 @@
 use core::arch::x86_64::*;
 
 use super::super::Avx2;
+use crate::arch::x86_64::avx512::gemm::prefetch_row;
 use crate::element::{DType, Element, Slice};
 use crate::kernel::gemm::StoreBlock;
 use crate::kernel::gemm::{
@@ -92,14 +93,16 @@ impl RowOps for Avx2F32 {
 
 /// [`RowOps::gemv_block`] for the row counts [`RowOps::gemv_rows`] gives
 /// (1, 2, 4, 8, 16): the tile of each.
-#[target_feature(enable = "avx2,fma,f16c")]
+#[target_feature(enable = "sse,avx2,fma,f16c")]
 fn gemv_tiled<T: Element>(x: &[f32], mp: usize, b: &[T], rs: usize, y: &mut [f32]) {
     match mp {
         1 => gemv_tiles::<T, 1, 8, 1>(x, b, rs, y),
         2 => gemv_tiles::<T, 2, 4, 1>(x, b, rs, y),
         4 => gemv_tiles::<T, 4, 2, 1>(x, b, rs, y),
-        8 => gemv_tiles::<T, 8, 1, 1>(x, b, rs, y),
-        16 => gemv_tiles::<T, 8, 1, 2>(x, b, rs, y),
+        // 4 x 2 for more rows too: 8 x 1 (8 chains, as many as FMA latency
+        // times ports) ran at 0.75-0.85x, 4 x 3 (spills) slower still.
+        8 => gemv_tiles::<T, 4, 2, 2>(x, b, rs, y),
+        16 => gemv_tiles::<T, 4, 2, 4>(x, b, rs, y),
         _ => unreachable!("gemv_tiled: {mp} rows"),
     }
 }
@@ -111,7 +114,7 @@ fn gemv_tiled<T: Element>(x: &[f32], mp: usize, b: &[T], rs: usize, y: &mut [f32
 /// second reads the pass's B from L1). The last columns take strips of
 /// one vector, their B elements widened one by one (AVX2 has no masked
 /// 16-bit load).
-#[target_feature(enable = "avx2,fma,f16c")]
+#[target_feature(enable = "sse,avx2,fma,f16c")]
 fn gemv_tiles<T: Element, const R: usize, const V: usize, const G: usize>(
     x: &[f32],
     b: &[T],
@@ -147,7 +150,7 @@ fn gemv_tiles<T: Element, const R: usize, const V: usize, const G: usize>(
 /// columns `j..j + 8V` (or `lanes < 8` of them, with `V = 1`), B rows
 /// `l0..l1`.
 #[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
+#[target_feature(enable = "sse,avx2,fma,f16c")]
 #[expect(clippy::too_many_arguments, reason = "one strip's coordinates")]
 fn gemv_strip<T: Element, const R: usize, const V: usize, const G: usize>(
     x: &[f32],
@@ -190,8 +193,14 @@ fn gemv_strip<T: Element, const R: usize, const V: usize, const G: usize>(
         }
     }
     let bp = b.as_ptr();
+    let pass = l1 - l0;
     for l in l0..l1 {
         let row = l * rs + j;
+        if G == 1 && g == 0 {
+            // The same columns of the next pass's row, into L2 (see the
+            // AVX-512 kernel).
+            prefetch_row::<T>(bp.wrapping_add(row + pass * rs), 8 * V);
+        }
         let mut bv = [_mm256_setzero_ps(); V];
         for (v, bq) in bv.iter_mut().enumerate() {
             *bq = if full {
