@@ -196,7 +196,7 @@ fn gemv_strip<T: Element, const R: usize, const V: usize, const G: usize>(
     let pass = l1 - l0;
     for l in l0..l1 {
         let row = l * rs + j;
-        if G == 1 && g == 0 {
+        if g == 0 {
             // The same columns of the next pass's row, into L2 (see the
             // AVX-512 kernel).
             prefetch_row::<T>(bp.wrapping_add(row + pass * rs), 8 * V);

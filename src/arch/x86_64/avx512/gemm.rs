@@ -135,8 +135,8 @@ fn gemv_tiled<T: Element>(x: &[f32], mp: usize, b: &[T], rs: usize, y: &mut [f32
 /// (zeros on the first pass), adds the pass's rows in k order (one FMA per product, B widened in registers as
 /// [`widen`] widens it), and stores it back; the rows of a pass are read
 /// left to right, each a stream the hardware prefetchers follow, while
-/// the tiles of up to 8 rows (bound by DRAM) prefetch the next pass's rows
-/// into L2 (+5-10% for bf16 and f16 at m = 1; prefetching 256 to 4096
+/// the first group prefetches the next pass's rows into L2 (+5-10% for
+/// bf16 and f16 at m = 1 and for 8 and 16 rows; prefetching 256 to 4096
 /// bytes ahead in the same row, into L1, ran slower). The last columns
 /// take masked strips of one vector.
 #[target_feature(enable = "sse,avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")]
@@ -226,7 +226,7 @@ fn gemv_strip<T: Element, const R: usize, const V: usize, const G: usize>(
     let pass = l1 - l0;
     for l in l0..l1 {
         let row = l * rs + j;
-        if mp <= 8 && g == 0 {
+        if g == 0 {
             // The same columns of the next pass's row, into L2: the DRAM
             // reads of the next pass overlap this one.
             prefetch_row::<T>(bp.wrapping_add(row + pass * rs), 16 * V);
