@@ -168,7 +168,18 @@ fn gemv_tiles<T: Element, const R: usize, const V: usize, const G: usize>(
         while j < w {
             let lanes = (w - j).min(16);
             for g in 0..G {
-                gemv_strip::<T, R, 1, G>(x, b, rs, y, w, j, l0, l1, g, (1u32 << lanes) as u16 - 1);
+                gemv_strip::<T, R, 1, G>(
+                    x,
+                    b,
+                    rs,
+                    y,
+                    w,
+                    j,
+                    l0,
+                    l1,
+                    g,
+                    ((1u32 << lanes) - 1) as u16,
+                );
             }
             j += 16;
         }
