@@ -91,9 +91,8 @@ pub(crate) fn run<K: RowOps, T: Element, C: Element>(
             let bj = &b.data[j0..];
             kern.gemv_block(xt, mp, bj, b.rs, acc, &mut tmp);
             for (r, row) in acc.chunks_mut(w).take(m).enumerate() {
-                // SAFETY: row r < m, columns j0..j0 + w inside this
-                // thread's range lo..hi <= n (shapes checked above); the
-                // ranges of the threads do not overlap.
+                // SAFETY: row r < m, columns j0..j0 + w in this thread's own
+                // range lo..hi <= n (shapes checked above; ranges disjoint).
                 bad += unsafe { store_row(kern, ep, row, r, j0, cptr, c_len) };
             }
         }

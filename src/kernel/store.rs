@@ -113,9 +113,8 @@ impl<C: Element> StoreBlock<'_, C> {
                         tail.copy_from_slice(&self.acc[row_at(jp)..][..tail.len()]);
                     }
                     let j0 = blk.j0 + jp0 * nr;
-                    // SAFETY: row i, columns j0..j0 + cols of the block,
-                    // which `block`'s contract puts inside C and gives to
-                    // this thread alone (see the type's docs).
+                    // SAFETY: row i, columns j0..j0 + cols of the block, inside
+                    // C and this thread's alone (`StoreBlock::new`'s contract).
                     nonfinite += unsafe { store_row(kern, self.ep, t, i, j0, self.c, self.c_len) };
                 }
             }

@@ -175,9 +175,8 @@ pub(crate) fn run_local_b<K: Microkernel + RowOps, T: Element, C: Element>(
                     j0,
                     n: j1 - j0,
                 };
-                // SAFETY: the cells of the grid tile C (checked above)
-                // without overlap, one thread each, and the blocks tile
-                // the cell.
+                // SAFETY: the grid's cells tile C (checked above) without
+                // overlap, one thread each; the blocks tile the cell.
                 nonfinite += unsafe { block(&job, blk, &mut ws) };
             }
         }

@@ -245,9 +245,8 @@ fn gemv_strip<T: Element, const R: usize, const V: usize, const G: usize>(
         let mut bv = [_mm512_setzero_ps(); V];
         for (v, bq) in bv.iter_mut().enumerate() {
             // 16 elements at (l, j + 16v), or the mask's lanes of them.
-            // SAFETY: l < l1 <= k, so row + 16v + 16 <= (k - 1) * rs + w
-            // <= b.len() (asserted) for a full strip; a partial one reads
-            // only its lanes, all before w.
+            // SAFETY: row + 16v + 16 <= (k - 1) * rs + w <= b.len() (l < k,
+            // asserted) for a full strip; a partial one reads its lanes only.
             *bq = unsafe {
                 let p = bp.add(row + 16 * v);
                 match (T::DTYPE, full) {
