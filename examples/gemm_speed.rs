@@ -1,14 +1,18 @@
 //! Times `halfkern::gemm` for bf16 x bf16 -> f32 (or bf16 with `--out
-//! bf16`, what `torch.matmul` returns for bf16 inputs), square `n`,
-//! row-major, packing included: the median of `reps` calls after two
-//! warm-up calls.
+//! bf16`, what `torch.matmul` returns for bf16 inputs), `m x k` times
+//! `k x n` (square `n` unless `--m`/`--k` say otherwise), packing included:
+//! the median of `reps` calls after two warm-up calls.
 //!
 //! ```text
 //! cargo run --release --example gemm_speed -- --n 2048 --threads 1 --reps 10 --json
+//! cargo run --release --example gemm_speed -- --m 4 --n 4096 --k 4096 --b packed
 //! ```
 //!
-//! `--packed` packs B once beforehand ([`halfkern::PackedB`], as for
-//! weights) and times `gemm_packed` instead.
+//! `--b` picks B's form: `row` (row-major `k x n`, the default), `nk` (the
+//! transpose of a row-major `n x k` matrix, the layout of `torch.nn.Linear`
+//! weights that `F.linear` multiplies by) or `packed` (packed once
+//! beforehand, [`halfkern::PackedB`], as for weights, timing `gemm_packed`;
+//! `--packed` says the same).
 //!
 //! `--serve` times one call per line read from stdin and prints its
 //! seconds, after two warm-up calls: `dev/host/amx_vs_torch.py` alternates
@@ -30,22 +34,32 @@ struct Case<'a> {
     a: &'a [bf16],
     b: &'a [bf16],
     pb: &'a PackedB<bf16>,
+    m: usize,
     n: usize,
-    packed: bool,
+    k: usize,
+    form: Form,
     params: &'a Gemm<'a>,
+}
+
+/// How B is handed to halfkern (see the module docs' `--b`).
+#[derive(Clone, Copy, PartialEq)]
+enum Form {
+    Row,
+    Nk,
+    Packed,
 }
 
 impl Case<'_> {
     fn run<C: Element>(&self, c: &mut [C]) -> Result<GemmReport, halfkern::Error> {
-        let n = self.n;
+        let (m, n, k) = (self.m, self.n, self.k);
         let (av, cv) = (
-            MatRef::row_major(self.a, n, n)?,
-            MatMut::row_major(c, n, n)?,
+            MatRef::row_major(self.a, m, k)?,
+            MatMut::row_major(c, m, n)?,
         );
-        if self.packed {
-            halfkern::gemm_packed(av, self.pb, cv, self.params)
-        } else {
-            halfkern::gemm(av, MatRef::row_major(self.b, n, n)?, cv, self.params)
+        match self.form {
+            Form::Packed => halfkern::gemm_packed(av, self.pb, cv, self.params),
+            Form::Row => halfkern::gemm(av, MatRef::row_major(self.b, k, n)?, cv, self.params),
+            Form::Nk => halfkern::gemm(av, MatRef::row_major(self.b, n, k)?.t(), cv, self.params),
         }
     }
 
@@ -53,7 +67,7 @@ impl Case<'_> {
     /// warm-up calls.
     fn serve<C: Element>(&self) -> Result<(), Box<dyn std::error::Error>> {
         use std::io::{BufRead, Write};
-        let mut c = vec![C::from_f32(0.0); self.n * self.n];
+        let mut c = vec![C::from_f32(0.0); self.m * self.n];
         self.run(&mut c)?;
         self.run(&mut c)?;
         let mut out = std::io::stdout().lock();
@@ -72,7 +86,7 @@ impl Case<'_> {
     /// The report of the first call and the median seconds of `reps` after
     /// two warm-up calls.
     fn time<C: Element>(&self, reps: usize) -> Result<(GemmReport, f64), halfkern::Error> {
-        let mut c = vec![C::from_f32(0.0); self.n * self.n];
+        let mut c = vec![C::from_f32(0.0); self.m * self.n];
         let report = self.run(&mut c)?;
         self.run(&mut c)?;
         let mut times = Vec::with_capacity(reps);
@@ -88,7 +102,9 @@ impl Case<'_> {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (mut n, mut threads, mut reps) = (1024usize, 1usize, 10usize);
-    let (mut json, mut packed, mut out_bf16, mut serve) = (false, false, false, false);
+    let (mut m, mut k) = (None, None);
+    let (mut json, mut out_bf16, mut serve) = (false, false, false);
+    let mut form = Form::Row;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || -> Result<usize, Box<dyn std::error::Error>> {
@@ -96,10 +112,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         };
         match arg.as_str() {
             "--n" => n = value()?,
+            "--m" => m = Some(value()?),
+            "--k" => k = Some(value()?),
             "--threads" => threads = value()?,
             "--reps" => reps = value()?.max(1),
             "--json" => json = true,
-            "--packed" => packed = true,
+            "--packed" => form = Form::Packed,
+            "--b" => {
+                form = match args.next().as_deref() {
+                    Some("row") => Form::Row,
+                    Some("nk") => Form::Nk,
+                    Some("packed") => Form::Packed,
+                    other => {
+                        return Err(format!("--b takes row, nk or packed, not {other:?}").into());
+                    }
+                }
+            }
             "--serve" => serve = true,
             "--out" => match args.next().as_deref() {
                 Some("f32") => out_bf16 = false,
@@ -117,20 +145,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .wrapping_add(1_442_695_040_888_963_407);
         bf16::from_f32((state >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
     };
-    let a: Vec<bf16> = (0..n * n).map(|_| next()).collect();
-    let b: Vec<bf16> = (0..n * n).map(|_| next()).collect();
+    let (m, k) = (m.unwrap_or(n), k.unwrap_or(n));
+    let a: Vec<bf16> = (0..m * k).map(|_| next()).collect();
+    let b: Vec<bf16> = (0..k * n).map(|_| next()).collect();
     let params = Gemm::new().threads(if threads <= 1 {
         Threads::Single
     } else {
         Threads::Count(threads)
     });
-    let pb = PackedB::new(MatRef::row_major(&b, n, n)?)?;
+    let pb = PackedB::new(MatRef::row_major(&b, k, n)?)?;
     let case = Case {
         a: &a,
         b: &b,
         pb: &pb,
+        m,
         n,
-        packed,
+        k,
+        form,
         params: &params,
     };
     if serve {
@@ -146,15 +177,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         case.time::<f32>(reps)?
     };
     let out = if out_bf16 { "bf16" } else { "f32" };
-    let gflops = 2.0 * (n as f64).powi(3) / median / 1e9;
+    let gflops = 2.0 * (m * n * k) as f64 / median / 1e9;
+    // Weight bytes per second: what bounds decode shapes.
+    let gbps = (2 * n * k) as f64 / median / 1e9;
+    let b = ["row", "nk", "packed"][form as usize];
     if json {
         println!(
-            "{{\"isa\":\"{}\",\"kernel\":\"{}\",\"threads\":{},\"n\":{n},\"packed\":{packed},\"out\":\"{out}\",\"gflops\":{gflops:.1}}}",
-            report.isa, report.kernel, report.threads
+            "{{\"isa\":\"{}\",\"kernel\":\"{}\",\"threads\":{},\"m\":{m},\"n\":{n},\"k\":{k},\"b\":\"{b}\",\"packed\":{},\"out\":\"{out}\",\"gflops\":{gflops:.1},\"weight_gbps\":{gbps:.2}}}",
+            report.isa,
+            report.kernel,
+            report.threads,
+            form == Form::Packed
         );
     } else {
         println!(
-            "{} ({}), {} threads, n = {n}, {out} out: {gflops:.1} GFLOP/s (median of {reps})",
+            "{} ({}), {} threads, m = {m}, n = {n}, k = {k}, B {b}, {out} out: {gflops:.1} GFLOP/s, {gbps:.2} GB/s of B (median of {reps})",
             report.isa, report.kernel, report.threads
         );
     }

@@ -162,6 +162,7 @@ pub(crate) enum Token {
 /// [`Token::run`].
 pub(crate) mod ops {
     pub(crate) use crate::arch::generic::convert::{Convert, Stochastic};
+    pub(crate) use crate::arch::generic::dot::DotBlock;
     pub(crate) use crate::arch::generic::finite::{CountNonfinite, Unscale, UnscaleInto};
     pub(crate) use crate::arch::generic::train::{TrainApply, TrainStats};
 }

@@ -1132,3 +1132,98 @@ fn small_m_kernels_match_packed_bits() {
         on::<f16>(backend, &mut rng);
     }
 }
+
+/// The small-m path of a column-major B (`x W^T` with W row-major `n x k`,
+/// the layout of `Linear` weights): every m of the path and one past it, n
+/// across the register tiles and the 64-column blocks, k across every
+/// vector width's tail, W with a padded row stride whose padding is NaN
+/// (a read past a row poisons the result) at a misaligned offset, A
+/// row-major or column-major, one thread or three, C poisoned, NaN and
+/// inf in A and W: within the bound of the f64 reference, NaN where it is
+/// NaN, and the `gemv-dot` kernel for every m the path takes.
+#[test]
+fn small_m_column_major_b_streams_weight_rows() {
+    fn on<T: Element>(backend: Backend, rng: &mut Rng) {
+        let isa = backend.isa();
+        let ks = [1usize, 3, 4, 5, 8, 9, 15, 16, 17, 31, 33, 100, 257];
+        let ns = (0..=19).chain([23, 24, 25, 63, 64, 65, 127, 129, 200]);
+        let special = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY];
+        for m in 0..=17 {
+            for n in ns.clone() {
+                let k = ks[rng.below(ks.len())];
+                let off = rng.below(4);
+                let ld = k + rng.below(3);
+                let mut wdata = vec![T::from_f32(f32::NAN); off + n * ld];
+                for j in 0..n {
+                    for l in 0..k {
+                        wdata[off + j * ld + l] = T::from_f32(rng.unit() * 2.0 - 1.0);
+                    }
+                }
+                let mut adata: Vec<T> = (0..m * k)
+                    .map(|_| T::from_f32(rng.unit() * 2.0 - 1.0))
+                    .collect();
+                if rng.below(4) == 0 && n > 0 && m > 0 {
+                    for _ in 0..2 {
+                        let x = special[rng.below(3)];
+                        if rng.below(2) == 0 {
+                            adata[rng.below(m * k)] = T::from_f32(x);
+                        } else {
+                            wdata[off + rng.below(n) * ld + rng.below(k)] = T::from_f32(x);
+                        }
+                    }
+                }
+                // A row-major (m x k), or the same values column-major.
+                let a_cm = rng.below(2) == 0;
+                let a_store: Vec<T> = if a_cm {
+                    (0..k * m).map(|i| adata[(i % m) * k + i / m]).collect()
+                } else {
+                    adata.clone()
+                };
+                let a = if a_cm {
+                    MatRef::row_major(&a_store, k, m).unwrap().t()
+                } else {
+                    MatRef::row_major(&a_store, m, k).unwrap()
+                };
+                let b = MatRef::strided(&wdata[off..], n, k, ld, 1).unwrap().t();
+                let threads = [Threads::Single, Threads::Count(3)][rng.below(2)];
+                let g = Gemm::new().threads(threads);
+                let what = format!("{isa} {:?} m={m} n={n} k={k} off={off} ld={ld}", T::DTYPE);
+                let mut c = vec![f32::NAN; m * n];
+                let r = backend
+                    .gemm(a, b, MatMut::row_major(&mut c, m, n).unwrap(), &g)
+                    .unwrap();
+                // (k = 1 with ld = 1 is row-major too: the other path's.)
+                if (1..=16).contains(&m) && n > 1 && ld > 1 {
+                    assert_eq!(r.kernel, "gemv-dot", "{what}");
+                }
+                for i in 0..m {
+                    for j in 0..n {
+                        let x = c[i * n + j];
+                        let (mut exact, mut abs) = (0f64, 0f64);
+                        for l in 0..k {
+                            let p = adata[i * k + l].to_f32() as f64
+                                * wdata[off + j * ld + l].to_f32() as f64;
+                            exact += p;
+                            abs += p.abs();
+                        }
+                        let ok = if exact.is_nan() {
+                            x.is_nan()
+                        } else if exact.is_infinite() {
+                            x as f64 == exact
+                        } else {
+                            let tol = C_BOUND * k as f64 * 2f64.powi(-24) * abs;
+                            (x as f64 - exact).abs() <= tol
+                        };
+                        assert!(ok, "{what}: C[{i},{j}] = {x:e}, want {exact:e}");
+                    }
+                }
+            }
+        }
+    }
+    let mut rng = Rng::fresh("small_m_column_major_b_streams_weight_rows");
+    for backend in backends() {
+        on::<f32>(backend, &mut rng);
+        on::<bf16>(backend, &mut rng);
+        on::<f16>(backend, &mut rng);
+    }
+}

@@ -9,14 +9,22 @@
 //! reading each B row left to right). Each output is summed in k order
 //! with one fused multiply-add per product, exactly as the `Format::F32`
 //! microkernels sum it, so this path and the packed one give the same
-//! bits. Other B layouts take the packed path: packing a column-major B
-//! costs no more than streaming it.
+//! bits.
+//!
+//! For a B whose columns are contiguous (unit row stride: the transpose of
+//! row-major weights `W (n x k)`, as `x W^T` passes them) [`run_dot`] takes
+//! dot products of A's rows with W's rows instead, each W row read once
+//! from start to end ([`DotBlock`]: lane-wise partial sums, a different
+//! order from the packed path's, inside the same bound). Packing such a B
+//! for a few rows of A would cost as much as the product several times.
 
 use rayon::prelude::*;
 
 use super::blis::{c_ptr, store_row};
 use super::view::{MatMut, MatRef};
 use crate::element::Element;
+use crate::isa::Token;
+use crate::isa::ops::DotBlock;
 use crate::kernel::epilogue::Epilogue;
 use crate::kernel::gemm::{GEMV_BLOCK_FLOATS, RowOps};
 
@@ -26,6 +34,98 @@ pub(crate) const GEMV_MAX_M: usize = 16;
 /// Whether this path applies (and wins) for these operands.
 pub(crate) fn applies<T: Element>(a: &MatRef<'_, T>, b: &MatRef<'_, T>) -> bool {
     a.rows <= GEMV_MAX_M && (b.cs == 1 || b.cols <= 1) && b.rows > 0
+}
+
+/// Whether [`run_dot`] applies: few rows of A and a B read along k (and
+/// not one [`run`] takes: a row-major B, or a single column).
+pub(crate) fn dot_applies<T: Element>(a: &MatRef<'_, T>, b: &MatRef<'_, T>) -> bool {
+    a.rows <= GEMV_MAX_M && b.rs == 1 && b.cs != 1 && b.cols > 1 && b.rows > 0
+}
+
+/// W rows (columns of C) per [`DotBlock`]: the dot products of one block
+/// are stored through the epilogue row by row.
+const DOT_COLS: usize = 64;
+
+/// Bytes of scratch [`run_dot`] allocates: A widened (`m` rows padded to
+/// whole vectors) and each thread's block of dot products; `None` on
+/// overflow.
+pub(crate) fn dot_scratch_bytes(m: usize, k: usize, threads: usize) -> Option<usize> {
+    let kp = k.checked_next_multiple_of(crate::arch::generic::dot::PAD)?;
+    m.checked_mul(kp)?
+        .checked_add(threads.checked_mul(m * DOT_COLS)?)?
+        .checked_mul(size_of::<f32>())
+        .filter(|&bytes| bytes <= isize::MAX as usize)
+}
+
+/// The small-m GEMM for a column-major B (see the module docs); returns
+/// the number of non-finite outputs. Each block of [`DOT_COLS`] columns
+/// runs as an elementwise operation on `token`'s ISA; `kern` (the same
+/// ISA's microkernel) stores it.
+pub(crate) fn run_dot<K: RowOps, T: Element, C: Element>(
+    token: Token,
+    kern: K,
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+    c: MatMut<'_, C>,
+    ep: &Epilogue<'_>,
+    threads: usize,
+) -> usize {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    // Checked for real: the rows below are written through a raw pointer.
+    assert_eq!((b.rows, c.rows, c.cols), (k, m, n), "gemv shapes");
+    assert!(b.rs == 1, "run_dot reads B's columns along k");
+    if m == 0 || n == 0 {
+        return 0;
+    }
+    let kp = k.next_multiple_of(crate::arch::generic::dot::PAD);
+    // A widened, row by row, zero-padded to kp.
+    let mut aw = vec![0.0f32; m * kp];
+    for (r, row) in aw.chunks_exact_mut(kp).enumerate() {
+        if a.cs == 1 {
+            kern.widen(&a.data[r * a.rs..][..k], &mut row[..k]);
+        } else {
+            for (l, x) in row[..k].iter_mut().enumerate() {
+                *x = a.at(r, l).to_f32();
+            }
+        }
+    }
+    let blocks = n.div_ceil(DOT_COLS);
+    let threads = threads.min(blocks).max(1);
+    let per = blocks.div_ceil(threads) * DOT_COLS;
+    let (cptr, c_len) = c_ptr(c);
+    let aw = &aw;
+    let work = |t: usize| -> usize {
+        let _mode = crate::fp_env::Ieee::enter();
+        let (lo, hi) = ((t * per).min(n), ((t + 1) * per).min(n));
+        let mut dots = vec![0.0f32; m * DOT_COLS];
+        let mut bad = 0;
+        for j0 in (lo..hi).step_by(DOT_COLS) {
+            let cols = DOT_COLS.min(hi - j0);
+            let out = &mut dots[..m * cols];
+            token.run(DotBlock {
+                a: aw,
+                m,
+                kp,
+                w: &b.data[j0 * b.cs..],
+                ws: b.cs,
+                k,
+                cols,
+                out,
+            });
+            for (r, row) in out.chunks_exact_mut(cols).enumerate() {
+                // SAFETY: row r < m, columns j0..j0 + cols in this thread's
+                // own range lo..hi <= n (shapes checked above; ranges
+                // disjoint).
+                bad += unsafe { store_row(kern, ep, row, r, j0, cptr, c_len) };
+            }
+        }
+        bad
+    };
+    if threads == 1 {
+        work(0)
+    } else {
+        (0..threads).into_par_iter().map(work).sum()
+    }
 }
 
 /// Bytes of scratch [`run`] allocates, at most: A widened (`k x mp` f32,

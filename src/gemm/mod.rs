@@ -166,6 +166,7 @@ impl Backend {
                 ep: params.epilogue(),
                 threads,
                 isa: self.isa(),
+                token: self.token,
             },
         )
     }
@@ -252,12 +253,15 @@ struct Unpacked<'a, 'p, T: Element, C: Element> {
     ep: Epilogue<'p>,
     threads: usize,
     isa: crate::Isa,
+    /// For the small-m path of a column-major B, which dispatches its
+    /// blocks as elementwise operations (`gemv::run_dot`).
+    token: crate::isa::Token,
 }
 
 impl<T: Element, C: Element> KernelOp for Unpacked<'_, '_, T, C> {
     type Output = Result<GemmReport, Error>;
     fn small_m(&self) -> bool {
-        gemv::applies(&self.a, &self.b)
+        gemv::applies(&self.a, &self.b) || gemv::dot_applies(&self.a, &self.b)
     }
     fn run<K: Microkernel + RowOps>(self, kern: K) -> Result<GemmReport, Error> {
         let (m, k, n, threads) = (self.a.rows, self.b.rows, self.b.cols, self.threads);
@@ -276,6 +280,11 @@ impl<T: Element, C: Element> KernelOp for Unpacked<'_, '_, T, C> {
             preflight(gemv::scratch_bytes(m, k, threads), "a")?;
             let bad = gemv::run(kern, self.a, self.b, self.c, &self.ep, threads);
             return Ok(report(bad, "gemv"));
+        }
+        if gemv::dot_applies(&self.a, &self.b) {
+            preflight(gemv::dot_scratch_bytes(m, k, threads), "a")?;
+            let bad = gemv::run_dot(self.token, kern, self.a, self.b, self.c, &self.ep, threads);
+            return Ok(report(bad, "gemv-dot"));
         }
         preflight(blis::scratch_bytes::<K>(m, n, k, threads, false), "b")?;
         let bad = if threads > 1 && blis::local_b_pays::<K>(m, n, k, threads) {

@@ -21,6 +21,13 @@ pub(crate) trait Io: Copy {
     fn store_tail<S: F32Simd>(s: S, v: S::F, dst: &mut [Self]);
     /// `v` into `dst[..LANES]` with a streaming store ([`F32Simd::stream`]).
     fn stream<S: F32Simd>(s: S, v: S::F, dst: &mut [Self]);
+    /// `src[..LANES]` as f32 for arithmetic only: a signalling NaN may stay
+    /// signalling (any arithmetic on it gives the same quiet NaN as on the
+    /// quieted value), which spares bf16 the quieting [`Io::load`] does.
+    #[inline(always)]
+    fn load_arith<S: F32Simd>(s: S, src: &[Self]) -> S::F {
+        Self::load(s, src)
+    }
 }
 
 /// How many leading elements of `dst` to write with ordinary stores so that
@@ -66,6 +73,10 @@ impl Io for bf16 {
     #[inline(always)]
     fn load<S: F32Simd>(s: S, src: &[bf16]) -> S::F {
         s.load_bf16(src)
+    }
+    #[inline(always)]
+    fn load_arith<S: F32Simd>(s: S, src: &[bf16]) -> S::F {
+        s.bits_to_f(s.u_shl(s.load_u16(src.reinterpret_cast()), 16))
     }
     #[inline(always)]
     fn load_tail<S: F32Simd>(s: S, src: &[bf16]) -> S::F {

@@ -112,6 +112,9 @@ pub(crate) trait SimdOp {
 pub(crate) trait F32Simd: Copy + Send + Sync + 'static {
     /// Number of f32 lanes.
     const LANES: usize;
+    /// Vector registers the ISA has (16 ymm, 32 zmm, 32 NEON `q`): how
+    /// many accumulators a register tile may keep.
+    const REGISTERS: usize;
 
     /// The ISA's own pass for bf16 unscaled by a power of two: `x <- x *
     /// 2^d` (`-126 <= d <= 0`) for whole blocks of

@@ -3,6 +3,7 @@
 //! `kernel::simd` for how).
 
 pub(crate) mod convert;
+pub(crate) mod dot;
 pub(crate) mod finite;
 pub(crate) mod pow2;
 pub(crate) mod train;

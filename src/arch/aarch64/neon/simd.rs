@@ -25,6 +25,7 @@ macro_rules! v {
 
 impl F32Simd for Neon {
     const LANES: usize = 4;
+    const REGISTERS: usize = 32;
     type F = float32x4_t;
     type U = uint32x4_t;
     type M = uint32x4_t;

@@ -23,6 +23,7 @@ macro_rules! v {
 
 impl F32Simd for Avx2 {
     const LANES: usize = 8;
+    const REGISTERS: usize = 16;
 
     type F = __m256;
     type U = __m256i;

@@ -29,6 +29,7 @@ fn first(n: usize) -> __mmask16 {
 
 impl F32Simd for Avx512 {
     const LANES: usize = 16;
+    const REGISTERS: usize = 32;
 
     type F = __m512;
     type U = __m512i;

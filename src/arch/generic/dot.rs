@@ -1,0 +1,272 @@
+//! The small-m GEMM kernel for a B whose columns are contiguous along k:
+//! the transpose of row-major weights `W (n x k)`, which is how `x W^T`
+//! (candle's and PyTorch's `Linear`) hands B over. Each output is then a
+//! dot product of a row of A and a row of W, both read along k, so W
+//! streams once, row by row, with no packing and no transpose.
+//!
+//! A tile of `R` W rows by `M` A rows keeps `R * M` vector accumulators in
+//! registers (the [`F32Simd::REGISTERS`] budget decides `R` for each `M`);
+//! every W vector loaded feeds `M` fused multiply-adds and every A vector
+//! `R`. Each accumulator holds `LANES` partial sums (lane `l` sums the
+//! products at `k = l, l + LANES, ...`, one rounding each) that
+//! [`F32Simd::reduce_sum`] adds at the end: a different order from the
+//! packed path's k order, inside the same error bound (the partial sums
+//! are shorter), and the same bits every call on one ISA.
+
+use crate::element::{Element, Slice};
+use crate::kernel::simd::{F32Simd, Io, SimdOp};
+
+/// Dot products of `m` rows of A with `cols` rows of W:
+/// `out[r * cols + j] = sum_l a[r * kp + l] * w[j * ws + l]` for `l < k`.
+pub(crate) struct DotBlock<'a, T> {
+    /// A widened to f32: row `r` at `a[r * kp..]`, zero from `k` to `kp`.
+    pub(crate) a: &'a [f32],
+    /// Rows of A (`a.len() >= m * kp`).
+    pub(crate) m: usize,
+    /// The padded row length of `a`: a multiple of every ISA's lane count.
+    pub(crate) kp: usize,
+    /// W's rows: row `j` at `w[j * ws..j * ws + k]`.
+    pub(crate) w: &'a [T],
+    /// Elements from one W row to the next.
+    pub(crate) ws: usize,
+    /// The depth of the products.
+    pub(crate) k: usize,
+    /// W rows (columns of C) in this block.
+    pub(crate) cols: usize,
+    /// The dot products, `m x cols` row-major.
+    pub(crate) out: &'a mut [f32],
+}
+
+/// The largest multiple of lanes this kernel pads A's rows to.
+pub(crate) const PAD: usize = 16;
+
+impl<T: Element> SimdOp for DotBlock<'_, T> {
+    type Output = ();
+    const IEEE: bool = true;
+
+    fn scalar(self) {
+        // The scalar ISA's oracle order: k order, one fused multiply-add
+        // per product (what the scalar microkernel does).
+        let DotBlock {
+            a,
+            m,
+            kp,
+            w,
+            ws,
+            k,
+            cols,
+            out,
+        } = self;
+        for r in 0..m {
+            let a = &a[r * kp..r * kp + k];
+            for j in 0..cols {
+                let w = &w[j * ws..j * ws + k];
+                out[r * cols + j] = a
+                    .iter()
+                    .zip(w)
+                    .fold(0.0f32, |acc, (&x, y)| x.mul_add(y.to_f32(), acc));
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn simd<S: F32Simd>(self, s: S) {
+        let DotBlock {
+            a,
+            m,
+            kp,
+            w,
+            ws,
+            k,
+            cols,
+            out,
+        } = self;
+        match T::slice(w) {
+            Slice::F32(w) => block(
+                s,
+                &Job {
+                    a,
+                    m,
+                    kp,
+                    w,
+                    ws,
+                    k,
+                    cols,
+                },
+                out,
+            ),
+            Slice::Bf16(w) => block(
+                s,
+                &Job {
+                    a,
+                    m,
+                    kp,
+                    w,
+                    ws,
+                    k,
+                    cols,
+                },
+                out,
+            ),
+            Slice::F16(w) => block(
+                s,
+                &Job {
+                    a,
+                    m,
+                    kp,
+                    w,
+                    ws,
+                    k,
+                    cols,
+                },
+                out,
+            ),
+        }
+    }
+}
+
+/// A [`DotBlock`] without its output, B typed for loading.
+struct Job<'a, U> {
+    a: &'a [f32],
+    m: usize,
+    kp: usize,
+    w: &'a [U],
+    ws: usize,
+    k: usize,
+    cols: usize,
+}
+
+/// All of one block: A's rows in groups of at most [`max_rows`], each group
+/// over every W row.
+#[inline(always)]
+fn block<S: F32Simd, U: Io>(s: S, job: &Job<'_, U>, dots: &mut [f32]) {
+    assert!(job.kp >= job.k && job.kp.is_multiple_of(S::LANES));
+    assert!(job.a.len() >= job.m * job.kp);
+    assert!(job.cols == 0 || job.w.len() >= (job.cols - 1) * job.ws + job.k);
+    let group = max_rows::<S>();
+    let mut r0 = 0;
+    while r0 < job.m {
+        let rows = group.min(job.m - r0);
+        let out = &mut dots[r0 * job.cols..(r0 + rows) * job.cols];
+        let a = &job.a[r0 * job.kp..];
+        match rows {
+            1 => rows_of::<S, U, 1>(s, job, a, out),
+            2 => rows_of::<S, U, 2>(s, job, a, out),
+            3 => rows_of::<S, U, 3>(s, job, a, out),
+            4 => rows_of::<S, U, 4>(s, job, a, out),
+            5 => rows_of::<S, U, 5>(s, job, a, out),
+            6 => rows_of::<S, U, 6>(s, job, a, out),
+            7 => rows_of::<S, U, 7>(s, job, a, out),
+            _ => rows_of::<S, U, 8>(s, job, a, out),
+        }
+        r0 += rows;
+    }
+}
+
+/// W rows a tile of `m` A rows takes: as many as leave registers for the
+/// `m` A vectors, the W vector, constants and temporaries beside the
+/// `rows * m` accumulators (more and the compiler spills them every
+/// step), at most 8.
+const fn tile_rows<S: F32Simd>(m: usize) -> usize {
+    let rows = (S::REGISTERS - m - 6) / m;
+    if rows > 8 {
+        8
+    } else if rows < 1 {
+        1
+    } else {
+        rows
+    }
+}
+
+/// The most A rows one tile takes: 8 with 32 registers, 4 with 16.
+const fn max_rows<S: F32Simd>() -> usize {
+    if S::REGISTERS >= 32 { 8 } else { 4 }
+}
+
+/// `M` rows of A (`a`, stride `kp`) against every W row, in tiles of as
+/// many W rows as the accumulators allow (at most 8), then one at a time.
+#[inline(always)]
+fn rows_of<S: F32Simd, U: Io, const M: usize>(s: S, job: &Job<'_, U>, a: &[f32], out: &mut [f32]) {
+    let per_tile = tile_rows::<S>(M);
+    let mut j = 0;
+    macro_rules! tiles_of {
+        ($r:literal) => {
+            while job.cols - j >= $r {
+                tile::<S, U, $r, M>(s, job, a, j, out);
+                j += $r;
+            }
+        };
+    }
+    match per_tile {
+        8.. => tiles_of!(8),
+        6 | 7 => tiles_of!(6),
+        4 | 5 => tiles_of!(4),
+        3 => tiles_of!(3),
+        2 => tiles_of!(2),
+        _ => {}
+    }
+    tiles_of!(1);
+}
+
+/// `R` W rows from `j` by `M` A rows: `out[r * cols + j + q]`.
+#[inline(always)]
+fn tile<S: F32Simd, U: Io, const R: usize, const M: usize>(
+    s: S,
+    job: &Job<'_, U>,
+    a: &[f32],
+    j: usize,
+    out: &mut [f32],
+) {
+    let (k, kp, lanes) = (job.k, job.kp, S::LANES);
+    let w: [&[U]; R] = core::array::from_fn(|q| &job.w[(j + q) * job.ws..][..k]);
+    let a: [&[f32]; M] = core::array::from_fn(|r| &a[r * kp..][..kp]);
+    let mut acc = [[s.splat(0.0); M]; R];
+    // `at + lanes <= k <= kp` in this form lets the compiler drop the
+    // slices' bounds checks, whose panic paths would otherwise keep the
+    // accumulators in memory.
+    assert!(kp >= k);
+    let mut at = 0;
+    while at + lanes <= k {
+        step(s, &a, &w, at, false, &mut acc);
+        at += lanes;
+    }
+    if at < k {
+        step(s, &a, &w, at, true, &mut acc);
+    }
+    for (q, acc) in acc.iter().enumerate() {
+        for (r, &v) in acc.iter().enumerate() {
+            out[r * job.cols + j + q] = s.reduce_sum(v);
+        }
+    }
+}
+
+/// One vector of k at `at` into the tile's accumulators: A's `M` vectors
+/// first, then one W vector at a time into its `M` accumulators, so that
+/// `R * M + M + 1` registers are live. (A function, not a closure: a
+/// closure would not inherit the caller's `#[target_feature]`s, and every
+/// intrinsic in it would become a call.)
+#[inline(always)]
+fn step<S: F32Simd, U: Io, const R: usize, const M: usize>(
+    s: S,
+    a: &[&[f32]; M],
+    w: &[&[U]; R],
+    at: usize,
+    tail: bool,
+    acc: &mut [[S::F; M]; R],
+) {
+    let mut av = [s.splat(0.0); M];
+    for r in 0..M {
+        av[r] = s.load(&a[r][at..]);
+    }
+    for q in 0..R {
+        // W's lanes past k load as zero (A is zero there).
+        let wq = if tail {
+            U::load_tail(s, &w[q][at..])
+        } else {
+            U::load_arith(s, &w[q][at..])
+        };
+        for r in 0..M {
+            acc[q][r] = s.fma(av[r], wq, acc[q][r]);
+        }
+    }
+}
