@@ -1,0 +1,810 @@
+//! Data-parallel training of the digits MLP (`examples/train/mlp.rs`, the
+//! main job's model, included rather than copied) over MPI, bit-identical
+//! to one process.
+//!
+//! ```sh
+//! cargo build --release -p halfkern-mpi --example train_ddp
+//! mpirun -np 4 target/release/examples/train_ddp --check-single
+//! ```
+//!
+//! # One step
+//!
+//! Every rank holds the whole bf16/f16 model and a `1/N` slice of every
+//! parameter tensor's optimizer state (its f32 master weights and AdamW
+//! moments: ZeRO stage 1). Per step, over a global batch of `B` images
+//! that every rank draws in the same order:
+//!
+//! 1. Each rank runs forward and backward on its contiguous shard of the
+//!    batch with halfkern's GEMMs in the model's precision; the
+//!    weight-gradient GEMMs write f32 partials, unscaled in their epilogue,
+//!    for the loss averaged over all `B` images (so the shards' partials
+//!    sum to the batch's gradient).
+//! 2. Reduce-scatter: `MPI_Alltoallv` sends each rank the partials of the
+//!    slice it owns, and it sums them in rank order, in f32
+//!    (`halfkern_mpi::sum_in_rank_order`).
+//! 3. Each rank checks its reduced slice (`Step::check_unscaled`: inf/NaN
+//!    count and sum of squares), all-reduces the `[nonfinite, sum_sq]` pair
+//!    with `MPI_SUM`, and hands the global result to `Step::all_reduced`:
+//!    an inf on any one rank, wherever it lands, makes every rank skip the
+//!    step and back the loss scale off alike.
+//! 4. Each rank applies the update to its slice, then `MPI_Allgatherv`
+//!    hands everyone the updated weights (as bits, in the model's dtype).
+//!
+//! Steps 2 and 4 are the two halves of a gradient all-reduce, with the
+//! update moved in between: the same bytes on the wire as all-reducing the
+//! gradients (less: the gathered weights are 2-byte bf16/f16), `1/N` of
+//! the optimizer's work and state per rank, and the statistics all-reduce
+//! is what keeps the ranks' decisions one decision.
+//!
+//! # Why f32, and why this order
+//!
+//! The gradients are summed in f32, not in the model's dtype: the GEMMs
+//! produce them in f32 (their accumulator, already unscaled), and rounding
+//! each rank's partial to bf16 (8 significant bits) before the sum would add
+//! one rounding per rank, so the result would depend on the rank count.
+//! The price is 4 bytes per gradient on the wire instead of 2.
+//!
+//! MPI never adds a float here: `MPI_SUM` over three or more ranks may
+//! associate in any order the library picks. Each owner sums the partials
+//! `((p0 + p1) + p2) + ...`, and `--check-single` makes rank 0 replay the
+//! run as one process (one model, one trainer over whole tensors, the
+//! shards' partials computed one after another and summed in that order),
+//! then compares bits: model, master weights, moments, loss scale and the
+//! skipped steps. The result is bit-identical for every N, not only N = 2.
+//! Only the reported gradient norm may differ in its last bits (its sum of
+//! squares is summed per slice, then across ranks, in f64); it would reach
+//! the weights only through clipping, which the main job does not use.
+//! bf16-pure (stochastic rounding keyed by each element's index within
+//! the tensor its trainer holds) draws different, equally good, bits once
+//! the state is sharded, so `--check-single` refuses it for N > 1.
+//!
+//! The example prints each rank's figures and the global ones, and exits
+//! non-zero unless every rank ends with the same bits (a fingerprint of the
+//! model, the loss scale and the step count, all-gathered), every check
+//! asked for passed.
+
+#[path = "../../../examples/train/mlp.rs"]
+#[allow(
+    dead_code,
+    reason = "the train example's table and plot use parts of mlp.rs that this one does not"
+)]
+mod mlp;
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use halfkern::finite::GradStats;
+use halfkern::train::ScalerMode;
+use halfkern::{bf16, f16};
+use halfkern_mpi::{Bits, Fingerprint, Layout, parse_rank_step, split, sum_in_rank_order};
+use mlp::{Config, Dataset, Recipe, Replica, Rng};
+use mpi::collective::SystemOperation;
+use mpi::datatype::{Partition, PartitionMut};
+use mpi::environment::Threading;
+use mpi::topology::SimpleCommunicator;
+use mpi::traits::*;
+
+const HELP: &str = "\
+Data-parallel training of the digits MLP over MPI, bit-identical to one
+process.
+
+USAGE:
+    mpirun -np N target/release/examples/train_ddp [OPTIONS]
+
+OPTIONS:
+    --recipe R              f32, bf16, f16 or bf16-pure            [default: bf16]
+    --batch-size B          global batch, split between the ranks  [default: 256]
+    --steps S               optimizer steps (skipped ones count)   [default: 200]
+    --lr X                  AdamW learning rate                    [default: 0.002]
+    --seed N                initial weights and data order         [default: 42]
+    --threads-per-rank T    threads of each rank's GEMMs           [default: 1]
+    --warmup W              steps left out of the timings          [default: 5]
+    --log-every K           print the loss every K steps           [default: 50]
+    --inject-inf RANK:STEP  put an inf into RANK's gradients at STEP, then
+                            check that every rank skipped that step and
+                            (with a dynamic loss scale) halved its scale
+    --check-single          rank 0 replays the run as one process and
+                            compares every bit
+    -h, --help              print this help
+
+With T > 1 threads, give each rank T cores: mpirun --map-by slot:PE=T
+(or --bind-to none); Open MPI otherwise pins each rank to one core.
+";
+
+/// Seeds the order of the training images (apart from the weights' seed,
+/// as in the train example).
+const ORDER_SEED: u64 = 0x0DD9_0000_0000_0003;
+
+/// The command line.
+#[derive(Clone, Debug)]
+struct Args {
+    recipe: Recipe,
+    batch: usize,
+    steps: u64,
+    lr: f32,
+    seed: u64,
+    threads: usize,
+    warmup: u64,
+    log_every: u64,
+    inject: Option<(usize, u64)>,
+    check_single: bool,
+}
+
+impl Default for Args {
+    fn default() -> Args {
+        Args {
+            recipe: Recipe::Bf16,
+            batch: 256,
+            steps: 200,
+            lr: 2e-3,
+            seed: 42,
+            threads: 1,
+            warmup: 5,
+            log_every: 50,
+            inject: None,
+            check_single: false,
+        }
+    }
+}
+
+/// Parses the options; `Ok(None)` for `--help`.
+fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
+    fn num<T: std::str::FromStr>(flag: &str, v: Option<String>) -> Result<T, String> {
+        let v = v.ok_or_else(|| format!("{flag} needs a value"))?;
+        v.parse()
+            .map_err(|_| format!("{flag}: {v:?} is not a valid number"))
+    }
+    let mut a = Args::default();
+    while let Some(flag) = argv.next() {
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(None),
+            "--recipe" => {
+                let v = argv.next().ok_or("--recipe needs a value")?;
+                a.recipe = Recipe::parse(&v).ok_or_else(|| {
+                    format!("--recipe: {v:?} is none of f32, bf16, f16, bf16-pure")
+                })?;
+            }
+            "--batch-size" => a.batch = num(&flag, argv.next())?,
+            "--steps" => a.steps = num(&flag, argv.next())?,
+            "--lr" => a.lr = num(&flag, argv.next())?,
+            "--seed" => a.seed = num(&flag, argv.next())?,
+            "--threads-per-rank" => a.threads = num(&flag, argv.next())?,
+            "--warmup" => a.warmup = num(&flag, argv.next())?,
+            "--log-every" => a.log_every = num(&flag, argv.next())?,
+            "--inject-inf" => {
+                let v = argv.next().ok_or("--inject-inf needs RANK:STEP")?;
+                a.inject = Some(parse_rank_step(&v)?);
+            }
+            "--check-single" => a.check_single = true,
+            other => return Err(format!("unknown option {other:?}")),
+        }
+    }
+    for (flag, v) in [("--batch-size", a.batch), ("--threads-per-rank", a.threads)] {
+        if v == 0 {
+            return Err(format!("{flag} must be at least 1"));
+        }
+    }
+    if a.steps == 0 || a.log_every == 0 {
+        return Err("--steps and --log-every must be at least 1".into());
+    }
+    if !(a.lr.is_finite() && a.lr >= 0.0) {
+        return Err(format!("--lr must be finite and >= 0, got {}", a.lr));
+    }
+    if a.inject.is_some_and(|(_, s)| s > a.steps) {
+        return Err("--inject-inf: STEP is past --steps".into());
+    }
+    Ok(Some(a))
+}
+
+fn main() -> ExitCode {
+    let parsed = parse_args(std::env::args().skip(1));
+    let Some((universe, _)) = mpi::initialize_with_threading(Threading::Funneled) else {
+        eprintln!("train_ddp: MPI could not be initialised (already initialised?)");
+        return ExitCode::from(2);
+    };
+    let world = universe.world();
+    let rank0 = world.rank() == 0;
+    let args = match parsed {
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            if rank0 {
+                print!("{HELP}");
+            }
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            if rank0 {
+                eprintln!("train_ddp: {e} (--help for usage)");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    match run(&world, &args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        // An error on one rank would leave the others waiting in a
+        // collective: end the whole job.
+        Err(e) => {
+            eprintln!("train_ddp (rank {}): {e}", world.rank());
+            world.abort(1)
+        }
+    }
+}
+
+/// Checks what all ranks agree on, sets up the threads, and trains in the
+/// recipe's element type. `Ok(false)` when a check failed.
+fn run(world: &SimpleCommunicator, args: &Args) -> Result<bool, String> {
+    let ranks = usize::try_from(world.size()).map_err(|e| e.to_string())?;
+    if args.batch < ranks {
+        return Err(format!(
+            "--batch-size {} is smaller than the {ranks} ranks: every rank needs an image",
+            args.batch
+        ));
+    }
+    if let Some((r, _)) = args.inject
+        && r >= ranks
+    {
+        return Err(format!("--inject-inf: rank {r} of {ranks}"));
+    }
+    if args.check_single && args.recipe == Recipe::Bf16Pure && ranks > 1 {
+        return Err(
+            "--check-single: bf16-pure's stochastic rounding is keyed by \
+                    the index in each rank's slice, so one trainer over whole tensors \
+                    draws other bits; use f32, bf16 or f16"
+                .into(),
+        );
+    }
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(args.threads)
+        .build_global()
+        .map_err(|e| format!("--threads-per-rank: {e}"))?;
+    let data = mlp::load_digits()?;
+    match args.recipe {
+        Recipe::F32 => train::<f32>(world, args, &data),
+        Recipe::Bf16 | Recipe::Bf16Pure => train::<bf16>(world, args, &data),
+        Recipe::F16 => train::<f16>(world, args, &data),
+    }
+}
+
+/// The training images of every batch, in the same order on every rank: an
+/// endless sequence of shuffled passes over the training set, cut into
+/// batches of exactly `B` (a batch may span two passes), so every step has
+/// the same shape whatever `B` is.
+struct Sampler {
+    order: Vec<usize>,
+    at: usize,
+    rng: Rng,
+}
+
+impl Sampler {
+    fn new(n: usize, seed: u64) -> Sampler {
+        Sampler {
+            order: (0..n).collect(),
+            at: n,
+            rng: Rng::new(seed ^ ORDER_SEED),
+        }
+    }
+
+    fn next(&mut self, b: usize) -> Vec<usize> {
+        let mut out = Vec::with_capacity(b);
+        while out.len() < b {
+            if self.at == self.order.len() {
+                self.rng.shuffle(&mut self.order);
+                self.at = 0;
+            }
+            let take = (b - out.len()).min(self.order.len() - self.at);
+            out.extend_from_slice(&self.order[self.at..self.at + take]);
+            self.at += take;
+        }
+        out
+    }
+}
+
+/// What the run decided at each step, compared with the reference.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Decision {
+    applied: bool,
+    scale_before: f32,
+    scale_after: f32,
+}
+
+/// Wall time of each phase of a step, summed over the timed steps.
+#[derive(Clone, Copy, Debug, Default)]
+struct Phases {
+    compute: f64,
+    reduce_scatter: f64,
+    check: f64,
+    stats_all_reduce: f64,
+    apply: f64,
+    all_gather: f64,
+    step: f64,
+}
+
+impl Phases {
+    /// Communication: the reduce-scatter, the statistics' all-reduce and
+    /// the all-gather (waiting for slower ranks included).
+    fn comm(&self) -> f64 {
+        self.reduce_scatter + self.stats_all_reduce + self.all_gather
+    }
+
+    fn to_array(self) -> [f64; 7] {
+        [
+            self.compute,
+            self.reduce_scatter,
+            self.check,
+            self.stats_all_reduce,
+            self.apply,
+            self.all_gather,
+            self.step,
+        ]
+    }
+
+    fn from_array(a: &[f64]) -> Phases {
+        Phases {
+            compute: a[0],
+            reduce_scatter: a[1],
+            check: a[2],
+            stats_all_reduce: a[3],
+            apply: a[4],
+            all_gather: a[5],
+            step: a[6],
+        }
+    }
+}
+
+fn err(e: halfkern::Error) -> String {
+    e.to_string()
+}
+
+/// The data-parallel run in element type `T`; `Ok(false)` when a check
+/// failed (every rank returns the same).
+fn train<T: Bits>(world: &SimpleCommunicator, args: &Args, data: &Dataset) -> Result<bool, String> {
+    let ranks = world.size() as usize;
+    let me = world.rank() as usize;
+    let rank0 = me == 0;
+    let b = args.batch;
+    // Buffers for the largest shard (shard 0 is never smaller).
+    let cfg = Config {
+        batch_size: split(b, ranks, 0).len(),
+        lr: args.lr,
+        seed: args.seed,
+        ..Config::default()
+    };
+    let mut replica = Replica::<T>::new(data, args.recipe, &cfg).map_err(err)?;
+    let lens: Vec<usize> = replica.params().iter().map(|p| p.len()).collect();
+    let layout = Layout::new(&lens, ranks)?;
+    let total: usize = lens.iter().sum();
+    let mine = layout.owned(me);
+    let my_len = layout.owned_len(me);
+    // This rank's trainer: master weights and moments of its slices only.
+    let mut trainer = {
+        let params = replica.params();
+        let parts: Vec<&[T]> = params
+            .iter()
+            .zip(&mine)
+            .map(|(p, r)| &p[r.clone()])
+            .collect();
+        mlp::trainer_builder(args.recipe, &cfg)
+            .build(&parts)
+            .map_err(err)?
+    };
+    if rank0 {
+        println!(
+            "train_ddp: {ranks} rank(s) x {} thread(s), {} ({}), {} parameters, \
+             global batch {b} (shards of {}..{}), {} steps, isa {}",
+            args.threads,
+            args.recipe.name(),
+            args.recipe.describe(),
+            total,
+            split(b, ranks, ranks - 1).len(),
+            cfg.batch_size,
+            args.steps,
+            trainer.backend().isa(),
+        );
+    }
+
+    let (send_counts, send_displs) = layout.counts_displs(|r| layout.owned_len(r));
+    let (recv_counts, recv_displs) = layout.counts_displs(|_| my_len);
+    let mut send: Vec<f32> = Vec::with_capacity(total);
+    let mut recv = vec![0.0f32; ranks * my_len];
+    let mut reduced = vec![0.0f32; my_len];
+    let mut wire_mine: Vec<T::Wire> = Vec::with_capacity(my_len);
+    let mut wire_all = vec![T::Wire::default(); total];
+
+    let mut sampler = Sampler::new(data.train_len(), args.seed);
+    let mut phases = Phases::default();
+    let mut timed_steps = 0u64;
+    let mut decisions = Vec::new();
+    let mut skipped = 0u64;
+    let (mut loss_sum, mut loss_rows) = (0.0f64, 0.0f64);
+    let mut last_loss = f64::NAN;
+    for step in 1..=args.steps {
+        let t0 = Instant::now();
+        let batch = sampler.next(b);
+        let rows = &batch[split(b, ranks, me)];
+        let st = trainer.begin();
+        loss_sum += replica
+            .backward(rows, b, st.loss_scale(), st.inv_loss_scale())
+            .map_err(err)?;
+        loss_rows += rows.len() as f64;
+        if args.inject == Some((me, step)) {
+            replica.grads_mut()[0][0] = f32::INFINITY;
+        }
+
+        // Reduce-scatter: each owner gets every rank's partials of its
+        // slice and sums them in rank order.
+        let t1 = Instant::now();
+        send.clear();
+        layout.pack_by_owner(replica.grads(), &mut send);
+        world.all_to_all_varcount_into(
+            &Partition::new(&send[..], &send_counts[..], &send_displs[..]),
+            &mut PartitionMut::new(&mut recv[..], &recv_counts[..], &recv_displs[..]),
+        );
+        sum_in_rank_order(&recv, &mut reduced);
+
+        // Check this slice; all-reduce [nonfinite, sum_sq].
+        let t2 = Instant::now();
+        let mut views: Vec<&[f32]> = Vec::with_capacity(mine.len());
+        let mut rest = &reduced[..];
+        for r in &mine {
+            let (v, tail) = rest.split_at(r.len());
+            views.push(v);
+            rest = tail;
+        }
+        let checked = st.check_unscaled(&views).map_err(err)?;
+        let t3 = Instant::now();
+        let mut global = [0.0f64; 2];
+        world.all_reduce_into(
+            &checked.stats().to_array()[..],
+            &mut global[..],
+            SystemOperation::sum(),
+        );
+        let global = GradStats::from_array(global).map_err(err)?;
+
+        // Update this rank's slices, then all-gather the model's bits.
+        let t4 = Instant::now();
+        let report = {
+            let mut parts: Vec<&mut [T]> = replica
+                .params_mut()
+                .into_iter()
+                .zip(&mine)
+                .map(|(p, r)| &mut p[r.clone()])
+                .collect();
+            checked
+                .all_reduced(global)
+                .map_err(err)?
+                .apply(&mut parts)
+                .map_err(err)?
+        };
+        let t5 = Instant::now();
+        // A skip is global (the decision came from the all-reduced stats):
+        // no rank changed a weight, so no rank sends any.
+        if report.applied {
+            wire_mine.clear();
+            for (p, r) in replica.params().iter().zip(&mine) {
+                wire_mine.extend(p[r.clone()].iter().map(|x| x.to_wire()));
+            }
+            world.all_gather_varcount_into(
+                &wire_mine[..],
+                &mut PartitionMut::new(&mut wire_all[..], &send_counts[..], &send_displs[..]),
+            );
+            let mut params = replica.params_mut();
+            layout.unpack_by_owner(&wire_all, &mut params, T::from_wire);
+        } else {
+            skipped += 1;
+        }
+        let t6 = Instant::now();
+        decisions.push(Decision {
+            applied: report.applied,
+            scale_before: report.scale_before,
+            scale_after: report.scale_after,
+        });
+        if step > args.warmup {
+            timed_steps += 1;
+            let s = |a: Instant, z: Instant| (z - a).as_secs_f64();
+            phases.compute += s(t0, t1);
+            phases.reduce_scatter += s(t1, t2);
+            phases.check += s(t2, t3);
+            phases.stats_all_reduce += s(t3, t4);
+            phases.apply += s(t4, t5);
+            phases.all_gather += s(t5, t6);
+            phases.step += s(t0, t6);
+        }
+        if step % args.log_every == 0 || step == args.steps {
+            let mut g = [0.0f64; 2];
+            world.all_reduce_into(
+                &[loss_sum, loss_rows][..],
+                &mut g[..],
+                SystemOperation::sum(),
+            );
+            last_loss = g[0] / g[1];
+            (loss_sum, loss_rows) = (0.0, 0.0);
+            if rank0 {
+                println!(
+                    "  step {step:>6}  loss {last_loss:.4}  |g| {:.3e}  scale {}  {}",
+                    report.grad_norm,
+                    report.scale_after,
+                    if report.applied { "applied" } else { "skipped" }
+                );
+            }
+        }
+    }
+
+    // Every rank's state, as one fingerprint and the injected step's
+    // outcome; all-gathered so that every rank reaches the same verdict.
+    let mut fp = Fingerprint::default();
+    for p in replica.params() {
+        fp.elements(p);
+    }
+    fp.word(trainer.scale().to_bits().into());
+    fp.word(trainer.steps());
+    // (`parse_args` checked that the step is within the run.)
+    let injected = args
+        .inject
+        .and_then(|(_, s)| decisions.get(usize::try_from(s - 1).ok()?).copied());
+    let mine_summary: [u64; 4] = [
+        fp.value(),
+        injected.map_or(2, |d| u64::from(d.applied)),
+        injected.map_or(0, |d| d.scale_after.to_bits().into()),
+        injected.map_or(0, |d| d.scale_before.to_bits().into()),
+    ];
+    let mut all = vec![0u64; 4 * ranks];
+    world.all_gather_into(&mine_summary[..], &mut all[..]);
+    let identical = all.chunks(4).all(|c| c[0] == all[0]);
+    let mut ok = identical;
+
+    let timed = timed_steps.max(1) as f64;
+    let mut mine_fig = vec![rows_of(b, ranks, me) as f64, my_len as f64];
+    mine_fig.extend(phases.to_array().map(|x| x / timed * 1e3));
+    let width = mine_fig.len();
+    let mut figs = vec![0.0f64; width * ranks];
+    world.all_gather_into(&mine_fig[..], &mut figs[..]);
+
+    if rank0 {
+        println!(
+            "  rank  rows  owns    compute  reduce-scatter  check  stats-allreduce  apply  all-gather  step (ms/step)"
+        );
+        for (r, f) in figs.chunks(width).enumerate() {
+            println!(
+                "  {r:>4}  {:>4}  {:>6}  {:>7.3}  {:>14.3}  {:>5.3}  {:>15.3}  {:>5.3}  {:>10.3}  {:>6.3}",
+                f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8]
+            );
+        }
+    }
+    let per_rank: Vec<Phases> = figs
+        .chunks(width)
+        .map(|f| Phases::from_array(&f[2..]))
+        .collect();
+    let mean = |g: fn(&Phases) -> f64| per_rank.iter().map(g).sum::<f64>() / ranks as f64;
+    let step_ms = mean(|p| p.step);
+    let comm_ms = mean(Phases::comm);
+
+    if let Some((r, s)) = args.inject {
+        let dynamic = trainer.scaler().mode() == ScalerMode::Dynamic;
+        let every_skipped = all.chunks(4).all(|c| c[1] == 0);
+        let same_scale = all.chunks(4).all(|c| c[2] == all[2]);
+        let before = f32::from_bits(all[3] as u32);
+        let after = f32::from_bits(all[2] as u32);
+        let backed_off = !dynamic || after < before;
+        ok &= every_skipped && same_scale && backed_off;
+        if rank0 {
+            println!(
+                "inject-inf: inf in rank {r}'s gradients at step {s}: skipped on {} of {ranks} ranks; \
+                 scale {before} -> {after} on every rank: {}{}",
+                all.chunks(4).filter(|c| c[1] == 0).count(),
+                if same_scale { "yes" } else { "NO" },
+                if dynamic {
+                    ""
+                } else {
+                    " (this recipe does not scale)"
+                }
+            );
+        }
+    }
+
+    if args.check_single {
+        let gathered = gather_state(world, &trainer, &layout)?;
+        if let Some(gathered) = gathered {
+            let (model_same, detail) = compare_with_single::<T>(
+                args, data, &cfg, ranks, &replica, &layout, &gathered, &decisions,
+            )?;
+            println!("check-single: {detail}");
+            ok &= model_same;
+        }
+    }
+
+    if rank0 {
+        let mut eval = replica;
+        let acc = eval.test_accuracy().map_err(err)?;
+        println!(
+            "global: loss {last_loss:.4}, test accuracy {:.2}%, {skipped} skipped step(s), scale {}, \
+             weights on all {ranks} ranks: {}",
+            100.0 * acc,
+            trainer.scale(),
+            if identical {
+                "bit-identical"
+            } else {
+                "DIFFERENT"
+            }
+        );
+        println!(
+            "SUMMARY {{\"ranks\":{ranks},\"threads_per_rank\":{},\"recipe\":\"{}\",\"batch\":{b},\
+             \"steps\":{},\"timed_steps\":{timed_steps},\"step_ms\":{step_ms:.4},\
+             \"compute_ms\":{:.4},\"allreduce_ms\":{comm_ms:.4},\"allreduce_share\":{:.4},\
+             \"loss\":{last_loss:.5},\"test_accuracy\":{acc:.4},\"skipped\":{skipped},\
+             \"identical\":{identical},\"ok\":{ok},\"fingerprint\":\"{:016x}\"}}",
+            args.threads,
+            args.recipe.name(),
+            args.steps,
+            mean(|p| p.compute),
+            comm_ms / step_ms,
+            all[0],
+        );
+    }
+    Ok(ok)
+}
+
+/// How many values differ, and by how much at most.
+#[derive(Default)]
+struct Diff {
+    n: usize,
+    max: f64,
+}
+
+impl Diff {
+    fn add(&mut self, a: f32, b: f32) {
+        self.n += 1;
+        self.max = self.max.max((f64::from(a) - f64::from(b)).abs());
+    }
+}
+
+/// Rows of rank `r`'s shard of a batch of `b`.
+fn rows_of(b: usize, ranks: usize, r: usize) -> usize {
+    split(b, ranks, r).len()
+}
+
+/// Each rank's slices of its trainer's master weights and moments,
+/// gathered on rank 0 (`Some` there, `None` elsewhere). Per rank, tensor
+/// by tensor: master, first moment, second moment (each empty where the
+/// recipe keeps none).
+fn gather_state(
+    world: &SimpleCommunicator,
+    trainer: &halfkern::train::Trainer,
+    layout: &Layout,
+) -> Result<Option<Vec<f32>>, String> {
+    let me = world.rank() as usize;
+    let mut mine = Vec::new();
+    let mut kinds = 0;
+    for i in 0..layout.lens().len() {
+        let master = trainer.master(i).ok_or("no such tensor")?;
+        let (m, v) = trainer.moments(i).ok_or("no such tensor")?;
+        kinds = [master, m, v].iter().filter(|x| !x.is_empty()).count();
+        mine.extend_from_slice(master);
+        mine.extend_from_slice(m);
+        mine.extend_from_slice(v);
+    }
+    let root = world.process_at_rank(0);
+    if me != 0 {
+        root.gather_varcount_into(&mine[..]);
+        return Ok(None);
+    }
+    let (counts, displs) = layout.counts_displs(|r| kinds * layout.owned_len(r));
+    let mut all = vec![0.0f32; kinds * layout.lens().iter().sum::<usize>()];
+    root.gather_varcount_into_root(
+        &mine[..],
+        &mut PartitionMut::new(&mut all[..], &counts[..], &displs[..]),
+    );
+    Ok(Some(all))
+}
+
+/// Rank 0 replays the run as one process: one model and one trainer over
+/// whole tensors, each batch's shards run one after another, their
+/// partials summed in rank order, the same inf injected into the same
+/// shard. Then every bit is compared. Returns whether all matched, and a
+/// line saying so.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the run's pieces, passed once, by one caller"
+)]
+fn compare_with_single<T: Bits>(
+    args: &Args,
+    data: &Dataset,
+    cfg: &Config,
+    ranks: usize,
+    ddp: &Replica<'_, T>,
+    layout: &Layout,
+    gathered: &[f32],
+    decisions: &[Decision],
+) -> Result<(bool, String), String> {
+    let start = Instant::now();
+    let b = args.batch;
+    let mut one = Replica::<T>::new(data, args.recipe, cfg).map_err(err)?;
+    let total: usize = layout.lens().iter().sum();
+    let mut parts = vec![0.0f32; ranks * total];
+    let mut sum = vec![0.0f32; total];
+    let mut sampler = Sampler::new(data.train_len(), args.seed);
+    let mut same_decisions = true;
+    for (step, ddp_decision) in (1..=args.steps).zip(decisions) {
+        let batch = sampler.next(b);
+        let scale = one.trainer().scale();
+        let inv = one.trainer().scaler().inv_scale();
+        for (s, part) in parts.chunks_exact_mut(total).enumerate() {
+            one.backward(&batch[split(b, ranks, s)], b, scale, inv)
+                .map_err(err)?;
+            if args.inject == Some((s, step)) {
+                one.grads_mut()[0][0] = f32::INFINITY;
+            }
+            let mut at = 0;
+            for g in one.grads() {
+                part[at..at + g.len()].copy_from_slice(g);
+                at += g.len();
+            }
+        }
+        sum_in_rank_order(&parts, &mut sum);
+        let mut at = 0;
+        for g in one.grads_mut() {
+            let n = g.len();
+            g.copy_from_slice(&sum[at..at + n]);
+            at += n;
+        }
+        let r = one.apply().map_err(err)?;
+        same_decisions &= *ddp_decision
+            == Decision {
+                applied: r.applied,
+                scale_before: r.scale_before,
+                scale_after: r.scale_after,
+            };
+    }
+
+    // The model, bit for bit.
+    let mut model = Diff::default();
+    for (x, y) in ddp.params().iter().zip(one.params()) {
+        for (&x, &y) in x.iter().zip(y) {
+            if x.to_wire().into() != y.to_wire().into() {
+                model.add(x.to_f32(), y.to_f32());
+            }
+        }
+    }
+    // The optimizer state, slice by slice as the ranks hold it.
+    let mut state = Diff::default();
+    let tr = one.trainer();
+    let mut at = 0;
+    for r in 0..ranks {
+        for (i, range) in layout.owned(r).into_iter().enumerate() {
+            let master = tr.master(i).ok_or("no such tensor")?;
+            let (m, v) = tr.moments(i).ok_or("no such tensor")?;
+            for full in [master, m, v] {
+                if full.is_empty() {
+                    continue;
+                }
+                let got = gathered
+                    .get(at..at + range.len())
+                    .ok_or("gathered state shorter than the layout")?;
+                for (&x, &y) in got.iter().zip(&full[range.clone()]) {
+                    if x.to_bits() != y.to_bits() {
+                        state.add(x, y);
+                    }
+                }
+                at += range.len();
+            }
+        }
+    }
+    let (model_differ, state_differ) = (model.n, state.n);
+    let max_diff = model.max.max(state.max);
+    let ok = model_differ + state_differ == 0 && same_decisions && at == gathered.len();
+    let line = if ok {
+        format!(
+            "bit-identical to one process summing {ranks} shard(s) in rank order \
+             (model, master weights, moments, loss scale, {} skipped step(s)); replay {:.1} s",
+            decisions.iter().filter(|d| !d.applied).count(),
+            start.elapsed().as_secs_f64()
+        )
+    } else {
+        format!(
+            "MISMATCH: {model_differ} model and {state_differ} optimizer-state values differ \
+             (largest difference {max_diff:.3e}); decisions and scales {}",
+            if same_decisions { "match" } else { "DIFFER" }
+        )
+    };
+    Ok((ok, line))
+}
