@@ -219,6 +219,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let ranks = world.size() as usize;
+    // The same on every rank: rank 0 says it, all exit alike.
+    if let Err(e) = check_with_ranks(&args, ranks) {
+        if rank0 {
+            eprintln!("train_ddp: {e}");
+        }
+        return ExitCode::from(2);
+    }
     match run(&world, &args) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
@@ -231,10 +239,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// Checks what all ranks agree on, sets up the threads, and trains in the
-/// recipe's element type. `Ok(false)` when a check failed.
-fn run(world: &SimpleCommunicator, args: &Args) -> Result<bool, String> {
-    let ranks = usize::try_from(world.size()).map_err(|e| e.to_string())?;
+/// The options' checks that need the rank count.
+fn check_with_ranks(args: &Args, ranks: usize) -> Result<(), String> {
     if args.batch < ranks {
         return Err(format!(
             "--batch-size {} is smaller than the {ranks} ranks: every rank needs an image",
@@ -244,7 +250,9 @@ fn run(world: &SimpleCommunicator, args: &Args) -> Result<bool, String> {
     if let Some((r, _)) = args.inject
         && r >= ranks
     {
-        return Err(format!("--inject-inf: rank {r} of {ranks}"));
+        return Err(format!(
+            "--inject-inf: no rank {r} among {ranks} (ranks count from 0)"
+        ));
     }
     if args.check_single && args.recipe == Recipe::Bf16Pure && ranks > 1 {
         return Err(
@@ -254,6 +262,12 @@ fn run(world: &SimpleCommunicator, args: &Args) -> Result<bool, String> {
                 .into(),
         );
     }
+    Ok(())
+}
+
+/// Sets up the threads and trains in the recipe's element type.
+/// `Ok(false)` when a check failed (on every rank alike).
+fn run(world: &SimpleCommunicator, args: &Args) -> Result<bool, String> {
     rayon::ThreadPoolBuilder::new()
         .num_threads(args.threads)
         .build_global()
@@ -578,6 +592,11 @@ fn train<T: Bits>(world: &SimpleCommunicator, args: &Args, data: &Dataset) -> Re
     let mean = |g: fn(&Phases) -> f64| per_rank.iter().map(g).sum::<f64>() / ranks as f64;
     let step_ms = mean(|p| p.step);
     let comm_ms = mean(Phases::comm);
+    let share = if step_ms > 0.0 {
+        comm_ms / step_ms
+    } else {
+        0.0
+    };
 
     if let Some((r, s)) = args.inject {
         let dynamic = trainer.scaler().mode() == ScalerMode::Dynamic;
@@ -637,7 +656,7 @@ fn train<T: Bits>(world: &SimpleCommunicator, args: &Args, data: &Dataset) -> Re
             args.recipe.name(),
             args.steps,
             mean(|p| p.compute),
-            comm_ms / step_ms,
+            share,
             all[0],
         );
     }
