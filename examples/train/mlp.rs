@@ -862,6 +862,19 @@ impl<'d, T: Element> Replica<'d, T> {
         &self.0.trainer
     }
 
+    /// Frees the run's own trainer (f32 master weights and moments for
+    /// every parameter), for an engine that updates with trainers of its
+    /// own; [`Replica::apply`] then returns an error.
+    ///
+    /// # Errors
+    ///
+    /// Whatever building an empty trainer returns.
+    pub fn release_trainer(&mut self) -> Result<(), Error> {
+        let none: [&[T]; 0] = [];
+        self.0.trainer = trainer_builder(self.0.precision, &self.0.cfg).build(&none)?;
+        Ok(())
+    }
+
     /// Checks [`Replica::grads`] and applies (or skips) the update with
     /// the run's own trainer: a single process's step.
     ///

@@ -385,6 +385,9 @@ fn train<T: Bits>(world: &SimpleCommunicator, args: &Args, data: &Dataset) -> Re
         ..Config::default()
     };
     let mut replica = Replica::<T>::new(data, args.recipe, &cfg).map_err(err)?;
+    // The replica's own trainer holds state for every parameter; this rank
+    // keeps only its slices' (below).
+    replica.release_trainer().map_err(err)?;
     let lens: Vec<usize> = replica.params().iter().map(|p| p.len()).collect();
     let layout = Layout::new(&lens, ranks)?;
     let total: usize = lens.iter().sum();
