@@ -2,7 +2,7 @@
 //! the parameters are split between ranks, the reduction of the gradients
 //! in rank order, and the bits that travel and get compared. They live in
 //! a library so that `cargo test -p halfkern-mpi` checks them without
-//! `mpirun`; the example (`examples/train_ddp.rs`) holds the MPI calls and
+//! `mpirun`; the example (`examples/train_ddp/`) holds the MPI calls and
 //! the training loop.
 //!
 //! # Why a fixed reduction order

@@ -63,138 +63,36 @@
 //! model, the loss scale and the step count, all-gathered), every check
 //! asked for passed.
 
-#[path = "../../../examples/train/mlp.rs"]
+#[path = "../../../../examples/train/mlp.rs"]
 #[allow(
     dead_code,
     reason = "the train example's table and plot use parts of mlp.rs that this one does not"
 )]
 mod mlp;
 
+mod args;
+mod comm;
+mod single;
+
 use std::process::ExitCode;
 use std::time::Instant;
 
-use halfkern::finite::GradStats;
 use halfkern::train::ScalerMode;
 use halfkern::{bf16, f16};
-use halfkern_mpi::{Bits, Fingerprint, Layout, parse_rank_step, split, sum_in_rank_order};
+use halfkern_mpi::{Bits, Fingerprint, Layout, split};
 use mlp::{Config, Dataset, Recipe, Replica, Rng};
 use mpi::collective::SystemOperation;
-use mpi::datatype::{Partition, PartitionMut};
 use mpi::environment::Threading;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 
-const HELP: &str = "\
-Data-parallel training of the digits MLP over MPI, bit-identical to one
-process.
-
-USAGE:
-    mpirun -np N target/release/examples/train_ddp [OPTIONS]
-
-OPTIONS:
-    --recipe R              f32, bf16, f16 or bf16-pure            [default: bf16]
-    --batch-size B          global batch, split between the ranks  [default: 256]
-    --steps S               optimizer steps (skipped ones count)   [default: 200]
-    --lr X                  AdamW learning rate                    [default: 0.002]
-    --seed N                initial weights and data order         [default: 42]
-    --threads-per-rank T    threads of each rank's GEMMs           [default: 1]
-    --warmup W              steps left out of the timings          [default: 5]
-    --log-every K           print the loss every K steps           [default: 50]
-    --inject-inf RANK:STEP  put an inf into RANK's gradients at STEP, then
-                            check that every rank skipped that step and
-                            (with a dynamic loss scale) halved its scale
-    --check-single          rank 0 replays the run as one process and
-                            compares every bit
-    -h, --help              print this help
-
-With T > 1 threads, give each rank T cores: mpirun --map-by slot:PE=T
-(or --bind-to none); Open MPI otherwise pins each rank to one core.
-";
+use args::{Args, HELP, check_with_ranks, parse_args};
+use comm::{Collectives, all_reduce_stats};
+use single::{Decision, compare_with_single, gather_state};
 
 /// Seeds the order of the training images (apart from the weights' seed,
 /// as in the train example).
 const ORDER_SEED: u64 = 0x0DD9_0000_0000_0003;
-
-/// The command line.
-#[derive(Clone, Debug)]
-struct Args {
-    recipe: Recipe,
-    batch: usize,
-    steps: u64,
-    lr: f32,
-    seed: u64,
-    threads: usize,
-    warmup: u64,
-    log_every: u64,
-    inject: Option<(usize, u64)>,
-    check_single: bool,
-}
-
-impl Default for Args {
-    fn default() -> Args {
-        Args {
-            recipe: Recipe::Bf16,
-            batch: 256,
-            steps: 200,
-            lr: 2e-3,
-            seed: 42,
-            threads: 1,
-            warmup: 5,
-            log_every: 50,
-            inject: None,
-            check_single: false,
-        }
-    }
-}
-
-/// Parses the options; `Ok(None)` for `--help`.
-fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
-    fn num<T: std::str::FromStr>(flag: &str, v: Option<String>) -> Result<T, String> {
-        let v = v.ok_or_else(|| format!("{flag} needs a value"))?;
-        v.parse()
-            .map_err(|_| format!("{flag}: {v:?} is not a valid number"))
-    }
-    let mut a = Args::default();
-    while let Some(flag) = argv.next() {
-        match flag.as_str() {
-            "-h" | "--help" => return Ok(None),
-            "--recipe" => {
-                let v = argv.next().ok_or("--recipe needs a value")?;
-                a.recipe = Recipe::parse(&v).ok_or_else(|| {
-                    format!("--recipe: {v:?} is none of f32, bf16, f16, bf16-pure")
-                })?;
-            }
-            "--batch-size" => a.batch = num(&flag, argv.next())?,
-            "--steps" => a.steps = num(&flag, argv.next())?,
-            "--lr" => a.lr = num(&flag, argv.next())?,
-            "--seed" => a.seed = num(&flag, argv.next())?,
-            "--threads-per-rank" => a.threads = num(&flag, argv.next())?,
-            "--warmup" => a.warmup = num(&flag, argv.next())?,
-            "--log-every" => a.log_every = num(&flag, argv.next())?,
-            "--inject-inf" => {
-                let v = argv.next().ok_or("--inject-inf needs RANK:STEP")?;
-                a.inject = Some(parse_rank_step(&v)?);
-            }
-            "--check-single" => a.check_single = true,
-            other => return Err(format!("unknown option {other:?}")),
-        }
-    }
-    for (flag, v) in [("--batch-size", a.batch), ("--threads-per-rank", a.threads)] {
-        if v == 0 {
-            return Err(format!("{flag} must be at least 1"));
-        }
-    }
-    if a.steps == 0 || a.log_every == 0 {
-        return Err("--steps and --log-every must be at least 1".into());
-    }
-    if !(a.lr.is_finite() && a.lr >= 0.0) {
-        return Err(format!("--lr must be finite and >= 0, got {}", a.lr));
-    }
-    if a.inject.is_some_and(|(_, s)| s > a.steps) {
-        return Err("--inject-inf: STEP is past --steps".into());
-    }
-    Ok(Some(a))
-}
 
 fn main() -> ExitCode {
     let parsed = parse_args(std::env::args().skip(1));
@@ -239,32 +137,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// The options' checks that need the rank count.
-fn check_with_ranks(args: &Args, ranks: usize) -> Result<(), String> {
-    if args.batch < ranks {
-        return Err(format!(
-            "--batch-size {} is smaller than the {ranks} ranks: every rank needs an image",
-            args.batch
-        ));
-    }
-    if let Some((r, _)) = args.inject
-        && r >= ranks
-    {
-        return Err(format!(
-            "--inject-inf: no rank {r} among {ranks} (ranks count from 0)"
-        ));
-    }
-    if args.check_single && args.recipe == Recipe::Bf16Pure && ranks > 1 {
-        return Err(
-            "--check-single: bf16-pure's stochastic rounding is keyed by \
-                    the index in each rank's slice, so one trainer over whole tensors \
-                    draws other bits; use f32, bf16 or f16"
-                .into(),
-        );
-    }
-    Ok(())
-}
-
 /// Sets up the threads and trains in the recipe's element type.
 /// `Ok(false)` when a check failed (on every rank alike).
 fn run(world: &SimpleCommunicator, args: &Args) -> Result<bool, String> {
@@ -284,14 +156,14 @@ fn run(world: &SimpleCommunicator, args: &Args) -> Result<bool, String> {
 /// endless sequence of shuffled passes over the training set, cut into
 /// batches of exactly `B` (a batch may span two passes), so every step has
 /// the same shape whatever `B` is.
-struct Sampler {
+pub(crate) struct Sampler {
     order: Vec<usize>,
     at: usize,
     rng: Rng,
 }
 
 impl Sampler {
-    fn new(n: usize, seed: u64) -> Sampler {
+    pub(crate) fn new(n: usize, seed: u64) -> Sampler {
         Sampler {
             order: (0..n).collect(),
             at: n,
@@ -299,7 +171,7 @@ impl Sampler {
         }
     }
 
-    fn next(&mut self, b: usize) -> Vec<usize> {
+    pub(crate) fn next(&mut self, b: usize) -> Vec<usize> {
         let mut out = Vec::with_capacity(b);
         while out.len() < b {
             if self.at == self.order.len() {
@@ -312,14 +184,6 @@ impl Sampler {
         }
         out
     }
-}
-
-/// What the run decided at each step, compared with the reference.
-#[derive(Clone, Copy, Debug, PartialEq)]
-struct Decision {
-    applied: bool,
-    scale_before: f32,
-    scale_after: f32,
 }
 
 /// Wall time of each phase of a step, summed over the timed steps.
@@ -366,7 +230,7 @@ impl Phases {
     }
 }
 
-fn err(e: halfkern::Error) -> String {
+pub(crate) fn err(e: halfkern::Error) -> String {
     e.to_string()
 }
 
@@ -389,10 +253,9 @@ fn train<T: Bits>(world: &SimpleCommunicator, args: &Args, data: &Dataset) -> Re
     // keeps only its slices' (below).
     replica.release_trainer().map_err(err)?;
     let lens: Vec<usize> = replica.params().iter().map(|p| p.len()).collect();
-    let layout = Layout::new(&lens, ranks)?;
     let total: usize = lens.iter().sum();
-    let mine = layout.owned(me);
-    let my_len = layout.owned_len(me);
+    let mut comm = Collectives::<T>::new(Layout::new(&lens, ranks)?, me);
+    let mine = comm.mine().to_vec();
     // This rank's trainer: master weights and moments of its slices only.
     let mut trainer = {
         let params = replica.params();
@@ -420,14 +283,6 @@ fn train<T: Bits>(world: &SimpleCommunicator, args: &Args, data: &Dataset) -> Re
         );
     }
 
-    let (send_counts, send_displs) = layout.counts_displs(|r| layout.owned_len(r));
-    let (recv_counts, recv_displs) = layout.counts_displs(|_| my_len);
-    let mut send: Vec<f32> = Vec::with_capacity(total);
-    let mut recv = vec![0.0f32; ranks * my_len];
-    let mut reduced = vec![0.0f32; my_len];
-    let mut wire_mine: Vec<T::Wire> = Vec::with_capacity(my_len);
-    let mut wire_all = vec![T::Wire::default(); total];
-
     let mut sampler = Sampler::new(data.train_len(), args.seed);
     let mut phases = Phases::default();
     let mut timed_steps = 0u64;
@@ -448,35 +303,14 @@ fn train<T: Bits>(world: &SimpleCommunicator, args: &Args, data: &Dataset) -> Re
             replica.grads_mut()[0][0] = f32::INFINITY;
         }
 
-        // Reduce-scatter: each owner gets every rank's partials of its
-        // slice and sums them in rank order.
+        // Reduce-scatter: each owner sums its slice's partials in rank
+        // order. Then check the slice and all-reduce [nonfinite, sum_sq].
         let t1 = Instant::now();
-        send.clear();
-        layout.pack_by_owner(replica.grads(), &mut send);
-        world.all_to_all_varcount_into(
-            &Partition::new(&send[..], &send_counts[..], &send_displs[..]),
-            &mut PartitionMut::new(&mut recv[..], &recv_counts[..], &recv_displs[..]),
-        );
-        sum_in_rank_order(&recv, &mut reduced);
-
-        // Check this slice; all-reduce [nonfinite, sum_sq].
+        let reduced = comm.reduce_scatter(world, replica.grads());
         let t2 = Instant::now();
-        let mut views: Vec<&[f32]> = Vec::with_capacity(mine.len());
-        let mut rest = &reduced[..];
-        for r in &mine {
-            let (v, tail) = rest.split_at(r.len());
-            views.push(v);
-            rest = tail;
-        }
-        let checked = st.check_unscaled(&views).map_err(err)?;
+        let checked = st.check_unscaled(&reduced).map_err(err)?;
         let t3 = Instant::now();
-        let mut global = [0.0f64; 2];
-        world.all_reduce_into(
-            &checked.stats().to_array()[..],
-            &mut global[..],
-            SystemOperation::sum(),
-        );
-        let global = GradStats::from_array(global).map_err(err)?;
+        let global = all_reduce_stats(world, checked.stats()).map_err(err)?;
 
         // Update this rank's slices, then all-gather the model's bits.
         let t4 = Instant::now();
@@ -497,16 +331,7 @@ fn train<T: Bits>(world: &SimpleCommunicator, args: &Args, data: &Dataset) -> Re
         // A skip is global (the decision came from the all-reduced stats):
         // no rank changed a weight, so no rank sends any.
         if report.applied {
-            wire_mine.clear();
-            for (p, r) in replica.params().iter().zip(&mine) {
-                wire_mine.extend(p[r.clone()].iter().map(|x| x.to_wire()));
-            }
-            world.all_gather_varcount_into(
-                &wire_mine[..],
-                &mut PartitionMut::new(&mut wire_all[..], &send_counts[..], &send_displs[..]),
-            );
-            let mut params = replica.params_mut();
-            layout.unpack_by_owner(&wire_all, &mut params, T::from_wire);
+            comm.all_gather(world, &mut replica.params_mut());
         } else {
             skipped += 1;
         }
@@ -571,7 +396,10 @@ fn train<T: Bits>(world: &SimpleCommunicator, args: &Args, data: &Dataset) -> Re
     let mut ok = identical;
 
     let timed = timed_steps.max(1) as f64;
-    let mut mine_fig = vec![rows_of(b, ranks, me) as f64, my_len as f64];
+    let mut mine_fig = vec![
+        split(b, ranks, me).len() as f64,
+        comm.layout().owned_len(me) as f64,
+    ];
     mine_fig.extend(phases.to_array().map(|x| x / timed * 1e3));
     let width = mine_fig.len();
     let mut figs = vec![0.0f64; width * ranks];
@@ -625,10 +453,16 @@ fn train<T: Bits>(world: &SimpleCommunicator, args: &Args, data: &Dataset) -> Re
     }
 
     if args.check_single {
-        let gathered = gather_state(world, &trainer, &layout)?;
+        let gathered = gather_state(world, &trainer, comm.layout())?;
         if let Some(gathered) = gathered {
             let (model_same, detail) = compare_with_single::<T>(
-                args, data, &cfg, ranks, &replica, &layout, &gathered, &decisions,
+                args,
+                data,
+                &cfg,
+                &replica,
+                comm.layout(),
+                &gathered,
+                &decisions,
             )?;
             println!("check-single: {detail}");
             ok &= model_same;
@@ -664,169 +498,4 @@ fn train<T: Bits>(world: &SimpleCommunicator, args: &Args, data: &Dataset) -> Re
         );
     }
     Ok(ok)
-}
-
-/// How many values differ, and by how much at most.
-#[derive(Default)]
-struct Diff {
-    n: usize,
-    max: f64,
-}
-
-impl Diff {
-    fn add(&mut self, a: f32, b: f32) {
-        self.n += 1;
-        self.max = self.max.max((f64::from(a) - f64::from(b)).abs());
-    }
-}
-
-/// Rows of rank `r`'s shard of a batch of `b`.
-fn rows_of(b: usize, ranks: usize, r: usize) -> usize {
-    split(b, ranks, r).len()
-}
-
-/// Each rank's slices of its trainer's master weights and moments,
-/// gathered on rank 0 (`Some` there, `None` elsewhere). Per rank, tensor
-/// by tensor: master, first moment, second moment (each empty where the
-/// recipe keeps none).
-fn gather_state(
-    world: &SimpleCommunicator,
-    trainer: &halfkern::train::Trainer,
-    layout: &Layout,
-) -> Result<Option<Vec<f32>>, String> {
-    let me = world.rank() as usize;
-    let mut mine = Vec::new();
-    let mut kinds = 0;
-    for i in 0..layout.lens().len() {
-        let master = trainer.master(i).ok_or("no such tensor")?;
-        let (m, v) = trainer.moments(i).ok_or("no such tensor")?;
-        kinds = [master, m, v].iter().filter(|x| !x.is_empty()).count();
-        mine.extend_from_slice(master);
-        mine.extend_from_slice(m);
-        mine.extend_from_slice(v);
-    }
-    let root = world.process_at_rank(0);
-    if me != 0 {
-        root.gather_varcount_into(&mine[..]);
-        return Ok(None);
-    }
-    let (counts, displs) = layout.counts_displs(|r| kinds * layout.owned_len(r));
-    let mut all = vec![0.0f32; kinds * layout.lens().iter().sum::<usize>()];
-    root.gather_varcount_into_root(
-        &mine[..],
-        &mut PartitionMut::new(&mut all[..], &counts[..], &displs[..]),
-    );
-    Ok(Some(all))
-}
-
-/// Rank 0 replays the run as one process: one model and one trainer over
-/// whole tensors, each batch's shards run one after another, their
-/// partials summed in rank order, the same inf injected into the same
-/// shard. Then every bit is compared. Returns whether all matched, and a
-/// line saying so.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the run's pieces, passed once, by one caller"
-)]
-fn compare_with_single<T: Bits>(
-    args: &Args,
-    data: &Dataset,
-    cfg: &Config,
-    ranks: usize,
-    ddp: &Replica<'_, T>,
-    layout: &Layout,
-    gathered: &[f32],
-    decisions: &[Decision],
-) -> Result<(bool, String), String> {
-    let start = Instant::now();
-    let b = args.batch;
-    let mut one = Replica::<T>::new(data, args.recipe, cfg).map_err(err)?;
-    let total: usize = layout.lens().iter().sum();
-    let mut parts = vec![0.0f32; ranks * total];
-    let mut sum = vec![0.0f32; total];
-    let mut sampler = Sampler::new(data.train_len(), args.seed);
-    let mut same_decisions = true;
-    for (step, ddp_decision) in (1..=args.steps).zip(decisions) {
-        let batch = sampler.next(b);
-        let scale = one.trainer().scale();
-        let inv = one.trainer().scaler().inv_scale();
-        for (s, part) in parts.chunks_exact_mut(total).enumerate() {
-            one.backward(&batch[split(b, ranks, s)], b, scale, inv)
-                .map_err(err)?;
-            if args.inject == Some((s, step)) {
-                one.grads_mut()[0][0] = f32::INFINITY;
-            }
-            let mut at = 0;
-            for g in one.grads() {
-                part[at..at + g.len()].copy_from_slice(g);
-                at += g.len();
-            }
-        }
-        sum_in_rank_order(&parts, &mut sum);
-        let mut at = 0;
-        for g in one.grads_mut() {
-            let n = g.len();
-            g.copy_from_slice(&sum[at..at + n]);
-            at += n;
-        }
-        let r = one.apply().map_err(err)?;
-        same_decisions &= *ddp_decision
-            == Decision {
-                applied: r.applied,
-                scale_before: r.scale_before,
-                scale_after: r.scale_after,
-            };
-    }
-
-    // The model, bit for bit.
-    let mut model = Diff::default();
-    for (x, y) in ddp.params().iter().zip(one.params()) {
-        for (&x, &y) in x.iter().zip(y) {
-            if x.to_wire().into() != y.to_wire().into() {
-                model.add(x.to_f32(), y.to_f32());
-            }
-        }
-    }
-    // The optimizer state, slice by slice as the ranks hold it.
-    let mut state = Diff::default();
-    let tr = one.trainer();
-    let mut at = 0;
-    for r in 0..ranks {
-        for (i, range) in layout.owned(r).into_iter().enumerate() {
-            let master = tr.master(i).ok_or("no such tensor")?;
-            let (m, v) = tr.moments(i).ok_or("no such tensor")?;
-            for full in [master, m, v] {
-                if full.is_empty() {
-                    continue;
-                }
-                let got = gathered
-                    .get(at..at + range.len())
-                    .ok_or("gathered state shorter than the layout")?;
-                for (&x, &y) in got.iter().zip(&full[range.clone()]) {
-                    if x.to_bits() != y.to_bits() {
-                        state.add(x, y);
-                    }
-                }
-                at += range.len();
-            }
-        }
-    }
-    let (model_differ, state_differ) = (model.n, state.n);
-    let max_diff = model.max.max(state.max);
-    let ok = model_differ + state_differ == 0 && same_decisions && at == gathered.len();
-    let line = if ok {
-        format!(
-            "bit-identical to one process summing {ranks} shard(s) in rank order \
-             (model, master weights, moments, loss scale, {} skipped step(s)); replay {:.1} s",
-            decisions.iter().filter(|d| !d.applied).count(),
-            start.elapsed().as_secs_f64()
-        )
-    } else {
-        format!(
-            "MISMATCH: {model_differ} model and {state_differ} optimizer-state values differ \
-             (largest difference {max_diff:.3e}); decisions and scales {}",
-            if same_decisions { "match" } else { "DIFFER" }
-        )
-    };
-    Ok((ok, line))
 }
