@@ -30,11 +30,11 @@
 //! 4. Each rank applies the update to its slice, then `MPI_Allgatherv`
 //!    hands everyone the updated weights (as bits, in the model's dtype).
 //!
-//! Steps 2 and 4 are the two halves of a gradient all-reduce, with the
-//! update moved in between: the same bytes on the wire as all-reducing the
-//! gradients (less: the gathered weights are 2-byte bf16/f16), `1/N` of
-//! the optimizer's work and state per rank, and the statistics all-reduce
-//! is what keeps the ranks' decisions one decision.
+//! Steps 2 and 4 are the two halves of a ring all-reduce of the gradients,
+//! with the update moved in between: no more bytes on the wire (fewer:
+//! the gathered weights are 2-byte bf16/f16 where the gradients are f32),
+//! `1/N` of the optimizer's work and state per rank, and the statistics'
+//! all-reduce is what makes the ranks' decisions one decision.
 //!
 //! # Why f32, and why this order
 //!
@@ -60,7 +60,7 @@
 //!
 //! The example prints each rank's figures and the global ones, and exits
 //! non-zero unless every rank ends with the same bits (a fingerprint of the
-//! model, the loss scale and the step count, all-gathered), every check
+//! model, the loss scale and the step count, all-gathered) and every check
 //! asked for passed.
 
 #[path = "../../../../examples/train/mlp.rs"]
@@ -199,8 +199,9 @@ struct Phases {
 }
 
 impl Phases {
-    /// Communication: the reduce-scatter, the statistics' all-reduce and
-    /// the all-gather (waiting for slower ranks included).
+    /// Communication: the reduce-scatter (its packing and rank-order sum
+    /// included), the statistics' all-reduce and the all-gather, waiting
+    /// for slower ranks included.
     fn comm(&self) -> f64 {
         self.reduce_scatter + self.stats_all_reduce + self.all_gather
     }
@@ -230,6 +231,7 @@ impl Phases {
     }
 }
 
+/// A halfkern error as this example's error message.
 pub(crate) fn err(e: halfkern::Error) -> String {
     e.to_string()
 }
