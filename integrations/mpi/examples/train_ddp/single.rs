@@ -69,37 +69,35 @@ pub fn gather_state(
     Ok(Some(all))
 }
 
-/// Rank 0 replays the run as one process: one model and one trainer over
-/// whole tensors, each batch's shards run one after another, their
-/// partials summed in rank order, the same inf injected into the same
-/// shard. Then every bit is compared. Returns whether all matched, and a
-/// line saying so.
-pub fn compare_with_single<T: Bits>(
+/// The run replayed in one process: one model and one trainer over whole
+/// tensors; each batch cut into `shards` shards run one after another,
+/// their partials summed in shard order; the same inf injected into the
+/// same shard (into the whole batch when `shards` is 1). `cfg` sizes the
+/// buffers for the largest shard.
+fn replay<'d, T: Bits>(
     args: &Args,
-    data: &Dataset,
+    data: &'d Dataset,
     cfg: &Config,
-    ddp: &Replica<'_, T>,
-    layout: &Layout,
-    gathered: &[f32],
-    decisions: &[Decision],
-) -> Result<(bool, String), String> {
-    let start = Instant::now();
+    shards: usize,
+) -> Result<(Replica<'d, T>, Vec<Decision>), String> {
     let b = args.batch;
-    let ranks = layout.ranks();
     let mut one = Replica::<T>::new(data, args.recipe, cfg).map_err(err)?;
-    let total: usize = layout.lens().iter().sum();
-    let mut parts = vec![0.0f32; ranks * total];
+    let total: usize = one.params().iter().map(|p| p.len()).sum();
+    let mut parts = vec![0.0f32; shards * total];
     let mut sum = vec![0.0f32; total];
     let mut sampler = Sampler::new(data.train_len(), args.seed);
-    let mut same_decisions = true;
-    for (step, ddp_decision) in (1..=args.steps).zip(decisions) {
+    let mut decisions = Vec::new();
+    for step in 1..=args.steps {
         let batch = sampler.next(b);
         let scale = one.trainer().scale();
         let inv = one.trainer().scaler().inv_scale();
         for (s, part) in parts.chunks_exact_mut(total).enumerate() {
-            one.backward(&batch[split(b, ranks, s)], b, scale, inv)
+            one.backward(&batch[split(b, shards, s)], b, scale, inv)
                 .map_err(err)?;
-            if args.inject == Some((s, step)) {
+            if args
+                .inject
+                .is_some_and(|(r, t)| t == step && (r == s || shards == 1))
+            {
                 one.grads_mut()[0][0] = f32::INFINITY;
             }
             let mut at = 0;
@@ -116,13 +114,34 @@ pub fn compare_with_single<T: Bits>(
             at += n;
         }
         let r = one.apply().map_err(err)?;
-        same_decisions &= *ddp_decision
-            == Decision {
-                applied: r.applied,
-                scale_before: r.scale_before,
-                scale_after: r.scale_after,
-            };
+        decisions.push(Decision {
+            applied: r.applied,
+            scale_before: r.scale_before,
+            scale_after: r.scale_after,
+        });
     }
+    Ok((one, decisions))
+}
+
+/// Rank 0 replays the run as one process summing the shards in rank
+/// order ([`replay`]) and compares every bit: the model, the optimizer
+/// state the ranks gathered, and each step's decision and loss scale.
+/// Returns whether all matched, and lines saying so. With several ranks it
+/// also replays whole batches (one GEMM over all `B` rows, another sum
+/// order), for the size of the difference that order makes (not checked).
+pub fn compare_with_single<T: Bits>(
+    args: &Args,
+    data: &Dataset,
+    cfg: &Config,
+    ddp: &Replica<'_, T>,
+    layout: &Layout,
+    gathered: &[f32],
+    decisions: &[Decision],
+) -> Result<(bool, String), String> {
+    let start = Instant::now();
+    let ranks = layout.ranks();
+    let (one, one_decisions) = replay::<T>(args, data, cfg, ranks)?;
+    let same_decisions = one_decisions == decisions;
 
     // The model, bit for bit.
     let mut model = Diff::default();
@@ -160,7 +179,7 @@ pub fn compare_with_single<T: Bits>(
     let (model_differ, state_differ) = (model.n, state.n);
     let max_diff = model.max.max(state.max);
     let ok = model_differ + state_differ == 0 && same_decisions && at == gathered.len();
-    let line = if ok {
+    let mut line = if ok {
         format!(
             "bit-identical to one process summing {ranks} shard(s) in rank order \
              (model, master weights, moments, loss scale, {} skipped step(s)); replay {:.1} s",
@@ -174,5 +193,26 @@ pub fn compare_with_single<T: Bits>(
             if same_decisions { "match" } else { "DIFFER" }
         )
     };
+    if ranks > 1 {
+        let whole_cfg = Config {
+            batch_size: args.batch,
+            ..cfg.clone()
+        };
+        let (whole, _) = replay::<T>(args, data, &whole_cfg, 1)?;
+        let mut d = Diff::default();
+        for (x, y) in ddp.params().iter().zip(whole.params()) {
+            for (&x, &y) in x.iter().zip(y) {
+                if x.to_wire().into() != y.to_wire().into() {
+                    d.add(x.to_f32(), y.to_f32());
+                }
+            }
+        }
+        let n: usize = ddp.params().iter().map(|p| p.len()).sum();
+        line += &format!(
+            "\ncheck-single: for scale, one process with whole batches (one GEMM over \
+             {} rows, another sum order) differs in {} of {n} weights, by at most {:.3e}",
+            args.batch, d.n, d.max
+        );
+    }
     Ok((ok, line))
 }
