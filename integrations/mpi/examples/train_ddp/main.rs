@@ -290,6 +290,9 @@ fn train<T: Bits>(world: &SimpleCommunicator, args: &Args, data: &Dataset) -> Re
     let mut timed_steps = 0u64;
     let mut decisions = Vec::new();
     let mut skipped = 0u64;
+    // How many non-finite values this rank's own check found at the
+    // injected step (before the statistics' all-reduce).
+    let mut seen_locally = 0u64;
     let (mut loss_sum, mut loss_rows) = (0.0f64, 0.0f64);
     let mut last_loss = f64::NAN;
     for step in 1..=args.steps {
@@ -311,6 +314,9 @@ fn train<T: Bits>(world: &SimpleCommunicator, args: &Args, data: &Dataset) -> Re
         let reduced = comm.reduce_scatter(world, replica.grads());
         let t2 = Instant::now();
         let checked = st.check_unscaled(&reduced).map_err(err)?;
+        if args.inject.is_some_and(|(_, t)| t == step) {
+            seen_locally = checked.nonfinite() as u64;
+        }
         let t3 = Instant::now();
         let global = all_reduce_stats(world, checked.stats()).map_err(err)?;
 
@@ -386,15 +392,16 @@ fn train<T: Bits>(world: &SimpleCommunicator, args: &Args, data: &Dataset) -> Re
     let injected = args
         .inject
         .and_then(|(_, s)| decisions.get(usize::try_from(s - 1).ok()?).copied());
-    let mine_summary: [u64; 4] = [
+    let mine_summary: [u64; 5] = [
         fp.value(),
         injected.map_or(2, |d| u64::from(d.applied)),
         injected.map_or(0, |d| d.scale_after.to_bits().into()),
         injected.map_or(0, |d| d.scale_before.to_bits().into()),
+        seen_locally,
     ];
-    let mut all = vec![0u64; 4 * ranks];
+    let mut all = vec![0u64; 5 * ranks];
     world.all_gather_into(&mine_summary[..], &mut all[..]);
-    let identical = all.chunks(4).all(|c| c[0] == all[0]);
+    let identical = all.chunks(5).all(|c| c[0] == all[0]);
     let mut ok = identical;
 
     let timed = timed_steps.max(1) as f64;
@@ -433,17 +440,26 @@ fn train<T: Bits>(world: &SimpleCommunicator, args: &Args, data: &Dataset) -> Re
 
     if let Some((r, s)) = args.inject {
         let dynamic = trainer.scaler().mode() == ScalerMode::Dynamic;
-        let every_skipped = all.chunks(4).all(|c| c[1] == 0);
-        let same_scale = all.chunks(4).all(|c| c[2] == all[2]);
+        let every_skipped = all.chunks(5).all(|c| c[1] == 0);
+        let same_scale = all.chunks(5).all(|c| c[2] == all[2]);
         let before = f32::from_bits(all[3] as u32);
         let after = f32::from_bits(all[2] as u32);
         let backed_off = !dynamic || after < before;
         ok &= every_skipped && same_scale && backed_off;
         if rank0 {
+            // The inf goes into w1[0], which rank 0's slice holds: the
+            // other ranks skip only because of the statistics' all-reduce.
+            let seen: Vec<String> = all
+                .chunks(5)
+                .enumerate()
+                .filter(|(_, c)| c[4] > 0)
+                .map(|(q, _)| q.to_string())
+                .collect();
             println!(
-                "inject-inf: inf in rank {r}'s gradients at step {s}: skipped on {} of {ranks} ranks; \
-                 scale {before} -> {after} on every rank: {}{}",
-                all.chunks(4).filter(|c| c[1] == 0).count(),
+                "inject-inf: inf in rank {r}'s gradients at step {s}; found by the check of rank(s) {} \
+                 only; skipped on {} of {ranks} ranks; scale {before} -> {after} on every rank: {}{}",
+                seen.join(","),
+                all.chunks(5).filter(|c| c[1] == 0).count(),
                 if same_scale { "yes" } else { "NO" },
                 if dynamic {
                     ""
