@@ -20,7 +20,7 @@
 
 use std::time::Instant;
 
-use halfkern::train::{AdamW, LossScaler, Precision, Trainer};
+use halfkern::train::{AdamW, LossScaler, Precision, StepReport, Trainer, TrainerBuilder};
 use halfkern::{Activation, Bias, Element, Error, Gemm, MatMut, MatRef, bf16, f16};
 
 /// Pixels per image (8x8).
@@ -185,7 +185,7 @@ impl Rng {
     }
 
     /// Fisher-Yates.
-    fn shuffle<T>(&mut self, v: &mut [T]) {
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
         for i in (1..v.len()).rev() {
             v.swap(i, self.below(i + 1));
         }
@@ -470,20 +470,8 @@ impl<'d, T: Element> Run<'d, T> {
                 vec![0.0; CLASSES],
             ],
         };
-        // halfkern::train owns the optimizer state, the master weights (or
-        // their absence) and the loss scale.
-        let optimizer = AdamW::new(cfg.lr).weight_decay(WEIGHT_DECAY);
-        let (weights, scaler) = match precision {
-            Recipe::F32 | Recipe::Bf16 => (Precision::default(), LossScaler::disabled()),
-            Recipe::F16 => (Precision::default(), LossScaler::dynamic()),
-            Recipe::Bf16Pure => (Precision::Pure, LossScaler::disabled()),
-        };
         let params: Vec<&[T]> = layers.iter().flat_map(|l| [&l.w[..], &l.b[..]]).collect();
-        let trainer = Trainer::builder(optimizer)
-            .precision(weights)
-            .scaler(scaler)
-            .seed(cfg.seed)
-            .build(&params)?;
+        let trainer = trainer_builder(precision, cfg).build(&params)?;
         Ok(Run {
             data,
             precision,
@@ -599,6 +587,27 @@ impl<'d, T: Element> Run<'d, T> {
     /// set).
     fn step(&mut self, batch: &[usize]) -> Result<StepOutcome, Error> {
         let m = batch.len();
+        let scale = self.trainer.scale();
+        let inv_scale = self.trainer.scaler().inv_scale();
+        let loss = self.backward(batch, m, scale, inv_scale)?;
+        let loss = (loss / m as f64) as f32;
+        let applied = self.apply_grads()?.applied;
+        Ok(StepOutcome { loss, applied })
+    }
+
+    /// Forward and backward passes on the images `batch`, for the loss
+    /// averaged over `mean_over` images (the whole batch, or the global
+    /// batch of which `batch` is one data-parallel shard) and multiplied by
+    /// `scale`. Leaves the weight gradients, unscaled by `inv_scale`, in
+    /// `buf.grads`; returns the sum of the images' losses.
+    fn backward(
+        &mut self,
+        batch: &[usize],
+        mean_over: usize,
+        scale: f32,
+        inv_scale: f32,
+    ) -> Result<f64, Error> {
+        let m = batch.len();
         for (row, &i) in batch.iter().enumerate() {
             self.buf.x[row * FEATURES..(row + 1) * FEATURES]
                 .copy_from_slice(&self.train_x[i * FEATURES..(i + 1) * FEATURES]);
@@ -610,8 +619,6 @@ impl<'d, T: Element> Run<'d, T> {
         // Softmax cross-entropy in f32; its gradient is multiplied by the
         // loss scale before it is rounded to T, which is the whole point of
         // loss scaling: small gradients stay above f16's underflow.
-        let scale = self.trainer.scale();
-        let inv_scale = self.trainer.scaler().inv_scale();
         let b = &mut self.buf;
         let mut loss = 0.0f64;
         for (row, &i) in batch.iter().enumerate() {
@@ -628,10 +635,9 @@ impl<'d, T: Element> Run<'d, T> {
             for (c, g) in g.iter_mut().enumerate() {
                 let p = *g / sum;
                 let y = if c == label { 1.0 } else { 0.0 };
-                *g = (p - y) * (scale / m as f32);
+                *g = (p - y) * (scale / mean_over as f32);
             }
         }
-        let loss = (loss / m as f64) as f32;
         halfkern::convert(&b.dlogits[..m * CLASSES], &mut b.dz3[..m * CLASSES])?;
 
         // Backward. Weight gradients: f32 outputs, unscaled in the GEMM's
@@ -699,18 +705,20 @@ impl<'d, T: Element> Run<'d, T> {
             }
         }
         self.buf.x = x;
+        Ok(loss)
+    }
 
+    /// Checks the gradients in `buf.grads` and applies (or skips) the
+    /// update with this run's trainer.
+    fn apply_grads(&mut self) -> Result<StepReport, Error> {
         let [l1, l2, l3] = &mut self.layers;
         let mut params: [&mut [T]; 6] = [
             &mut l1.w, &mut l1.b, &mut l2.w, &mut l2.b, &mut l3.w, &mut l3.b,
         ];
-        let report = self
-            .trainer
+        self.trainer
             .begin()
             .check_unscaled(&self.buf.grads)?
-            .apply(&mut params)?;
-        let applied = report.applied;
-        Ok(StepOutcome { loss, applied })
+            .apply(&mut params)
     }
 
     /// Fraction of the test set classified correctly (one forward pass in
@@ -736,6 +744,155 @@ impl<'d, T: Element> Run<'d, T> {
 struct StepOutcome {
     loss: f32,
     applied: bool,
+}
+
+/// The optimizer, master-weight mode, loss scaler and seed of `precision`:
+/// what every run's trainer is built from. halfkern::train owns the
+/// optimizer state, the master weights (or their absence) and the loss
+/// scale.
+pub fn trainer_builder(precision: Recipe, cfg: &Config) -> TrainerBuilder {
+    let optimizer = AdamW::new(cfg.lr).weight_decay(WEIGHT_DECAY);
+    let (weights, scaler) = match precision {
+        Recipe::F32 | Recipe::Bf16 => (Precision::default(), LossScaler::disabled()),
+        Recipe::F16 => (Precision::default(), LossScaler::dynamic()),
+        Recipe::Bf16Pure => (Precision::Pure, LossScaler::disabled()),
+    };
+    Trainer::builder(optimizer)
+        .precision(weights)
+        .scaler(scaler)
+        .seed(cfg.seed)
+}
+
+// ---------------------------------------------------------------------------
+// Data parallel: the same model, with a step split where an engine reduces
+// the gradients (integrations/mpi's `train_ddp`).
+// ---------------------------------------------------------------------------
+
+/// The model of one data-parallel rank: the weights, initial values and
+/// buffers of [`train`]'s run, with its step split in two. An engine calls
+/// [`Replica::backward`] on its shard of each batch, reduces
+/// [`Replica::grads`] across ranks, and updates with its own trainer (or
+/// [`Replica::apply`], which uses the run's full trainer).
+#[allow(dead_code, reason = "the train example steps whole batches")]
+pub struct Replica<'d, T>(Run<'d, T>);
+
+#[allow(dead_code, reason = "the train example steps whole batches")]
+impl<'d, T: Element> Replica<'d, T> {
+    /// The model [`train`] starts from for `precision` (its element type
+    /// must be `T`), with buffers for `cfg.batch_size` images a call.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for a zero batch size; whatever halfkern
+    /// returns.
+    pub fn new(data: &'d Dataset, precision: Recipe, cfg: &Config) -> Result<Self, Error> {
+        if cfg.batch_size == 0 {
+            return Err(Error::InvalidArgument {
+                arg: "batch_size",
+                reason: "must be at least 1".into(),
+            });
+        }
+        Run::new(data, precision, cfg).map(Replica)
+    }
+
+    /// Forward and backward passes on the training images `rows` (at most
+    /// `cfg.batch_size`), for the loss averaged over `mean_over` images and
+    /// multiplied by `scale`: summed over the shards of a batch of
+    /// `mean_over` images, these gradients are the batch's. Leaves the f32
+    /// weight gradients, unscaled by `inv_scale` in the GEMMs' epilogue, in
+    /// [`Replica::grads`]; returns the sum of the rows' losses.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] when `rows` is empty, longer than the
+    /// buffers, or `mean_over < rows.len()`; whatever halfkern returns.
+    pub fn backward(
+        &mut self,
+        rows: &[usize],
+        mean_over: usize,
+        scale: f32,
+        inv_scale: f32,
+    ) -> Result<f64, Error> {
+        if rows.is_empty() || rows.len() > self.0.cfg.batch_size || mean_over < rows.len() {
+            return Err(Error::InvalidArgument {
+                arg: "rows",
+                reason: format!(
+                    "{} rows for buffers of {} and a mean over {mean_over}",
+                    rows.len(),
+                    self.0.cfg.batch_size
+                ),
+            });
+        }
+        if let Some(&i) = rows.iter().find(|&&i| i >= self.0.data.train_len()) {
+            return Err(Error::InvalidArgument {
+                arg: "rows",
+                reason: format!("image {i} of {}", self.0.data.train_len()),
+            });
+        }
+        self.0.backward(rows, mean_over, scale, inv_scale)
+    }
+
+    /// The weight gradients of the last [`Replica::backward`], in parameter
+    /// order (w1 b1 w2 b2 w3 b3).
+    pub fn grads(&self) -> &[Vec<f32>; 6] {
+        &self.0.buf.grads
+    }
+
+    /// The gradients, to be replaced by their reduction across ranks.
+    pub fn grads_mut(&mut self) -> &mut [Vec<f32>; 6] {
+        &mut self.0.buf.grads
+    }
+
+    /// The model's parameters, in the order of [`Replica::grads`].
+    pub fn params(&self) -> [&[T]; 6] {
+        let [l1, l2, l3] = &self.0.layers;
+        [&l1.w, &l1.b, &l2.w, &l2.b, &l3.w, &l3.b]
+    }
+
+    /// The model's parameters, for an engine's update and broadcast.
+    pub fn params_mut(&mut self) -> [&mut [T]; 6] {
+        let [l1, l2, l3] = &mut self.0.layers;
+        [
+            &mut l1.w, &mut l1.b, &mut l2.w, &mut l2.b, &mut l3.w, &mut l3.b,
+        ]
+    }
+
+    /// The run's own trainer (over every parameter).
+    pub fn trainer(&self) -> &Trainer {
+        &self.0.trainer
+    }
+
+    /// Frees the run's own trainer (f32 master weights and moments for
+    /// every parameter), for an engine that updates with trainers of its
+    /// own; [`Replica::apply`] then returns an error.
+    ///
+    /// # Errors
+    ///
+    /// Whatever building an empty trainer returns.
+    pub fn release_trainer(&mut self) -> Result<(), Error> {
+        let none: [&[T]; 0] = [];
+        self.0.trainer = trainer_builder(self.0.precision, &self.0.cfg).build(&none)?;
+        Ok(())
+    }
+
+    /// Checks [`Replica::grads`] and applies (or skips) the update with
+    /// the run's own trainer: a single process's step.
+    ///
+    /// # Errors
+    ///
+    /// Whatever halfkern's step returns.
+    pub fn apply(&mut self) -> Result<StepReport, Error> {
+        self.0.apply_grads()
+    }
+
+    /// Fraction of the test images the model classifies correctly.
+    ///
+    /// # Errors
+    ///
+    /// Whatever halfkern returns.
+    pub fn test_accuracy(&mut self) -> Result<f64, Error> {
+        self.0.test_accuracy()
+    }
 }
 
 /// `dz <- dz * (h > 0)`: the gradient through ReLU, where `h` is ReLU's
