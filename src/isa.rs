@@ -234,6 +234,22 @@ impl Token {
     }
 }
 
+impl Token {
+    /// One block of the small-m path for a column-major B
+    /// ([`ops::DotBlock`]): on tiles where AMX takes it (bf16, 2 to 16 rows
+    /// of A), else the elementwise dispatch of [`Token::run`].
+    pub(crate) fn dot<T: crate::element::Element>(self, op: ops::DotBlock<'_, T>) {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Token::Amx(t) if crate::arch::x86_64::amx::dot::takes(&op) => {
+                let _mode = crate::fp_env::Ieee::enter();
+                crate::arch::x86_64::amx::dot::run(t, op)
+            }
+            _ => self.run(op),
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 fn bf16_choice<O: KernelOp>(
     t: crate::arch::x86_64::Avx512Bf16,

@@ -42,17 +42,19 @@ pub(crate) fn dot_applies<T: Element>(a: &MatRef<'_, T>, b: &MatRef<'_, T>) -> b
     a.rows <= GEMV_MAX_M && b.rs == 1 && b.cs != 1 && b.cols > 1 && b.rows > 0
 }
 
-/// W rows (columns of C) per [`DotBlock`]: the dot products of one block
-/// are stored through the epilogue row by row.
+/// The split of W's rows (columns of C) over threads is in multiples of
+/// this many.
 const DOT_COLS: usize = 64;
 
 /// Bytes of scratch [`run_dot`] allocates: A widened (`m` rows padded to
-/// whole vectors) and each thread's block of dot products; `None` on
+/// whole vectors), the dot products (`m x n`, split between the threads),
+/// and at most as much again for a kernel's own copy of A; `None` on
 /// overflow.
-pub(crate) fn dot_scratch_bytes(m: usize, k: usize, threads: usize) -> Option<usize> {
+pub(crate) fn dot_scratch_bytes(m: usize, n: usize, k: usize) -> Option<usize> {
     let kp = k.checked_next_multiple_of(crate::arch::generic::dot::PAD)?;
     m.checked_mul(kp)?
-        .checked_add(threads.checked_mul(m * DOT_COLS)?)?
+        .checked_mul(2)?
+        .checked_add(m.checked_mul(n.checked_add(DOT_COLS)?)?)?
         .checked_mul(size_of::<f32>())
         .filter(|&bytes| bytes <= isize::MAX as usize)
 }
@@ -97,27 +99,28 @@ pub(crate) fn run_dot<K: RowOps, T: Element, C: Element>(
     let work = |t: usize| -> usize {
         let _mode = crate::fp_env::Ieee::enter();
         let (lo, hi) = ((t * per).min(n), ((t + 1) * per).min(n));
-        let mut dots = vec![0.0f32; m * DOT_COLS];
+        let cols = hi - lo;
+        if cols == 0 {
+            return 0;
+        }
+        // One operation over the thread's whole range (a kernel that
+        // prepares A once, AMX's, does it once per thread).
+        let mut dots = vec![0.0f32; m * cols];
+        token.dot(DotBlock {
+            a: aw,
+            m,
+            kp,
+            w: &b.data[lo * b.cs..],
+            ws: b.cs,
+            k,
+            cols,
+            out: &mut dots,
+        });
         let mut bad = 0;
-        for j0 in (lo..hi).step_by(DOT_COLS) {
-            let cols = DOT_COLS.min(hi - j0);
-            let out = &mut dots[..m * cols];
-            token.run(DotBlock {
-                a: aw,
-                m,
-                kp,
-                w: &b.data[j0 * b.cs..],
-                ws: b.cs,
-                k,
-                cols,
-                out,
-            });
-            for (r, row) in out.chunks_exact_mut(cols).enumerate() {
-                // SAFETY: row r < m, columns j0..j0 + cols in this thread's
-                // own range lo..hi <= n (shapes checked above; ranges
-                // disjoint).
-                bad += unsafe { store_row(kern, ep, row, r, j0, cptr, c_len) };
-            }
+        for (r, row) in dots.chunks_exact_mut(cols).enumerate() {
+            // SAFETY: row r < m, columns lo..hi <= n, this thread's own
+            // range (shapes checked above; ranges disjoint).
+            bad += unsafe { store_row(kern, ep, row, r, lo, cptr, c_len) };
         }
         bad
     };

@@ -282,7 +282,7 @@ impl<T: Element, C: Element> KernelOp for Unpacked<'_, '_, T, C> {
             return Ok(report(bad, "gemv"));
         }
         if gemv::dot_applies(&self.a, &self.b) {
-            preflight(gemv::dot_scratch_bytes(m, k, threads), "a")?;
+            preflight(gemv::dot_scratch_bytes(m, n, k), "a")?;
             let bad = gemv::run_dot(self.token, kern, self.a, self.b, self.c, &self.ep, threads);
             return Ok(report(bad, "gemv-dot"));
         }

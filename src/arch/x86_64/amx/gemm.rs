@@ -98,9 +98,8 @@ impl Microkernel for AmxBf16 {
         accumulate: bool,
         ahead: Ahead<'_>,
     ) {
-        TILES.with(|t| {
-            let guard = t.get_or_init(|| TileGuard::new(self.0));
-            kernel(guard, slots, a, b, tile, accumulate, ahead);
+        with_tiles(self.0, |guard| {
+            kernel(guard, slots, a, b, tile, accumulate, ahead)
         });
     }
 
@@ -151,6 +150,12 @@ impl RowOps for AmxBf16 {
 thread_local! {
     /// This thread's tile configuration, made on first use (module docs).
     static TILES: OnceCell<TileGuard> = const { OnceCell::new() };
+}
+
+/// Runs `f` with this thread's tiles configured (once per thread, kept
+/// until it exits; see the module docs).
+pub(super) fn with_tiles<R>(amx: Amx, f: impl FnOnce(&TileGuard) -> R) -> R {
+    TILES.with(|t| f(t.get_or_init(|| TileGuard::new(amx))))
 }
 
 /// Bytes per row of the f32 tile of C.

@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 
 use super::Avx512Bf16;
 
+pub(crate) mod dot;
 pub(crate) mod gemm;
 pub(crate) mod tile;
 
