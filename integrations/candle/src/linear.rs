@@ -1,30 +1,44 @@
-//! [`Linear`]: `y = act(x W^T + b)` with `W` packed once ([`PackedB`]) and
-//! the bias and activation applied in halfkern's epilogue, as a candle
-//! [`Module`] (and [`CustomOp1`]) that replaces `candle_nn::Linear`.
+//! [`Linear`]: `y = act(x W^T + b)` with `W` prepared once and the bias
+//! and activation applied in halfkern's epilogue, as a candle [`Module`]
+//! (and [`CustomOp1`]) that replaces `candle_nn::Linear`.
 //!
-//! candle-nn's `Linear` multiplies by `W^T` on every call; on the CPU in
-//! bf16 that widens the whole weight matrix to f32 each time. Here the
-//! weights are read once, at construction, into the layout halfkern's
-//! kernels stream, and a forward call is one GEMM whose epilogue adds the
-//! bias and applies the activation before the single rounding of each
-//! output (no separate passes over `y`).
+//! candle-nn's `Linear` multiplies by a transposed view of `W` on every
+//! call; on the CPU in bf16 that widens the whole weight matrix to f32
+//! each time. Here the weights are laid out once, at construction, the way
+//! halfkern's kernels stream them, and a forward call is one GEMM whose
+//! epilogue adds the bias and applies the activation before the single
+//! rounding of each output (no separate passes over `y`).
+//!
+//! Two layouts are kept, because halfkern has two fast paths: `W^T`
+//! row-major (`in x out`), which its small-m path (decode: at most 16 rows)
+//! streams once without packing, and a [`PackedB`] for the blocked kernels
+//! that larger batches (prefill) run. Packing a transposed `W` per call,
+//! or the packed kernels at one row, cost several times more.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, DType, Error, Layout, Module, Result, Shape, Tensor};
-use halfkern::{Activation, Bias, Element, Gemm, MatMut, PackedB, bf16, f16};
+use candle_core::{
+    CpuStorage, CustomOp1, DType, Error, Layout, Module, Result, Shape, Tensor, WithDType,
+};
+use halfkern::{Activation, Bias, Element, Gemm, MatMut, MatRef, PackedB, bf16, f16};
 
 use crate::layout::{Batched, view_at};
 
 const OP: &str = "halfkern-linear";
 
-/// A linear layer `y = act(x W^T + b)` over halfkern's prepacked GEMM.
+/// A linear layer `y = act(x W^T + b)` over halfkern's GEMM with
+/// prepared weights.
 ///
-/// `W` is candle's `[out_features, in_features]` weight, packed once by
+/// `W` is candle's `[out_features, in_features]` weight, prepared once by
 /// [`Linear::new`] in its own type (bf16, f16 or f32); inputs must have that
-/// type. An input `[.., in_features]` of any rank and strides gives a
-/// contiguous `[.., out_features]` output of the same type. The optional
-/// bias (any type, kept in f32) and the [`Activation`] run in the GEMM's
-/// epilogue, in f32, before the output's single rounding.
+/// type. An input `[.., in_features]` of any rank and strides (read in
+/// place) gives a contiguous `[.., out_features]` output of the same type.
+/// The optional bias (any type, kept in f32) and the [`Activation`] run in
+/// the GEMM's epilogue, in f32, before the output's single rounding.
+///
+/// Memory: the layer keeps `W^T` row-major (the weights' own size) and
+/// packed (up to 4 bytes a weight: halfkern packs f16, and bf16 where no
+/// bf16 dot kernel runs, widened to f32). The `candle_nn::Linear` it
+/// replaces can be dropped.
 ///
 /// A model swaps it in where it holds a `candle_nn::Linear` (both are
 /// [`Module`]s): `Linear::new(l.weight(), l.bias())`.
@@ -51,25 +65,43 @@ pub struct Linear {
     activation: Activation,
 }
 
-/// `W^T` packed for the process-wide halfkern backend, in `W`'s type.
+/// Up to this many rows, an input runs on `W^T` stored row-major (in x
+/// out): halfkern's small-m path streams such a B once without packing it,
+/// faster than the packed kernels for decode. (halfkern takes that path
+/// for `m <= 16` and a B with unit column stride.)
+const SMALL_M: usize = 16;
+
+/// `W^T` twice over, in `W`'s type: row-major for small batches, packed
+/// for the process-wide halfkern backend for larger ones.
 #[derive(Clone, Debug)]
-enum Packed {
-    Bf16(PackedB<bf16>),
-    F16(PackedB<f16>),
-    F32(PackedB<f32>),
+struct Prepared<T: Element> {
+    rows: Vec<T>,
+    packed: PackedB<T>,
 }
 
-impl Packed {
-    fn of<T: Element>(
-        weight: &[T],
-        layout: &Layout,
-        (out, inp): (usize, usize),
-    ) -> Result<PackedB<T>> {
-        let (s0, s1) = (layout.stride()[0], layout.stride()[1]);
-        // W is out x in; the GEMM's B is W^T, in x out: a transposed view.
-        let w = view_at(weight, layout.start_offset(), (out, inp), (s0, s1), OP)?;
-        PackedB::new(w.t()).map_err(|e| crate::to_candle(OP, e))
+impl<T: Element + WithDType> Prepared<T> {
+    /// From `wt`, a contiguous `[in, out]` tensor of type `T`.
+    fn of(wt: &Tensor) -> Result<Self> {
+        let (k, n) = wt.dims2()?;
+        let rows = wt.flatten_all()?.to_vec1::<T>()?;
+        let packed =
+            PackedB::new(MatRef::row_major(&rows, k, n).map_err(|e| crate::to_candle(OP, e))?)
+                .map_err(|e| crate::to_candle(OP, e))?;
+        Ok(Prepared { rows, packed })
     }
+
+    fn view(&self) -> Result<MatRef<'_, T>> {
+        let (k, n) = (self.packed.rows(), self.packed.cols());
+        MatRef::row_major(&self.rows, k, n).map_err(|e| crate::to_candle(OP, e))
+    }
+}
+
+/// [`Prepared`] weights of each supported type.
+#[derive(Clone, Debug)]
+enum Packed {
+    Bf16(Prepared<bf16>),
+    F16(Prepared<f16>),
+    F32(Prepared<f32>),
 }
 
 impl Linear {
@@ -84,7 +116,7 @@ impl Linear {
     /// (memory) as `Error::Msg`.
     pub fn new(weight: &Tensor, bias: Option<&Tensor>) -> Result<Self> {
         crate::require_cpu(OP, weight)?;
-        let (out, inp) = weight.dims2()?;
+        let (out, _) = weight.dims2()?;
         let bias = match bias {
             None => None,
             Some(b) => {
@@ -100,15 +132,13 @@ impl Linear {
                 Some(v)
             }
         };
-        let (storage, layout) = weight.storage_and_layout();
-        let candle_core::Storage::Cpu(cpu) = &*storage else {
-            return Err(crate::not_cpu(OP, weight.device()));
-        };
-        let packed = match cpu {
-            CpuStorage::BF16(w) => Packed::Bf16(Packed::of(w, layout, (out, inp))?),
-            CpuStorage::F16(w) => Packed::F16(Packed::of(w, layout, (out, inp))?),
-            CpuStorage::F32(w) => Packed::F32(Packed::of(w, layout, (out, inp))?),
-            other => return Err(Error::UnsupportedDTypeForOp(other.dtype(), OP).bt()),
+        // W^T, row-major: candle copies the transposed view once, here.
+        let wt = weight.t()?.contiguous()?;
+        let packed = match weight.dtype() {
+            DType::BF16 => Packed::Bf16(Prepared::of(&wt)?),
+            DType::F16 => Packed::F16(Prepared::of(&wt)?),
+            DType::F32 => Packed::F32(Prepared::of(&wt)?),
+            other => return Err(Error::UnsupportedDTypeForOp(other, OP).bt()),
         };
         Ok(Linear {
             packed,
@@ -135,18 +165,18 @@ impl Linear {
     /// `in_features`: the last dimension of an input.
     pub fn in_features(&self) -> usize {
         match &self.packed {
-            Packed::Bf16(p) => p.rows(),
-            Packed::F16(p) => p.rows(),
-            Packed::F32(p) => p.rows(),
+            Packed::Bf16(p) => p.packed.rows(),
+            Packed::F16(p) => p.packed.rows(),
+            Packed::F32(p) => p.packed.rows(),
         }
     }
 
     /// `out_features`: the last dimension of an output.
     pub fn out_features(&self) -> usize {
         match &self.packed {
-            Packed::Bf16(p) => p.cols(),
-            Packed::F16(p) => p.cols(),
-            Packed::F32(p) => p.cols(),
+            Packed::Bf16(p) => p.packed.cols(),
+            Packed::F16(p) => p.packed.cols(),
+            Packed::F32(p) => p.packed.cols(),
         }
     }
 
@@ -156,35 +186,39 @@ impl Linear {
     }
 
     /// `act(x W^T + b)` for CPU inputs of [`Linear::dtype`].
-    fn run<T: Element + candle_core::WithDType>(
+    fn run<T: Element + WithDType>(
         &self,
         x: &[T],
         layout: &Layout,
-        w: &PackedB<T>,
+        w: &Prepared<T>,
     ) -> Result<Vec<T>> {
         let a = Batched::new(layout, OP, "x")?;
-        let (m, n, k) = (a.rows, w.cols(), a.cols);
+        let (m, n, k) = (a.rows, w.packed.cols(), a.cols);
         let each = m.checked_mul(n);
         let mut y = crate::zeroed::<T>(each.and_then(|e| e.checked_mul(a.count())), OP)?;
         if y.is_empty() {
             return Ok(y);
         }
         let params = self.params();
-        let gemm = |a, y: &mut [T], rows| -> Result<()> {
+        let gemm = |x: MatRef<'_, T>, y: &mut [T]| -> Result<()> {
+            let rows = x.rows();
             let y = MatMut::row_major(y, rows, n).map_err(|e| crate::to_candle(OP, e))?;
-            halfkern::gemm_packed(a, w, y, &params).map_err(|e| crate::to_candle(OP, e))?;
+            let done = if rows <= SMALL_M {
+                halfkern::gemm(x, w.view()?, y, &params)
+            } else {
+                halfkern::gemm_packed(x, &w.packed, y, &params)
+            };
+            done.map_err(|e| crate::to_candle(OP, e))?;
             Ok(())
         };
         if let Some((rows, rs)) = a.folded_rows() {
             // Every row of the batch in one GEMM: the usual case.
-            let x = view_at(x, a.start(), (rows, k), (rs, a.cs), OP)?;
-            gemm(x, &mut y, rows)?;
+            gemm(view_at(x, a.start(), (rows, k), (rs, a.cs), OP)?, &mut y)?;
         } else {
             // The batch's strides do not fold (a permuted input): one GEMM
             // per matrix, still reading the input in place.
-            let each = m * n;
-            for (i, y) in y.chunks_mut(each).enumerate() {
-                gemm(a.view(x, i, OP)?, y, m)?;
+            for (i, y) in y.chunks_mut(m * n).enumerate() {
+                gemm(a.view(x, i, OP)?, y)?;
             }
         }
         Ok(y)

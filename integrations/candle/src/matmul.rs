@@ -33,6 +33,11 @@ const SMALL_GEMM: usize = 1 << 21;
 /// result is a new contiguous `[batch.., m, n]` tensor of the output type
 /// (by default the inputs' type; see [`MatMul::out_dtype`]).
 ///
+/// For weights, prefer [`Linear`](crate::Linear): a product of a few rows
+/// (decode) by a transposed weight view `W.t()` makes halfkern pack all of
+/// `W` on every call, several times slower than the layer's prepared
+/// layouts.
+///
 /// # Examples
 ///
 /// ```
