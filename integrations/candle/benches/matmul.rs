@@ -47,7 +47,7 @@ fn bench(c: &mut Criterion) -> Result<()> {
         group.measurement_time(Duration::from_secs(if m == 1 { 3 } else { 6 }));
         let f32_layer = candle_nn::Linear::new(w32.clone(), None);
         group.bench_function("f32/candle", |bch| {
-            bch.iter(|| f32_layer.forward(black_box(&x32)).map(|y| black_box(y)))
+            bch.iter(|| f32_layer.forward(black_box(&x32)).map(black_box))
         });
         for dt in [DType::BF16, DType::F16] {
             let name = format!("{dt:?}").to_lowercase();
@@ -56,7 +56,7 @@ fn bench(c: &mut Criterion) -> Result<()> {
             let layer = halfkern_candle::Linear::new(&w, None)?;
             let wt = w.t()?;
             group.bench_function(format!("{name}/candle"), |bch| {
-                bch.iter(|| candle_layer.forward(black_box(&x)).map(|y| black_box(y)))
+                bch.iter(|| candle_layer.forward(black_box(&x)).map(black_box))
             });
             group.bench_function(format!("{name}/halfkern"), |bch| {
                 bch.iter(|| halfkern_candle::broadcast_matmul(black_box(&x), &wt).map(black_box))

@@ -59,7 +59,10 @@ impl Config {
                 _ => return Err(format!("unknown flag {flag}; see the example's docs")),
             }
         }
-        if c.heads == 0 || c.hidden % c.heads != 0 || (c.hidden / c.heads) % 2 != 0 {
+        if c.heads == 0
+            || !c.hidden.is_multiple_of(c.heads)
+            || !(c.hidden / c.heads).is_multiple_of(2)
+        {
             return Err("--hidden must be --heads times an even head size".into());
         }
         Ok(c)

@@ -11,6 +11,9 @@ use halfkern_candle::{MatMul, broadcast_matmul, matmul};
 
 const TYPES: [DType; 3] = [DType::BF16, DType::F16, DType::F32];
 
+/// Batch dimensions, `(m, n, k)` and the two operands' layouts.
+type Case<'a> = (&'a [usize], (usize, usize, usize), How, How);
+
 /// One product of logical `[batch.., m, k] x [batch.., k, n]`, checked.
 fn check(
     rng: &mut Rng,
@@ -74,7 +77,7 @@ fn larger_shapes_take_every_path() -> Result<()> {
     // threads, a batch of small GEMMs run one per thread, a batch that
     // folds into one GEMM against a broadcast weight.
     let mut rng = Rng::fresh("larger_shapes_take_every_path");
-    let cases: [(&[usize], (usize, usize, usize), How, How); 6] = [
+    let cases: [Case<'_>; 6] = [
         (&[], (1, 300, 257), How::Contiguous, How::Transposed),
         (&[], (3, 130, 200), How::Contiguous, How::Contiguous),
         (&[], (150, 140, 130), How::Narrowed, How::Transposed),
