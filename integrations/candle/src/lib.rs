@@ -4,13 +4,14 @@
 //! candle's CPU matmul widens bf16 operands to fresh f32 copies on every
 //! call, and sums f16 products in f16 between blocks. Here both run through
 //! halfkern: products summed in f32, one rounding to the output type, the
-//! operands read where they lie, and weights packed once.
+//! operands read where they lie, and weights prepared once.
 //!
 //! - [`matmul`] / [`broadcast_matmul`]: [`Tensor::matmul`] and
 //!   [`Tensor::broadcast_matmul`] for bf16, f16 and f32 ([`MatMul`] is the
 //!   [`candle_core::CustomOp2`] behind them, with an optional output type).
 //! - [`Linear`]: `act(x W^T + b)`, a [`candle_core::Module`] that replaces
-//!   `candle_nn::Linear`, with `W` packed once and the bias and activation
+//!   `candle_nn::Linear`, with `W` prepared once (row-major `W^T` for
+//!   decode, a `PackedB` for larger batches) and the bias and activation
 //!   fused in the GEMM's epilogue.
 //!
 //! # Swapping it into a model
