@@ -48,10 +48,13 @@ fn main() {
     let mut runs = 21;
     // `--decode 1,4,16`: only the decode rows, for these m.
     let mut decode_only: Option<Vec<usize>> = None;
+    // `--nk`: decode weights in `Linear` layout (B = W^T, W row-major n x k).
+    let mut nk = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => runs = 7,
+            "--nk" => nk = true,
             "--runs" => {
                 runs = args.next().and_then(|r| r.parse().ok()).expect("--runs N");
             }
@@ -61,7 +64,7 @@ fn main() {
                 decode_only = Some(ms.collect());
             }
             _ => {
-                eprintln!("usage: report [--quick] [--runs N] [--decode M,M,..]");
+                eprintln!("usage: report [--quick] [--runs N] [--decode M,M,..] [--nk]");
                 std::process::exit(2);
             }
         }
@@ -95,7 +98,7 @@ fn main() {
         let r = &mut rows;
         if let Some(ms) = &decode_only {
             for &m in ms {
-                decode_group(r, &ceilings, &mut dram, runs, m);
+                decode_group(r, &ceilings, &mut dram, runs, m, nk);
             }
             return;
         }
@@ -115,17 +118,17 @@ fn main() {
             r,
             &ceilings,
             runs,
-            Some(&peer_f32(512, 512, 512) as &Peer<f32>),
+            Some(&peer_f32(512, 512, 512, false) as &Peer<f32>),
         );
         square::<bf16>(r, &ceilings, runs, None);
         square::<f16>(
             r,
             &ceilings,
             runs,
-            Some(&peer_f16(512, 512, 512) as &Peer<f16>),
+            Some(&peer_f16(512, 512, 512, false) as &Peer<f16>),
         );
         for m in [1, 16] {
-            decode_group(r, &ceilings, &mut dram, runs, m);
+            decode_group(r, &ceilings, &mut dram, runs, m, nk);
         }
     });
     println!("| kernel | ISA (path) | halfkern | ceiling | of ceiling | peer | vs peer |");
@@ -160,29 +163,32 @@ fn main() {
 
 /// The decode rows of one m, each type in turn. m = 1 is bound by DRAM,
 /// whose speed on a shared host drifts: its rows take turns with the DRAM
-/// probe itself.
+/// probe itself. `nk`: the weights in `Linear` layout (see [`decode`]).
 fn decode_group(
     r: &mut Vec<Row>,
     ceilings: &[Ceiling],
     dram: &mut Option<Probe>,
     runs: usize,
     m: usize,
+    nk: bool,
 ) {
     let c = Ceilings {
         all: ceilings,
         dram: dram.as_mut().filter(|_| m == 1),
     };
-    decode::<f32>(r, c, runs, m, Some(&peer_f32(m, 4096, 4096) as &Peer<f32>));
+    let peer = peer_f32(m, 4096, 4096, nk);
+    decode::<f32>(r, c, runs, m, nk, Some(&peer as &Peer<f32>));
     let c = Ceilings {
         all: ceilings,
         dram: dram.as_mut().filter(|_| m == 1),
     };
-    decode::<bf16>(r, c, runs, m, None);
+    decode::<bf16>(r, c, runs, m, nk, None);
     let c = Ceilings {
         all: ceilings,
         dram: dram.as_mut().filter(|_| m == 1),
     };
-    decode::<f16>(r, c, runs, m, Some(&peer_f16(m, 4096, 4096) as &Peer<f16>));
+    let peer = peer_f16(m, 4096, 4096, nk);
+    decode::<f16>(r, c, runs, m, nk, Some(&peer as &Peer<f16>));
 }
 
 /// The machine, the version, the date, the command.
@@ -561,12 +567,15 @@ fn square<T: Element>(
     }
 }
 
-/// Decode GEMM, n = k = 4096, `m` rows, one thread, weights out of cache.
+/// Decode GEMM, n = k = 4096, `m` rows, one thread, weights out of cache:
+/// B row-major `k x n`, or with `nk` the transpose of row-major weights
+/// `W (n x k)` (what `x W^T` with `Linear` weights passes), on both sides.
 fn decode<T: Element>(
     rows: &mut Vec<Row>,
     ceilings: Ceilings<'_>,
     runs: usize,
     m: usize,
+    nk: bool,
     peer: Option<&Peer<T>>,
 ) {
     let (n, k) = (4096, 4096);
@@ -599,7 +608,11 @@ fn decode<T: Element>(
             backend
                 .gemm(
                     MatRef::row_major(black_box(x.as_slice()), m, k).unwrap(),
-                    MatRef::row_major(black_box(take()), k, n).unwrap(),
+                    if nk {
+                        MatRef::row_major(black_box(take()), n, k).unwrap().t()
+                    } else {
+                        MatRef::row_major(black_box(take()), k, n).unwrap()
+                    },
                     MatMut::row_major(out.as_mut_slice(), m, n).unwrap(),
                     &Gemm::new().threads(Threads::Single),
                 )
@@ -643,7 +656,11 @@ fn decode<T: Element>(
             peak.map(|c| (ceiling_text(c), gf / c.value))
         };
         rows.push(Row {
-            kernel: format!("decode {} m={m} n=k=4096, 1T", T::DTYPE.name()),
+            kernel: format!(
+                "decode {} m={m} n=k=4096{}, 1T",
+                T::DTYPE.name(),
+                if nk { ", W^T" } else { "" }
+            ),
             isa: isa_path(isa, kernel),
             value: format!("{gbs:.1} GB/s, {gf:.1} GFLOP/s"),
             ceiling,
@@ -659,8 +676,15 @@ fn decode<T: Element>(
     }
 }
 
+/// B's column and row strides for the `gemm` crate: row-major `k x n`, or
+/// with `nk` the transpose of a row-major `n x k`.
+fn b_strides(n: usize, k: usize, nk: bool) -> (isize, isize) {
+    if nk { (k as isize, 1) } else { (1, n as isize) }
+}
+
 /// The `gemm` crate, f32 C from f32 inputs, one thread; its own C.
-fn peer_f32(m: usize, n: usize, k: usize) -> impl Fn(&[f32], &[f32]) {
+fn peer_f32(m: usize, n: usize, k: usize, nk: bool) -> impl Fn(&[f32], &[f32]) {
+    let (b_cs, b_rs) = b_strides(n, k, nk);
     let c = std::sync::Mutex::new(vec![0.0f32; m * n]);
     move |a, b| {
         assert!(a.len() == m * k && b.len() == k * n);
@@ -680,8 +704,8 @@ fn peer_f32(m: usize, n: usize, k: usize) -> impl Fn(&[f32], &[f32]) {
                 1,
                 k as isize,
                 b.as_ptr(),
-                1,
-                n as isize,
+                b_cs,
+                b_rs,
                 0.0,
                 1.0,
                 false,
@@ -694,7 +718,8 @@ fn peer_f32(m: usize, n: usize, k: usize) -> impl Fn(&[f32], &[f32]) {
 }
 
 /// The `gemm` crate, f16 x f16 -> f16 C (its native form), one thread.
-fn peer_f16(m: usize, n: usize, k: usize) -> impl Fn(&[f16], &[f16]) {
+fn peer_f16(m: usize, n: usize, k: usize, nk: bool) -> impl Fn(&[f16], &[f16]) {
+    let (b_cs, b_rs) = b_strides(n, k, nk);
     let c = std::sync::Mutex::new(vec![f16::ZERO; m * n]);
     move |a, b| {
         assert!(a.len() == m * k && b.len() == k * n);
@@ -713,8 +738,8 @@ fn peer_f16(m: usize, n: usize, k: usize) -> impl Fn(&[f16], &[f16]) {
                 1,
                 k as isize,
                 b.as_ptr(),
-                1,
-                n as isize,
+                b_cs,
+                b_rs,
                 f16::ZERO,
                 f16::ONE,
                 false,

@@ -136,31 +136,76 @@ struct Job<'a, U> {
     cols: usize,
 }
 
-/// All of one block: A's rows in groups of at most [`max_rows`], each group
-/// over every W row.
+/// Bytes of A one k block keeps in L1 (half a 32 KiB L1: W's rows pass
+/// through the other half).
+const A_BLOCK_BYTES: usize = 16 << 10;
+/// W rows per column chunk: their k block (at most 256 rows x 4 KiB) stays
+/// in L2 while every group of A's rows passes over it.
+const CHUNK_COLS: usize = 256;
+
+/// All of one block. For each chunk of W rows and each k block (sized so
+/// that A's part of it stays in L1: re-reading A from L2 for every tile of
+/// W rows would bound the kernel below the FMA peak), A's rows in groups
+/// of at most [`max_rows`], each group in register tiles over the chunk's
+/// W rows. Each block's sums are reduced and added to the output (the
+/// first one stored), so one output sums its k blocks in order.
 #[inline(always)]
 fn block<S: F32Simd, U: Io>(s: S, job: &Job<'_, U>, dots: &mut [f32]) {
     assert!(job.kp >= job.k && job.kp.is_multiple_of(S::LANES));
-    assert!(job.a.len() >= job.m * job.kp);
+    assert!(job.a.len() >= job.m * job.kp && dots.len() >= job.m * job.cols);
     assert!(job.cols == 0 || job.w.len() >= (job.cols - 1) * job.ws + job.k);
-    let group = max_rows::<S>();
-    let mut r0 = 0;
-    while r0 < job.m {
-        let rows = group.min(job.m - r0);
-        let out = &mut dots[r0 * job.cols..(r0 + rows) * job.cols];
-        let a = &job.a[r0 * job.kp..];
-        match rows {
-            1 => rows_of::<S, U, 1>(s, job, a, out),
-            2 => rows_of::<S, U, 2>(s, job, a, out),
-            3 => rows_of::<S, U, 3>(s, job, a, out),
-            4 => rows_of::<S, U, 4>(s, job, a, out),
-            5 => rows_of::<S, U, 5>(s, job, a, out),
-            6 => rows_of::<S, U, 6>(s, job, a, out),
-            7 => rows_of::<S, U, 7>(s, job, a, out),
-            _ => rows_of::<S, U, 8>(s, job, a, out),
-        }
-        r0 += rows;
+    if job.k == 0 {
+        dots[..job.m * job.cols].fill(0.0);
+        return;
     }
+    let group = max_rows::<S>();
+    let kb = (A_BLOCK_BYTES / 4 / job.m.max(1)).max(256) / PAD * PAD;
+    let mut j0 = 0;
+    while j0 < job.cols {
+        let j1 = job.cols.min(j0 + CHUNK_COLS);
+        let mut k0 = 0;
+        while k0 < job.k {
+            let k1 = job.k.min(k0 + kb);
+            let mut r0 = 0;
+            while r0 < job.m {
+                let rows = group.min(job.m - r0);
+                let part = Part {
+                    a: &job.a[r0 * job.kp..],
+                    r0,
+                    cols: j0..j1,
+                    depth: k0..k1,
+                    first: k0 == 0,
+                };
+                match rows {
+                    1 => rows_of::<S, U, 1>(s, job, &part, dots),
+                    2 => rows_of::<S, U, 2>(s, job, &part, dots),
+                    3 => rows_of::<S, U, 3>(s, job, &part, dots),
+                    4 => rows_of::<S, U, 4>(s, job, &part, dots),
+                    5 => rows_of::<S, U, 5>(s, job, &part, dots),
+                    6 => rows_of::<S, U, 6>(s, job, &part, dots),
+                    7 => rows_of::<S, U, 7>(s, job, &part, dots),
+                    _ => rows_of::<S, U, 8>(s, job, &part, dots),
+                }
+                r0 += rows;
+            }
+            k0 = k1;
+        }
+        j0 = j1;
+    }
+}
+
+/// One group of A's rows over one chunk of W rows and one k block.
+struct Part<'a> {
+    /// The group's first row of A (`a[r * kp..]` is its row `r0 + r`).
+    a: &'a [f32],
+    /// Its first row's index, for the output.
+    r0: usize,
+    /// The W rows (columns of the output).
+    cols: core::ops::Range<usize>,
+    /// The k block.
+    depth: core::ops::Range<usize>,
+    /// Whether this is the first k block (store, not add).
+    first: bool,
 }
 
 /// W rows a tile of `m` A rows takes: as many as leave registers for the
@@ -183,16 +228,21 @@ const fn max_rows<S: F32Simd>() -> usize {
     if S::REGISTERS >= 32 { 8 } else { 4 }
 }
 
-/// `M` rows of A (`a`, stride `kp`) against every W row, in tiles of as
-/// many W rows as the accumulators allow (at most 8), then one at a time.
+/// `M` rows of A against the part's W rows, in tiles of as many W rows
+/// as the registers allow (at most 8), then one at a time.
 #[inline(always)]
-fn rows_of<S: F32Simd, U: Io, const M: usize>(s: S, job: &Job<'_, U>, a: &[f32], out: &mut [f32]) {
+fn rows_of<S: F32Simd, U: Io, const M: usize>(
+    s: S,
+    job: &Job<'_, U>,
+    part: &Part<'_>,
+    out: &mut [f32],
+) {
     let per_tile = tile_rows::<S>(M);
-    let mut j = 0;
+    let mut j = part.cols.start;
     macro_rules! tiles_of {
         ($r:literal) => {
-            while job.cols - j >= $r {
-                tile::<S, U, $r, M>(s, job, a, j, out);
+            while part.cols.end - j >= $r {
+                tile::<S, U, $r, M>(s, job, part, j, out);
                 j += $r;
             }
         };
@@ -208,34 +258,39 @@ fn rows_of<S: F32Simd, U: Io, const M: usize>(s: S, job: &Job<'_, U>, a: &[f32],
     tiles_of!(1);
 }
 
-/// `R` W rows from `j` by `M` A rows: `out[r * cols + j + q]`.
+/// `R` W rows from `j` by `M` A rows over the part's k block, reduced into
+/// `out[(r0 + r) * cols + j + q]`.
 #[inline(always)]
 fn tile<S: F32Simd, U: Io, const R: usize, const M: usize>(
     s: S,
     job: &Job<'_, U>,
-    a: &[f32],
+    part: &Part<'_>,
     j: usize,
     out: &mut [f32],
 ) {
-    let (k, kp, lanes) = (job.k, job.kp, S::LANES);
-    let w: [&[U]; R] = core::array::from_fn(|q| &job.w[(j + q) * job.ws..][..k]);
-    let a: [&[f32]; M] = core::array::from_fn(|r| &a[r * kp..][..kp]);
+    let (k0, k1, kp, lanes) = (part.depth.start, part.depth.end, job.kp, S::LANES);
+    let w: [&[U]; R] = core::array::from_fn(|q| &job.w[(j + q) * job.ws + k0..][..k1 - k0]);
+    let a: [&[f32]; M] = core::array::from_fn(|r| &part.a[r * kp + k0..][..kp - k0]);
     let mut acc = [[s.splat(0.0); M]; R];
-    // `at + lanes <= k <= kp` in this form lets the compiler drop the
-    // slices' bounds checks, whose panic paths would otherwise keep the
+    // `at + lanes <= len <= kp - k0` in this form lets the compiler drop
+    // the slices' bounds checks, whose panic paths would otherwise keep the
     // accumulators in memory.
-    assert!(kp >= k);
+    let len = k1 - k0;
+    assert!(kp - k0 >= len);
     let mut at = 0;
-    while at + lanes <= k {
+    while at + lanes <= len {
         step(s, &a, &w, at, false, &mut acc);
         at += lanes;
     }
-    if at < k {
+    if at < len {
+        // Only the last block has a tail (the others are multiples of PAD).
         step(s, &a, &w, at, true, &mut acc);
     }
     for (q, acc) in acc.iter().enumerate() {
         for (r, &v) in acc.iter().enumerate() {
-            out[r * job.cols + j + q] = s.reduce_sum(v);
+            let o = &mut out[(part.r0 + r) * job.cols + j + q];
+            let x = s.reduce_sum(v);
+            *o = if part.first { x } else { *o + x };
         }
     }
 }
