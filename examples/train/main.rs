@@ -351,7 +351,7 @@ fn run(args: &Args) -> Result<(), String> {
         out.push_str(&format!("  {line}\n"));
     }
     out.push_str(&format!("  => train in {}.\n", recommendation.choice));
-    for line in hardware_notes() {
+    for line in hardware_notes(isa) {
         out.push_str(&format!("{line}\n"));
     }
     out.push_str(&format!(
@@ -421,11 +421,18 @@ impl Phase {
 
 /// What this CPU has natively for bf16 and f16, and what halfkern does with
 /// it.
-fn hardware_notes() -> Vec<String> {
+fn hardware_notes(isa: halfkern::Isa) -> Vec<String> {
     let mut notes = Vec::new();
+    if isa != halfkern::Isa::best() {
+        notes.push(format!(
+            "  HALFKERN_ISA forces {isa} (the CPU's best is {}): the numbers above are {isa}'s.",
+            halfkern::Isa::best()
+        ));
+    }
     #[cfg(target_arch = "x86_64")]
     {
-        let bf16 = std::arch::is_x86_feature_detected!("avx512bf16");
+        let bf16 = std::arch::is_x86_feature_detected!("avx512bf16")
+            && matches!(isa.name(), "avx512bf16" | "amx");
         let fp16 = std::arch::is_x86_feature_detected!("avx512fp16");
         let f16c = std::arch::is_x86_feature_detected!("f16c");
         if bf16 {
@@ -436,7 +443,7 @@ fn hardware_notes() -> Vec<String> {
             );
         } else {
             notes.push(
-                "  This CPU has no AVX512_BF16: bf16 is widened to f32 (exactly, a shift) \
+                "  No AVX512_BF16 in use: bf16 is widened to f32 (exactly, a shift) \
                  and multiplied with f32 FMA."
                     .to_string(),
             );

@@ -330,11 +330,25 @@ pub fn json(rep: &Report<'_>) -> String {
     let _ = writeln!(o, "  \"isa\": {},", js(&rep.isa));
     let _ = writeln!(o, "  \"threads\": {},", rep.threads);
     let reasons: Vec<String> = rep.recommendation.lines.iter().map(|l| js(l)).collect();
+    let claims: Vec<String> = rep
+        .recommendation
+        .claims
+        .iter()
+        .map(|c| {
+            format!(
+                "{{\"a\": {}, \"b\": {}, \"verdict\": {}}}",
+                js(&c.a),
+                js(&c.b),
+                js(c.speed.name())
+            )
+        })
+        .collect();
     let _ = writeln!(
         o,
-        "  \"recommendation\": {{\"choice\": {}, \"reasons\": [{}]}},",
+        "  \"recommendation\": {{\"choice\": {}, \"reasons\": [{}], \"claims\": [{}]}},",
         js(rep.recommendation.choice),
-        reasons.join(", ")
+        reasons.join(", "),
+        claims.join(", ")
     );
     let speed: Vec<String> = rep
         .comparisons
@@ -551,7 +565,7 @@ pub fn plot_svg(rep: &Report<'_>) -> String {
                 x_label: "step",
                 y_label: "scale (log)",
                 log_y: true,
-                legend_bottom: true,
+                legend_bottom: false,
                 series: scale,
             },
         ],

@@ -162,6 +162,8 @@ pub struct Recommendation {
     pub choice: &'static str,
     /// Human-readable reasons, one per line.
     pub lines: Vec<String>,
+    /// The comparisons the lines cite, each worded by its own verdict.
+    pub claims: Vec<Comparison>,
 }
 
 /// bf16 wins unless f16 is faster by more than the spread (bf16 needs no
@@ -190,6 +192,7 @@ pub fn recommend(e: &Evidence) -> Recommendation {
         ),
     };
     let mut lines = Vec::new();
+    let mut claims = Vec::new();
     let choice = match (e.bf16_accurate, e.f16_accurate) {
         (false, false) => {
             lines.push("neither bf16 nor f16 matched f32's accuracy: train in f32".into());
@@ -201,6 +204,7 @@ pub fn recommend(e: &Evidence) -> Recommendation {
                 vs(&e.bf16_vs_f16),
                 vs(&e.bf16_vs_f32)
             ));
+            claims.extend([e.bf16_vs_f16.clone(), e.bf16_vs_f32.clone()]);
             lines.push(
                 "bf16 needs no loss scaling and keeps f32's range: it trains where f16 \
                  overflows (bf16-big against f16-big)"
@@ -209,6 +213,10 @@ pub fn recommend(e: &Evidence) -> Recommendation {
             "bf16"
         }
         _ => {
+            claims.push(e.f16_vs_f32.clone());
+            if e.bf16_accurate {
+                claims.push(e.bf16_vs_f16.clone());
+            }
             lines.push(format!(
                 "f16: {}; {}",
                 vs(&e.f16_vs_f32),
@@ -226,5 +234,9 @@ pub fn recommend(e: &Evidence) -> Recommendation {
             "f16"
         }
     };
-    Recommendation { choice, lines }
+    Recommendation {
+        choice,
+        lines,
+        claims,
+    }
 }
