@@ -268,7 +268,11 @@ fn failure_rows_teach_their_lessons() {
     // Forward overflow: NaN loss, every step skipped; the dynamic scaler
     // halves on each skip, without it the scale stays 1; bf16 trains.
     let big = find(&results, Row::F16Big);
-    assert!(big.loss.iter().all(|l| l.is_nan()), "f16-big loss {:?}", big.loss);
+    assert!(
+        big.loss.iter().all(|l| l.is_nan()),
+        "f16-big loss {:?}",
+        big.loss
+    );
     assert_eq!(big.skipped, steps);
     assert_eq!(big.final_scale, 65536.0 * 0.5f32.powi(steps as i32));
     let nos = find(&results, Row::F16BigNoScaling);
@@ -276,11 +280,18 @@ fn failure_rows_teach_their_lessons() {
     let bf = find(&results, Row::Bf16Big);
     assert_eq!(bf.skipped, 0);
     assert!(bf.loss.iter().all(|l| l.is_finite()));
-    assert!(bf.final_loss(report::FINAL_STEPS) < bf.loss[0], "bf16-big learns");
+    assert!(
+        bf.final_loss(report::FINAL_STEPS) < bf.loss[0],
+        "bf16-big learns"
+    );
     if emulated {
         return;
     }
-    assert!(bf.final_accuracy() > 0.5, "bf16-big: {}", bf.final_accuracy());
+    assert!(
+        bf.final_accuracy() > 0.5,
+        "bf16-big: {}",
+        bf.final_accuracy()
+    );
 
     // f16 without loss scaling: most activation gradients flushed, and a
     // worse loss than with scaling.
@@ -292,21 +303,42 @@ fn failure_rows_teach_their_lessons() {
         ok.final_loss(report::FINAL_STEPS),
         bad.final_loss(report::FINAL_STEPS),
     );
-    assert!(l_bad > 1.25 * l_ok, "f16-noscale loss {l_bad} vs f16's {l_ok}");
+    assert!(
+        l_bad > 1.25 * l_ok,
+        "f16-noscale loss {l_bad} vs f16's {l_ok}"
+    );
     assert_eq!((ok.skipped, bad.skipped), (0, 0));
 
     // Pure bf16: round to nearest drops updates and ends higher; stochastic
     // rounding makes the movement asked for, in expectation.
-    let (sr, rne) = (find(&results, Row::Bf16Pure), find(&results, Row::Bf16PureNearest));
+    let (sr, rne) = (
+        find(&results, Row::Bf16Pure),
+        find(&results, Row::Bf16PureNearest),
+    );
     let (u_sr, u_rne) = (sr.updates.unwrap(), rne.updates.unwrap());
-    assert!(u_rne.lost_pct() > 30.0, "rounded away {}%", u_rne.lost_pct());
-    assert!(u_rne.kept() < 0.95, "round to nearest kept {}", u_rne.kept());
-    assert!((u_sr.kept() - 1.0).abs() < 0.02, "stochastic kept {}", u_sr.kept());
+    assert!(
+        u_rne.lost_pct() > 30.0,
+        "rounded away {}%",
+        u_rne.lost_pct()
+    );
+    assert!(
+        u_rne.kept() < 0.95,
+        "round to nearest kept {}",
+        u_rne.kept()
+    );
+    assert!(
+        (u_sr.kept() - 1.0).abs() < 0.02,
+        "stochastic kept {}",
+        u_sr.kept()
+    );
     let (l_sr, l_rne) = (
         sr.final_loss(report::FINAL_STEPS),
         rne.final_loss(report::FINAL_STEPS),
     );
-    assert!(l_rne > 1.1 * l_sr, "pure rne loss {l_rne} vs stochastic {l_sr}");
+    assert!(
+        l_rne > 1.1 * l_sr,
+        "pure rne loss {l_rne} vs stochastic {l_sr}"
+    );
 }
 
 #[test]
@@ -317,7 +349,11 @@ fn memory_is_exact_and_f16_costs_what_bf16_costs() {
     assert_eq!(m(Row::F16NoScaling), m(Row::F16));
     assert_eq!(m(Row::Bf16PureNearest), m(Row::Bf16Pure));
     assert_eq!(
-        (m(Row::F32).per_param(), m(Row::Bf16).per_param(), m(Row::Bf16Pure).per_param()),
+        (
+            m(Row::F32).per_param(),
+            m(Row::Bf16).per_param(),
+            m(Row::Bf16Pure).per_param()
+        ),
         (16, 18, 14)
     );
     let (b, w) = (cfg.batch, cfg.width);
@@ -325,8 +361,14 @@ fn memory_is_exact_and_f16_costs_what_bf16_costs() {
         m(Row::Bf16).activations,
         2 * b * (FEATURES + 4 * w + CLASSES) + 8 * b * CLASSES
     );
-    assert_eq!(m(Row::F32).activations - m(Row::Bf16).activations, 2 * b * (FEATURES + 4 * w + CLASSES));
-    assert_eq!(cfg.params(), 64 * 1024 + 1024 + 1024 * 1024 + 1024 + 10 * 1024 + 10);
+    assert_eq!(
+        m(Row::F32).activations - m(Row::Bf16).activations,
+        2 * b * (FEATURES + 4 * w + CLASSES)
+    );
+    assert_eq!(
+        cfg.params(),
+        64 * 1024 + 1024 + 1024 * 1024 + 1024 + 10 * 1024 + 10
+    );
 }
 
 #[test]
@@ -359,7 +401,10 @@ fn bf16_sums_lose_accuracy_with_k_and_f32_sums_do_not() {
         assert!(e.bf16_sum > 20.0 * e.f32_sum, "k = {}: {e:?}", e.k);
     }
     let (first, last) = (errs[0], *errs.last().unwrap());
-    assert!(last.bf16_sum > 2.0 * first.bf16_sum, "bf16 error grows with k: {errs:?}");
+    assert!(
+        last.bf16_sum > 2.0 * first.bf16_sum,
+        "bf16 error grows with k: {errs:?}"
+    );
 }
 
 #[test]
@@ -402,8 +447,15 @@ fn check_claims(rec: &verdict::Recommendation) {
             rec.lines
         );
     }
-    for (word, speed) in [("faster than", Speed::Faster), ("slower than", Speed::Slower)] {
-        let said = rec.lines.iter().map(|l| l.matches(word).count()).sum::<usize>();
+    for (word, speed) in [
+        ("faster than", Speed::Faster),
+        ("slower than", Speed::Slower),
+    ] {
+        let said = rec
+            .lines
+            .iter()
+            .map(|l| l.matches(word).count())
+            .sum::<usize>();
         let claimed = rec.claims.iter().filter(|c| c.speed == speed).count();
         assert_eq!(said, claimed, "{word}: {:?}", rec.lines);
     }
@@ -418,11 +470,17 @@ fn recommendation_claims_match_measured_spreads() {
         seed: fresh_seed(),
         ..WideConfig::default()
     };
-    let results = wide::train_rows(&data, &[Row::F32, Row::Bf16, Row::F16], &cfg, &mut |_| {})
-        .unwrap();
+    let results =
+        wide::train_rows(&data, &[Row::F32, Row::Bf16, Row::F16], &cfg, &mut |_| {}).unwrap();
     let [f32_r, bf16_r, f16_r] = [Row::F32, Row::Bf16, Row::F16].map(|r| find(&results, r));
     let cmp = |a: &RowResult, b: &RowResult| {
-        Comparison::new(a.row.name(), &a.step_secs, b.row.name(), &b.step_secs, report::BLOCK)
+        Comparison::new(
+            a.row.name(),
+            &a.step_secs,
+            b.row.name(),
+            &b.step_secs,
+            report::BLOCK,
+        )
     };
     let measured = Evidence {
         bf16_vs_f32: cmp(bf16_r, f32_r),
@@ -430,6 +488,7 @@ fn recommendation_claims_match_measured_spreads() {
         bf16_vs_f16: cmp(bf16_r, f16_r),
         bf16_accurate: true,
         f16_accurate: true,
+        f16_overflowed_bf16_did_not: true,
     };
     let rec = verdict::recommend(&measured);
     println!("{:#?}", rec.lines);
@@ -448,6 +507,7 @@ fn recommendation_claims_match_measured_spreads() {
         bf16_vs_f16: synth("bf16", "f16", 1.5),
         bf16_accurate: true,
         f16_accurate: true,
+        f16_overflowed_bf16_did_not: true,
     };
     let rec = verdict::recommend(&f16_faster);
     check_claims(&rec);

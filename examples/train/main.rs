@@ -69,7 +69,7 @@ ACCURACY CHECK (64-256-256-10):
 
 SPEED AND FAILURE ROWS (64-W-W-10):
     --steps N            steps per row                           [default: 80]
-    --width W            hidden width                            [default: 1024]
+    --width W            hidden width, at most 8192              [default: 1024]
     --wide-batch N       images per step (at most 1438)          [default: 256]
     --wide-lr X          AdamW peak learning rate (cosine)       [default: 0.001]
     --loss-weight X      multiplies the loss before backward     [default: 0.000244140625]
@@ -123,11 +123,11 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
                 .ok_or_else(|| format!("{flag} needs a value (see --help)"))
         };
         match flag.as_str() {
-            "--epochs" => cfg.epochs = positive(&flag, &value()?)?,
-            "--batch-size" => cfg.batch_size = positive(&flag, &value()?)?,
-            "--steps" => wide.steps = positive(&flag, &value()?)?,
-            "--width" => wide.width = positive(&flag, &value()?)?,
-            "--wide-batch" => wide.batch = positive(&flag, &value()?)?,
+            "--epochs" => cfg.epochs = bounded(&flag, &value()?, 10_000)?,
+            "--batch-size" => cfg.batch_size = bounded(&flag, &value()?, 100_000)?,
+            "--steps" => wide.steps = bounded(&flag, &value()?, 1_000_000)?,
+            "--width" => wide.width = bounded(&flag, &value()?, 8192)?,
+            "--wide-batch" => wide.batch = bounded(&flag, &value()?, 100_000)?,
             "--seed" => {
                 let v = value()?;
                 cfg.seed = v
@@ -168,11 +168,13 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
     }))
 }
 
-fn positive(flag: &str, v: &str) -> Result<usize, String> {
+/// A positive integer up to `max`: the limits keep a typo from asking for
+/// more memory than any machine has (a failed allocation aborts).
+fn bounded(flag: &str, v: &str, max: usize) -> Result<usize, String> {
     v.parse::<usize>()
         .ok()
-        .filter(|&n| n > 0)
-        .ok_or_else(|| format!("{flag}: '{v}' is not a positive integer"))
+        .filter(|&n| n > 0 && n <= max)
+        .ok_or_else(|| format!("{flag}: '{v}' is not an integer in 1..={max}"))
 }
 
 fn positive_f32(flag: &str, v: &str) -> Result<f32, String> {
@@ -311,6 +313,8 @@ fn run(args: &Args) -> Result<(), String> {
             && report::digits_accurate(&digits, Recipe::Bf16, TOLERANCE_POINTS),
         f16_accurate: wide_ok(f16_row)
             && report::digits_accurate(&digits, Recipe::F16, TOLERANCE_POINTS),
+        f16_overflowed_bf16_did_not: find(Row::F16Big)?.skipped > 0
+            && find(Row::Bf16Big)?.skipped == 0,
     };
     let recommendation = verdict::recommend(&evidence);
     let rep = report::Report {

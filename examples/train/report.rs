@@ -131,7 +131,8 @@ pub fn wide_table(out: &mut String, rep: &Report<'_>) {
     let _ = writeln!(
         out,
         "(vs f32: this row's step time over f32's, per repeat; \"faster\"/\"slower\" only \
-         when the median is further from 1 than the ratios' spread, else \"same\")"
+         when the median is further from 1 than the ratios' spread, else \"same\". The pure \
+         rows round outside the trainer, two extra passes: Precision::Pure fuses them.)"
     );
 }
 

@@ -121,7 +121,9 @@ impl Comparison {
 /// ratios' interquartile range, over at least [`MIN_REPEATS`] repeats.
 pub fn verdict(ratio: &Spread) -> Speed {
     let difference = 1.0 - ratio.median;
-    if ratio.n < MIN_REPEATS || !(difference.abs() > ratio.width()) {
+    // A NaN median or spread (no repeats) is no evidence either way.
+    let beyond = difference.abs() > ratio.width();
+    if ratio.n < MIN_REPEATS || !beyond {
         Speed::Same
     } else if difference > 0.0 {
         Speed::Faster
@@ -153,6 +155,9 @@ pub struct Evidence {
     pub bf16_accurate: bool,
     /// Whether f16 (with loss scaling) matched f32's accuracy.
     pub f16_accurate: bool,
+    /// Whether the big-input rows showed f16 skipping steps for overflow
+    /// where bf16 trained without a skip.
+    pub f16_overflowed_bf16_did_not: bool,
 }
 
 /// The answer, and the lines that say why.
@@ -184,6 +189,10 @@ pub fn recommend(e: &Evidence) -> Recommendation {
             c.ratio.median,
             c.ratio.width()
         ),
+        Speed::Same if c.ratio.n < MIN_REPEATS => format!(
+            "same speed as {} as far as {} repeats tell (run more steps)",
+            c.b, c.ratio.n
+        ),
         Speed::Same => format!(
             "same speed as {} ({:.2}x, within the spread {:.2})",
             c.b,
@@ -205,11 +214,13 @@ pub fn recommend(e: &Evidence) -> Recommendation {
                 vs(&e.bf16_vs_f32)
             ));
             claims.extend([e.bf16_vs_f16.clone(), e.bf16_vs_f32.clone()]);
-            lines.push(
-                "bf16 needs no loss scaling and keeps f32's range: it trains where f16 \
-                 overflows (bf16-big against f16-big)"
-                    .into(),
-            );
+            lines.push(if e.f16_overflowed_bf16_did_not {
+                "bf16 needs no loss scaling and keeps f32's range: it trained where f16 \
+                 overflowed (bf16-big against f16-big)"
+                    .into()
+            } else {
+                "bf16 needs no loss scaling and keeps f32's range".into()
+            });
             "bf16"
         }
         _ => {
