@@ -107,7 +107,10 @@ pub fn wide_table(out: &mut String, rep: &Report<'_>) {
     );
     for (i, r) in rep.wide.iter().enumerate() {
         if i > 0 && r.row.is_failure() && !rep.wide[i - 1].row.is_failure() {
-            let _ = writeln!(out, "-- one safeguard removed:");
+            let _ = writeln!(
+                out,
+                "-- one safeguard removed (bf16-big: f16-big's setting, in bf16):"
+            );
         }
         let t = ms_spread(r);
         let vs = rep.vs_f32(r.row).map_or("-".to_string(), |c| {

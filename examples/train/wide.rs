@@ -15,9 +15,10 @@
 //!
 //! - `f16-noscale`: f16 without loss scaling. Activation gradients below
 //!   half f16's smallest subnormal (2^-25) flush to zero; the row counts
-//!   them (see [`LOSS_WEIGHT`] for the gradients' scale).
+//!   them (see [`LOSS_WEIGHT`](crate::rows::LOSS_WEIGHT) for the gradients'
+//!   scale).
 //! - `f16-big` / `f16-big-noscale` / `bf16-big`: the inputs multiplied by
-//!   [`BIG_INPUT_SCALE`], which pushes the hidden activations past f16's
+//!   [`BIG_INPUT_SCALE`](crate::rows::BIG_INPUT_SCALE), which pushes the hidden activations past f16's
 //!   largest finite value (65504), as an unnormalized input or a growing
 //!   residual stream does. The forward pass overflows, every gradient is
 //!   NaN, and every step is skipped; the dynamic scaler backs off on each
@@ -36,7 +37,7 @@
 //!   and rounding in one fused pass (the digits check trains with it).
 //!
 //! bf16 products accumulated in bf16 are the fourth lesson; halfkern never
-//! does that, so `accumulation` measures it on this workload's own GEMM
+//! does that, so `accum.rs` measures it on this workload's own GEMM
 //! operands against halfkern's f32 accumulation and an f64 reference.
 
 use std::time::Instant;
