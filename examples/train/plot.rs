@@ -174,8 +174,10 @@ fn draw_panel(s: &mut String, p: &Panel<'_>, ox: f64, oy: f64) {
             series.color
         );
     }
-    // Legend, inside the plot area.
-    let lw = 150.0;
+    // Legend, inside the plot area, wide enough for the longest name
+    // (about 7 px a character at 12 px).
+    let longest = p.series.iter().map(|s| s.name.chars().count()).max();
+    let lw = 150f64.max(50.0 + 7.0 * longest.unwrap_or(0) as f64);
     let lh = 8.0 + 18.0 * p.series.len() as f64;
     let ly = if p.legend_bottom {
         y1 - lh - 8.0
@@ -232,8 +234,9 @@ fn linear_ticks(lo: f64, hi: f64) -> (Vec<f64>, f64, f64) {
 }
 
 /// Ticks for a log axis: 1, 2, 5 times each power of ten inside the range
-/// (decades only when the range spans more than two), and the range, which
-/// is widened to the ticks just outside the data.
+/// (decades only when the range spans more than two, and only some of them
+/// past eight), and the range, which is widened to the ticks just outside
+/// the data.
 fn log_ticks(lo: f64, hi: f64) -> (Vec<f64>, f64, f64) {
     let (lo, hi) = if hi > lo {
         (lo, hi)
@@ -246,8 +249,16 @@ fn log_ticks(lo: f64, hi: f64) -> (Vec<f64>, f64, f64) {
     } else {
         &[1.0, 2.0, 5.0]
     };
+    // Over many decades, every 2nd, 5th or 10th one, so labels stay apart.
+    let every = [1, 2, 5, 10, 20, 50]
+        .into_iter()
+        .find(|&k| decades / f64::from(k) <= 8.0)
+        .unwrap_or(100);
     let mut all = Vec::new();
     for e in (lo.log10().floor() as i32 - 1)..=(hi.log10().ceil() as i32 + 1) {
+        if e.rem_euclid(every) != 0 {
+            continue;
+        }
         for &m in mults {
             all.push(m * 10f64.powi(e));
         }
