@@ -96,6 +96,7 @@ pub(crate) fn run_dot<K: RowOps, T: Element, C: Element>(
     let per = blocks.div_ceil(threads) * DOT_COLS;
     let (cptr, c_len) = c_ptr(c);
     let aw = &aw;
+    let prepared = &std::sync::OnceLock::new();
     let work = |t: usize| -> usize {
         let _mode = crate::fp_env::Ieee::enter();
         let (lo, hi) = ((t * per).min(n), ((t + 1) * per).min(n));
@@ -115,6 +116,7 @@ pub(crate) fn run_dot<K: RowOps, T: Element, C: Element>(
             k,
             cols,
             out: &mut dots,
+            prepared,
         });
         let mut bad = 0;
         for (r, row) in dots.chunks_exact_mut(cols).enumerate() {

@@ -13,6 +13,8 @@
 //! packed path's k order, inside the same error bound (the partial sums
 //! are shorter), and the same bits every call on one ISA.
 
+use std::sync::OnceLock;
+
 use crate::element::{Element, Slice};
 use crate::kernel::simd::{F32Simd, Io, SimdOp};
 
@@ -35,7 +37,15 @@ pub(crate) struct DotBlock<'a, T> {
     pub(crate) cols: usize,
     /// The dot products, `m x cols` row-major.
     pub(crate) out: &'a mut [f32],
+    /// A in a kernel's own form (AMX: A^T in bf16 pairs), made by the first
+    /// of one call's threads that needs it and shared by the others.
+    pub(crate) prepared: &'a OnceLock<Vec<Line>>,
 }
+
+/// One 64-byte line of a kernel's own form of A.
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+pub(crate) struct Line(pub(crate) [u16; 32]);
 
 /// The largest multiple of lanes this kernel pads A's rows to.
 pub(crate) const PAD: usize = 16;
@@ -56,6 +66,7 @@ impl<T: Element> SimdOp for DotBlock<'_, T> {
             k,
             cols,
             out,
+            ..
         } = self;
         for r in 0..m {
             let a = &a[r * kp..r * kp + k];
@@ -80,6 +91,7 @@ impl<T: Element> SimdOp for DotBlock<'_, T> {
             k,
             cols,
             out,
+            ..
         } = self;
         match T::slice(w) {
             Slice::F32(w) => block(

@@ -44,15 +44,21 @@ pub(crate) fn run<K: Microkernel + RowOps, T: Element, C: Element>(
     // Balanced blocks: MR-row panels spread evenly over `mb` blocks (sizes
     // differ by at most one panel), and `mb` a multiple of the thread count
     // so that the round-robin below gives every thread the same share.
-    let nb = div_ceil(n, NC_MAX);
-    let nc = div_ceil(div_ceil(n, nb), K::NR) * K::NR;
-    let nb = div_ceil(n, nc);
     let panels = div_ceil(m, K::MR);
     let mut mb = div_ceil(m, K::BLOCKING.mc);
     if threads > 1 {
         mb = div_ceil(mb, threads) * threads;
     }
     let mb = mb.min(panels).max(1);
+    // Narrower column blocks where there are fewer row blocks than threads
+    // (few rows of A, as in decode with prepacked weights): every thread
+    // then streams its own share of B~.
+    let mut nb = div_ceil(n, NC_MAX);
+    if mb * nb < threads {
+        nb = div_ceil(threads, mb).min(div_ceil(n, K::NR));
+    }
+    let nc = div_ceil(div_ceil(n, nb), K::NR) * K::NR;
+    let nb = div_ceil(n, nc);
     let rows_of = |ib: usize| (ib * panels / mb * K::MR).min(m);
     let items = mb * nb;
     let threads = threads.min(items).max(1);

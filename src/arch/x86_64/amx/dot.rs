@@ -22,7 +22,7 @@ use core::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
 use super::Amx;
 use super::gemm::with_tiles;
 use super::tile::TileGuard;
-use crate::arch::generic::dot::DotBlock;
+use crate::arch::generic::dot::{DotBlock, Line};
 use crate::element::{DType, Element, Slice};
 use half::slice::HalfFloatSliceExt;
 
@@ -57,6 +57,7 @@ pub(crate) fn run<T: Element>(t: Amx, op: DotBlock<'_, T>) {
         k,
         cols,
         out,
+        prepared,
     } = op;
     let Slice::Bf16(w) = T::slice(w_typed) else {
         unreachable!("bf16, checked by `takes`")
@@ -64,22 +65,13 @@ pub(crate) fn run<T: Element>(t: Amx, op: DotBlock<'_, T>) {
     assert!(kp >= k && a.len() >= m * kp && out.len() >= m * cols);
     assert!(w.len() >= (cols - 1) * ws + k);
     let w: &[u16] = w.reinterpret_cast();
-    // A^T in pairs, from A widened to f32 (exact for bf16 inputs, so the
-    // top 16 bits are the bf16 again).
-    let groups = k.div_ceil(GROUP);
-    let mut at = vec![Pairs([0; ROWS * GROUP]); groups];
-    for (g, pairs) in at.iter_mut().enumerate() {
-        for r in 0..ROWS {
-            for e in 0..2 {
-                let l = g * GROUP + 2 * r + e;
-                if l < k {
-                    for c in 0..m {
-                        pairs.0[r * GROUP + 2 * c + e] = (a[c * kp + l].to_bits() >> 16) as u16;
-                    }
-                }
-            }
-        }
-    }
+    // A^T in pairs, made once per call (by whichever thread comes first).
+    let lines = prepared.get_or_init(|| pairs(a, m, kp, k));
+    // SAFETY: `Line` and `Pairs` are plain u16 arrays aligned to 64, and a
+    // group of pairs is 16 lines; `pairs` made whole groups.
+    let at: &[Pairs] =
+        unsafe { core::slice::from_raw_parts(lines.as_ptr().cast(), lines.len() / ROWS) };
+    assert_eq!(at.len(), k.div_ceil(GROUP));
     let tiled = cols / ROWS * ROWS;
     with_tiles(t, |tiles| {
         let mut ct = [[0f32; ROWS * ROWS]; TILES];
@@ -113,12 +105,29 @@ pub(crate) fn run<T: Element>(t: Amx, op: DotBlock<'_, T>) {
             k,
             cols: rest,
             out: &mut dots,
+            prepared,
         };
         crate::arch::x86_64::avx512::run(t.avx512bf16().avx512(), op);
         for c in 0..m {
             out[c * cols + tiled..c * cols + cols].copy_from_slice(&dots[c * rest..][..rest]);
         }
     }
+}
+
+/// A^T in bf16 pairs, group by group (16 lines each: 16 pair rows of k by
+/// 16 columns, one per row of A, zero past m and past k), from A widened
+/// to f32 (exact for bf16 inputs, so the top 16 bits are the bf16 again).
+fn pairs(a: &[f32], m: usize, kp: usize, k: usize) -> Vec<Line> {
+    let groups = k.div_ceil(GROUP);
+    let mut lines = vec![Line([0; GROUP]); groups * ROWS];
+    for c in 0..m {
+        let row = &a[c * kp..c * kp + k];
+        for (l, x) in row.iter().enumerate() {
+            let (g, r, e) = (l / GROUP, l % GROUP / 2, l % 2);
+            lines[g * ROWS + r].0[2 * c + e] = (x.to_bits() >> 16) as u16;
+        }
+    }
+    lines
 }
 
 /// `tile[q] = (W rows j0 + 16 q .. j0 + 16 q + 16) A^T` over all of k, for
