@@ -81,7 +81,7 @@ pub(crate) fn run<T: Element>(t: Amx, op: DotBlock<'_, T>) {
             // SAFETY: W rows j0..j0 + 16 n_tiles <= cols, each of k values
             // from row * ws, are inside `w` (asserted above); `at` holds a
             // group per 32 values of k.
-            unsafe { step(tiles, &at, w, j0, ws, k, n_tiles, &mut ct) };
+            unsafe { step(tiles, at, w, j0, ws, k, n_tiles, &mut ct) };
             for (q, tile) in ct.iter().take(n_tiles).enumerate() {
                 for r in 0..ROWS {
                     for c in 0..m {
