@@ -43,9 +43,28 @@ fn map<S: F32Simd, A: Io, B: Io>(s: S, src: &[A], dst: &mut [B], stream: bool) {
         c.store(s, v, dst_head);
     });
     if !stream {
-        for_each_chunk!(S, src.len(), |c| {
-            let v = c.load(s, src);
-            c.store(s, v, dst);
+        // Two pairs of vectors per step (see `F32Simd::store_bf16_x2`),
+        // then pairs, then at most one full chunk and a tail.
+        let pair = 2 * S::LANES;
+        let quads = src.len() - src.len() % (2 * pair);
+        let pairs = src.len() - src.len() % pair;
+        for (a, b) in src[..quads]
+            .chunks_exact(2 * pair)
+            .zip(dst[..quads].chunks_exact_mut(2 * pair))
+        {
+            let ((a, a2), (b, b2)) = (a.split_at(pair), b.split_at_mut(pair));
+            let ((v, w), (v2, w2)) = (A::load_x2(s, a), A::load_x2(s, a2));
+            B::store_x2(s, v, w, b);
+            B::store_x2(s, v2, w2, b2);
+        }
+        if pairs > quads {
+            let (v, w) = A::load_x2(s, &src[quads..pairs]);
+            B::store_x2(s, v, w, &mut dst[quads..pairs]);
+        }
+        let (src_rest, dst_rest) = (&src[pairs..], &mut dst[pairs..]);
+        for_each_chunk!(S, src_rest.len(), |c| {
+            let v = c.load(s, src_rest);
+            c.store(s, v, dst_rest);
         });
         return;
     }
