@@ -294,7 +294,9 @@ impl F32Simd for Avx2 {
     // three of eight uops per vector.
     #[inline(always)]
     fn store_bf16_x2(self, a: __m256, b: __m256, dst: &mut [bf16]) {
-        let any_nan = v!(_mm256_movemask_ps(_mm256_cmp_ps::<_CMP_UNORD_Q>(a, b))) != 0;
+        let nan = v!(_mm256_cmp_ps::<_CMP_UNORD_Q>(a, b));
+        // SAFETY: the token proves AVX.
+        let any_nan = unsafe { movmsk_ps(nan) } != 0;
         let (a, b) = if any_nan {
             (self.narrow_bf16(a), self.narrow_bf16(b))
         } else {
@@ -408,6 +410,27 @@ fn cvtps_ph_reg(v: __m256) -> __m128i {
         );
     }
     h
+}
+
+/// `vmovmskps`: the sign bits of `m`'s lanes. LLVM compiles
+/// `_mm256_movemask_ps(m) != 0` to `vtestps`, which made the f32 -> bf16
+/// loop 0.93x as fast on Zen 4 (its one test per 16 values); the mask and
+/// a scalar test cost one vector uop.
+#[inline]
+#[target_feature(enable = "avx")]
+fn movmsk_ps(m: __m256) -> u32 {
+    let bits: u32;
+    // SAFETY: AVX is enabled on this function; the instruction reads a
+    // register and writes a general-purpose one, nothing else.
+    unsafe {
+        core::arch::asm!(
+            "vmovmskps {bits:e}, {m}",
+            bits = lateout(reg) bits,
+            m = in(ymm_reg) m,
+            options(pure, nomem, nostack, preserves_flags),
+        );
+    }
+    bits
 }
 
 /// Packs two vectors of u32 lanes (each `< 2^16`) into 16 u16, `a`'s
