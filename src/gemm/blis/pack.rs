@@ -293,34 +293,44 @@ fn pack_b_into<K: Microkernel + RowOps, T: Element>(
     // multiple of 4 rows starts a whole slot (and quad) inside its KC
     // block.
     //
+    //
     // In the kernel's f32 format, a B with contiguous rows is packed one
-    // row at a time instead: the row's columns of the chunk widened into
-    // `tmp` in one call, then cut into the panels (fixed-size copies).
-    // Every load then follows a row; the `PACK_ROWS` pass, one `widen`
-    // call per NR values, read B down its columns, a new cache line per
-    // load, and took 8% of an AVX2 f32 GEMM at n = 512.
+    // row at a time instead: the row's columns of the chunk (widened into
+    // `tmp` unless f32) cut into the panels by fixed-size copies. Every
+    // load then follows a row; the `PACK_ROWS` pass, one `widen` call per
+    // NR values, read B down its columns, a new cache line per load, and
+    // took 8% of an AVX2 f32 GEMM at n = 512.
     let rows_whole = K::FORMAT == Format::F32 && bt.rs == 1;
     let pack_range = |p0: usize, chunk: &mut [f32], tmp: &mut Vec<f32>| {
         let chunk_panels = chunk.len() / per_panel;
         let (j0, j1) = (p0 * K::NR, ((p0 + chunk_panels) * K::NR).min(n));
-        if rows_whole {
-            // Columns past n stay zero: the padding of the last panel.
-            tmp.clear();
-            tmp.resize(chunk_panels * K::NR, 0.0);
-        }
         let mut block_off = 0;
         for pc in (0..k).step_by(K::BLOCKING.kc) {
             let kc = K::BLOCKING.kc.min(k - pc);
             if rows_whole {
                 for d in 0..kc {
                     let off = (pc + d) * bt.cs + j0;
-                    kern.widen(&bt.data[off..off + (j1 - j0)], &mut tmp[..j1 - j0]);
+                    let row = &bt.data[off..off + (j1 - j0)];
+                    let row: &[f32] = match T::slice(row) {
+                        Slice::F32(row) => row,
+                        _ => {
+                            tmp.resize(j1 - j0, 0.0);
+                            kern.widen(row, tmp);
+                            tmp
+                        }
+                    };
                     let at = block_off + d * K::NR;
-                    for (panel, src) in chunk
-                        .chunks_exact_mut(per_panel)
-                        .zip(tmp.chunks_exact(K::NR))
-                    {
-                        panel[at..at + K::NR].copy_from_slice(src);
+                    for (panel, src) in chunk.chunks_exact_mut(per_panel).zip(row.chunks(K::NR)) {
+                        let dst = &mut panel[at..at + K::NR];
+                        if src.len() == K::NR {
+                            // A constant size after monomorphization: moves
+                            // in registers, no `memcpy` call.
+                            dst.copy_from_slice(src);
+                        } else {
+                            // The last panel's columns past n: zero.
+                            dst[..src.len()].copy_from_slice(src);
+                            dst[src.len()..].fill(0.0);
+                        }
                     }
                 }
                 block_off += slots(kc, K::FORMAT) * K::NR;
