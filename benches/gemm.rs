@@ -213,7 +213,11 @@ const GEMM_CRATE: &str = "gemm-crate-0.19";
 
 fn square(c: &mut Criterion) {
     #[cfg(feature = "openblas-peer")]
-    eprintln!("OpenBLAS peer: {}", openblas::config());
+    eprintln!(
+        "OpenBLAS peer: {} ({})",
+        openblas::label(),
+        openblas::config()
+    );
     for n in [256usize, 512, 1024, 2048] {
         one::<bf16, f32>(c, "square", n, n, n, &[]);
         let p = peer_f16(n, n, n);
