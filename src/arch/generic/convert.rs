@@ -43,23 +43,20 @@ fn map<S: F32Simd, A: Io, B: Io>(s: S, src: &[A], dst: &mut [B], stream: bool) {
         c.store(s, v, dst_head);
     });
     if !stream {
-        // Two pairs of vectors per step (see `F32Simd::store_bf16_x2`),
-        // then pairs, then at most one full chunk and a tail.
+        // Two vectors per step where the ISA asks for it (see
+        // `F32Simd::CONVERT_PAIRS`), then at most one full chunk and a tail.
         let pair = 2 * S::LANES;
-        let quads = src.len() - src.len() % (2 * pair);
-        let pairs = src.len() - src.len() % pair;
-        for (a, b) in src[..quads]
-            .chunks_exact(2 * pair)
-            .zip(dst[..quads].chunks_exact_mut(2 * pair))
+        let pairs = if S::CONVERT_PAIRS {
+            src.len() - src.len() % pair
+        } else {
+            0
+        };
+        for (a, b) in src[..pairs]
+            .chunks_exact(pair)
+            .zip(dst[..pairs].chunks_exact_mut(pair))
         {
-            let ((a, a2), (b, b2)) = (a.split_at(pair), b.split_at_mut(pair));
-            let ((v, w), (v2, w2)) = (A::load_x2(s, a), A::load_x2(s, a2));
+            let (v, w) = A::load_x2(s, a);
             B::store_x2(s, v, w, b);
-            B::store_x2(s, v2, w2, b2);
-        }
-        if pairs > quads {
-            let (v, w) = A::load_x2(s, &src[quads..pairs]);
-            B::store_x2(s, v, w, &mut dst[quads..pairs]);
         }
         let (src_rest, dst_rest) = (&src[pairs..], &mut dst[pairs..]);
         for_each_chunk!(S, src_rest.len(), |c| {

@@ -311,26 +311,18 @@ fn pack_b_into<K: Microkernel + RowOps, T: Element>(
                 for d in 0..kc {
                     let off = (pc + d) * bt.cs + j0;
                     let row = &bt.data[off..off + (j1 - j0)];
-                    let row: &[f32] = match T::slice(row) {
-                        Slice::F32(row) => row,
-                        _ => {
-                            tmp.resize(j1 - j0, 0.0);
-                            kern.widen(row, tmp);
-                            tmp
-                        }
-                    };
                     let at = block_off + d * K::NR;
-                    for (panel, src) in chunk.chunks_exact_mut(per_panel).zip(row.chunks(K::NR)) {
+                    let panels = chunk.chunks_exact_mut(per_panel);
+                    for (panel, src) in panels.zip(row.chunks(K::NR)) {
                         let dst = &mut panel[at..at + K::NR];
-                        if src.len() == K::NR {
+                        match T::slice(src) {
                             // A constant size after monomorphization: moves
                             // in registers, no `memcpy` call.
-                            dst.copy_from_slice(src);
-                        } else {
-                            // The last panel's columns past n: zero.
-                            dst[..src.len()].copy_from_slice(src);
-                            dst[src.len()..].fill(0.0);
+                            Slice::F32(src) if src.len() == K::NR => dst.copy_from_slice(src),
+                            _ => kern.widen(src, &mut dst[..src.len()]),
                         }
+                        // The last panel's columns past n: zero.
+                        dst[src.len()..].fill(0.0);
                     }
                 }
                 block_off += slots(kc, K::FORMAT) * K::NR;

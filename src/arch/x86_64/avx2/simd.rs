@@ -24,6 +24,7 @@ macro_rules! v {
 impl F32Simd for Avx2 {
     const LANES: usize = 8;
     const REGISTERS: usize = 16;
+    const CONVERT_PAIRS: bool = true;
 
     type F = __m256;
     type U = __m256i;
