@@ -239,7 +239,7 @@ pub(crate) trait RowOps: Copy + Send + Sync {
     /// an implementation may write zeros there too. Returns
     /// `false`, writing nothing, where the ISA has no transposing pack for
     /// this width (the default): the driver then gathers element by
-    /// element, which cost 6% of an AVX2 f32 GEMM at n = 512.
+    /// element, several times slower (BENCHMARKS.md, AVX2).
     #[inline(always)]
     fn pack_rows<T: Element>(self, rows: &[&[T]], w: usize, dst: &mut [f32]) -> bool {
         let _ = (rows, w, dst);

@@ -114,8 +114,8 @@ pub(crate) trait F32Simd: Copy + Send + Sync + 'static {
     const LANES: usize;
     /// Whether slice conversions walk two vectors per step through the
     /// `*_x2` methods (AVX2, whose pairs share one store or load) rather
-    /// than one (the default: AVX-512's conversions ran 4-7% slower in
-    /// pairs of single-vector steps).
+    /// than one (the default: AVX-512's conversions were slower in pairs
+    /// of single-vector steps, docs/tried.md).
     const CONVERT_PAIRS: bool = false;
     /// Vector registers the ISA has (16 ymm, 32 zmm, 32 NEON `q`): how
     /// many accumulators a register tile may keep.

@@ -293,13 +293,12 @@ fn pack_b_into<K: Microkernel + RowOps, T: Element>(
     // multiple of 4 rows starts a whole slot (and quad) inside its KC
     // block.
     //
-    //
     // In the kernel's f32 format, a B with contiguous rows is packed one
-    // row at a time instead: the row's columns of the chunk (widened into
-    // `tmp` unless f32) cut into the panels by fixed-size copies. Every
-    // load then follows a row; the `PACK_ROWS` pass, one `widen` call per
-    // NR values, read B down its columns, a new cache line per load, and
-    // took 8% of an AVX2 f32 GEMM at n = 512.
+    // row at a time instead: each NR-column piece of the row goes to its
+    // panel (a fixed-size copy for f32, `widen` otherwise). Every load then
+    // follows a row, where the `PACK_ROWS` pass read each NR-column piece
+    // down its rows, a new cache line per load, which made B~ a visible
+    // share of a square GEMM (BENCHMARKS.md, AVX2).
     let rows_whole = K::FORMAT == Format::F32 && bt.rs == 1;
     let pack_range = |p0: usize, chunk: &mut [f32], tmp: &mut Vec<f32>| {
         let chunk_panels = chunk.len() / per_panel;

@@ -276,9 +276,9 @@ const NR: usize = 16;
 /// broadcasts of A~ per slot), with intrinsics so that it can issue the
 /// prefetches of [`Ahead::PanelAndTile`] (one thread): the next call's
 /// accumulator tile into L1 and this call's share of the next B~
-/// micro-panel into L2. On Zen 4 both were within the noise of the generic
-/// kernel (which LLVM compiles to the same loop without them); the tile
-/// workspace of a block is up to 672 KiB, more than a Zen 3 core's L2.
+/// micro-panel into L2, where a block's tile workspace (up to 672 KiB)
+/// outgrows a small L2. Where it fits, the generic kernel (the same loop
+/// without them) was as fast (docs/tried.md).
 #[target_feature(enable = "avx2,fma,f16c")]
 fn kernel(
     slots: usize,
@@ -345,8 +345,9 @@ fn axpy_rows4(x: &[f32], b: [&[f32]; 4], y: &mut [&mut [f32]]) {
 /// Widens a contiguous run: f16 through `vcvtph2ps`, bf16 by a shift.
 /// Packing a row-major B~ calls this once per slot, with one tile width
 /// (`NR`) of f32: that copy has a fixed size, so it is two ymm moves
-/// instead of a call to libc's `memcpy` (8% of an f32 GEMM at n = 512;
-/// LLVM turns a copy loop of any length into that call).
+/// instead of a call to libc's `memcpy` per panel row, a large share of
+/// the packing time (LLVM turns a copy loop of any length into that
+/// call).
 #[target_feature(enable = "avx2,fma,f16c")]
 fn widen(src: Slice<'_>, dst: &mut [f32]) {
     match src {

@@ -270,8 +270,8 @@ impl F32Simd for Avx2 {
         dst.copy_from_slice(&buf[..n]);
     }
 
-    // f32 -> bf16 in eight ALU uops per 8 lanes (the generic form takes
-    // twelve here, with its unsigned compares); see `round_bf16`. NaN
+    // f32 -> bf16 in eight ALU uops per 8 lanes, two of them shifts (the
+    // generic form takes nine, three of them shifts); see `round_bf16`. NaN
     // keeps its upper bits with the quiet bit set. The unordered compare
     // finds NaN in one uop; it only sets MXCSR's sticky invalid flag for a
     // signalling NaN (exceptions are masked), and subnormal modes do not
@@ -331,8 +331,8 @@ impl F32Simd for Avx2 {
         })
     }
     // `vcvtps2ph` into a register, then one 32-byte store: LLVM folds the
-    // intrinsic's result into `vcvtps2ph` to memory, which ran at 0.77x
-    // the register form on Zen 4 (hence `cvtps_ph_reg`).
+    // intrinsic's result into `vcvtps2ph` to memory, clearly slower than
+    // the register form on Zen 4 (docs/tried.md; hence `cvtps_ph_reg`).
     #[inline(always)]
     fn store_f16_x2(self, a: __m256, b: __m256, dst: &mut [f16]) {
         // SAFETY: the token proves AVX and F16C.
@@ -414,9 +414,9 @@ fn cvtps_ph_reg(v: __m256) -> __m128i {
 }
 
 /// `vmovmskps`: the sign bits of `m`'s lanes. LLVM compiles
-/// `_mm256_movemask_ps(m) != 0` to `vtestps`, which made the f32 -> bf16
-/// loop 0.93x as fast on Zen 4 (its one test per 16 values); the mask and
-/// a scalar test cost one vector uop.
+/// `_mm256_movemask_ps(m) != 0` to `vtestps`, which slowed the f32 ->
+/// bf16 loop (one test per 16 values) measurably on Zen 4 (docs/tried.md);
+/// the mask and a scalar test cost one vector uop.
 #[inline]
 #[target_feature(enable = "avx")]
 fn movmsk_ps(m: __m256) -> u32 {
