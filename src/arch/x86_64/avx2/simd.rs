@@ -270,8 +270,8 @@ impl F32Simd for Avx2 {
         dst.copy_from_slice(&buf[..n]);
     }
 
-    // f32 -> bf16 in eight ALU uops per 8 lanes, two of them shifts (the
-    // generic form takes nine, three of them shifts); see `round_bf16`. NaN
+    // f32 -> bf16 in eight ALU uops per 8 lanes, one of them a shift (the
+    // generic form: nine, two shifts); see `round_bf16`. NaN
     // keeps its upper bits with the quiet bit set. The unordered compare
     // finds NaN in one uop; it only sets MXCSR's sticky invalid flag for a
     // signalling NaN (exceptions are masked), and subnormal modes do not
