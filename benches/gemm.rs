@@ -1,13 +1,22 @@
 //! GEMM throughput: every available ISA (and both bf16 kernels of
 //! avx512bf16), bf16/f16/f32 inputs into f32 C, row-major, packing
 //! included, 1 and 2 threads, with the `gemm` crate 0.19 (f16, f32) beside
-//! it. `square-same-c` writes C in the inputs' type instead (bf16 C is what
+//! it, and OpenBLAS's `cblas_sgemm` (f32) with the feature `openblas-peer`
+//! (`benches/common/openblas.rs`). `square-same-c` writes C in the inputs' type instead (bf16 C is what
 //! `torch.matmul` returns; f16 C is the `gemm` crate's native f16 form), so
 //! the epilogue's rounding and stores are timed against the peer too.
 //! Criterion's "elements" are flops (2 m n k), so its throughput reads as
 //! GFLOP/s ("Gelem/s").
 //!
-//! Filter with criterion's regex, e.g. `cargo bench --bench gemm -- 'square/bf16/n512/'`.
+//! Filter with criterion's regex, e.g. `cargo bench --bench gemm -- 'square/bf16/n512/'`;
+//! with OpenBLAS (Debian's `libopenblas-dev`):
+//!
+//! ```sh
+//! cargo bench --features openblas-peer --bench gemm -- 'square/f32/'
+//! ```
+//!
+//! On an AVX-512 machine, `OPENBLAS_CORETYPE=Haswell` makes OpenBLAS use
+//! its AVX2 kernels, the peer of halfkern's `avx2` rows.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -46,17 +55,22 @@ fn threads_of(t: usize) -> Threads {
     }
 }
 
+#[cfg(feature = "openblas-peer")]
+#[path = "common/openblas.rs"]
+mod openblas;
+
 /// A peer library's GEMM: `(a, b, c, threads)`.
 type Peer<T, O> = dyn Fn(&[T], &[T], &mut [O], usize);
 
-/// One shape, `T` inputs into an `O` C, every variant and the peer.
+/// One shape, `T` inputs into an `O` C, every variant and the peers
+/// (named).
 fn one<T: Element + 'static, O: Element>(
     c: &mut Criterion,
     group: &str,
     m: usize,
     n: usize,
     k: usize,
-    peer: Option<&Peer<T, O>>,
+    peers: &[(&str, &Peer<T, O>)],
 ) {
     let a: Vec<T> = data(m * k, 1);
     let b: Vec<T> = data(k * n, 2);
@@ -87,11 +101,10 @@ fn one<T: Element + 'static, O: Element>(
                 })
             });
         }
-        if let Some(peer) = peer {
-            g.bench_function(
-                BenchmarkId::new("gemm-crate-0.19", format!("t{threads}")),
-                |bench| bench.iter(|| peer(black_box(&a), black_box(&b), &mut out, threads)),
-            );
+        for (name, peer) in peers {
+            g.bench_function(BenchmarkId::new(*name, format!("t{threads}")), |bench| {
+                bench.iter(|| peer(black_box(&a), black_box(&b), &mut out, threads))
+            });
         }
     }
     g.finish();
@@ -175,33 +188,60 @@ fn par(threads: usize) -> gemm::Parallelism {
     }
 }
 
+/// OpenBLAS's `cblas_sgemm` on `threads` threads, where the feature
+/// links it.
+#[cfg(feature = "openblas-peer")]
+fn peer_openblas(m: usize, n: usize, k: usize) -> impl Fn(&[f32], &[f32], &mut [f32], usize) {
+    move |a, b, c, threads| openblas::sgemm(m, n, k, a, b, c, threads)
+}
+
+/// The peers of the f32 GEMM: the `gemm` crate, and OpenBLAS where the
+/// feature links it.
+fn run_f32(c: &mut Criterion, group: &str, m: usize, n: usize, k: usize) {
+    let p = peer_f32(m, n, k);
+    #[cfg(feature = "openblas-peer")]
+    {
+        let o = peer_openblas(m, n, k);
+        one::<f32, f32>(c, group, m, n, k, &[(GEMM_CRATE, &p), ("openblas-0.3", &o)]);
+    }
+    #[cfg(not(feature = "openblas-peer"))]
+    one::<f32, f32>(c, group, m, n, k, &[(GEMM_CRATE, &p)]);
+}
+
+/// The `gemm` crate's bench id.
+const GEMM_CRATE: &str = "gemm-crate-0.19";
+
 fn square(c: &mut Criterion) {
+    #[cfg(feature = "openblas-peer")]
+    eprintln!(
+        "OpenBLAS peer: {} ({})",
+        openblas::label(),
+        openblas::config()
+    );
     for n in [256usize, 512, 1024, 2048] {
-        one::<bf16, f32>(c, "square", n, n, n, None);
+        one::<bf16, f32>(c, "square", n, n, n, &[]);
         let p = peer_f16(n, n, n);
-        one::<f16, f32>(c, "square", n, n, n, Some(&p));
-        let p = peer_f32(n, n, n);
-        one::<f32, f32>(c, "square", n, n, n, Some(&p));
+        one::<f16, f32>(c, "square", n, n, n, &[(GEMM_CRATE, &p)]);
+        run_f32(c, "square", n, n, n);
     }
 }
 
 /// C in the inputs' type (see the module docs).
 fn square_same_c(c: &mut Criterion) {
     for n in [512usize, 2048] {
-        one::<bf16, bf16>(c, "square-same-c", n, n, n, None);
+        one::<bf16, bf16>(c, "square-same-c", n, n, n, &[]);
         let p = peer_f16_into(n, n, n);
-        one::<f16, f16>(c, "square-same-c", n, n, n, Some(&p));
+        one::<f16, f16>(c, "square-same-c", n, n, n, &[(GEMM_CRATE, &p)]);
     }
 }
 
 fn small_m(c: &mut Criterion) {
     for m in [1usize, 16] {
         let (n, k) = (4096, 4096);
-        one::<bf16, f32>(c, "smallm", m, n, k, None);
+        one::<bf16, f32>(c, "smallm", m, n, k, &[]);
         let p = peer_f16(m, n, k);
-        one::<f16, f32>(c, "smallm", m, n, k, Some(&p));
-        let p = peer_f32(m, n, k);
-        one::<f32, f32>(c, "smallm", m, n, k, Some(&p));
+        one::<f16, f32>(c, "smallm", m, n, k, &[(GEMM_CRATE, &p)]);
+        run_f32(c, "smallm", m, n, k);
     }
 }
 

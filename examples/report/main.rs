@@ -23,7 +23,11 @@
 //! - Square GEMM, n = 512, f32 C, packing included: against the FMA peak
 //!   of the kernel's width (`vdpbf16ps` for the bf16 dot kernel), and the
 //!   `gemm` crate 0.19 (f32; for f16 it writes f16 C, its native form; it
-//!   has no bf16).
+//!   has no bf16). With the feature `openblas-peer`, OpenBLAS's
+//!   `cblas_sgemm` is a second peer of f32 (one thread;
+//!   `OPENBLAS_CORETYPE=Haswell` for its AVX2 kernels on an AVX-512
+//!   machine): `cargo run --release --features openblas-peer --example
+//!   report`.
 //! - Decode, n = k = 4096, m = 1 and 16: the weights rotate through
 //!   matrices that together hold more than twice the L3, so no call finds
 //!   its weights in cache. m = 1 against the one-core DRAM read bound
@@ -32,6 +36,9 @@
 //!   m = 16 against the FMA peak.
 
 mod ceilings;
+#[cfg(feature = "openblas-peer")]
+#[path = "../../benches/common/openblas.rs"]
+mod openblas;
 
 use std::cell::Cell;
 use std::hint::black_box;
@@ -114,18 +121,21 @@ fn main() {
         conversion::<f16, f32>(r, &ceilings, runs, "f16->f32", |s, d| {
             s.convert_to_f32_slice(d)
         });
-        square::<f32>(
-            r,
-            &ceilings,
-            runs,
-            Some(&peer_f32(512, 512, 512, false) as &Peer<f32>),
-        );
-        square::<bf16>(r, &ceilings, runs, None);
+        let gemm_f32 = peer_f32(512, 512, 512, false);
+        #[cfg(feature = "openblas-peer")]
+        let blas = peer_openblas(512);
+        let f32_peers: Vec<(String, &Peer<f32>)> = vec![
+            ("gemm 0.19".into(), &gemm_f32),
+            #[cfg(feature = "openblas-peer")]
+            (openblas::label(), &blas),
+        ];
+        square::<f32>(r, &ceilings, runs, &f32_peers);
+        square::<bf16>(r, &ceilings, runs, &[]);
         square::<f16>(
             r,
             &ceilings,
             runs,
-            Some(&peer_f16(512, 512, 512, false) as &Peer<f16>),
+            &[("gemm 0.19".into(), &peer_f16(512, 512, 512, false))],
         );
         for m in [1, 16] {
             decode_group(r, &ceilings, &mut dram, runs, m, nk);
@@ -138,10 +148,9 @@ fn main() {
             Some((c, x)) => (c.as_str(), format!("{:.0}%", x * 100.0)),
             None => ("", String::new()),
         };
-        let (peer, vs) = match &r.peer {
-            Some((p, x)) => (p.as_str(), format!("{x:.2}x")),
-            None => ("", String::new()),
-        };
+        let peer: Vec<&str> = r.peers.iter().map(|(p, _)| p.as_str()).collect();
+        let vs: Vec<String> = r.peers.iter().map(|(_, x)| format!("{x:.2}x")).collect();
+        let (peer, vs) = (peer.join("; "), vs.join("; "));
         println!(
             "| {} | {} | {} | {ceiling} | {of} | {peer} | {vs} |",
             r.kernel, r.isa, r.value
@@ -392,8 +401,8 @@ struct Row {
     value: String,
     /// The ceiling's name and value, and the fraction of it reached.
     ceiling: Option<(String, f64)>,
-    /// The peer's name and figure, and halfkern's speed-up over it.
-    peer: Option<(String, f64)>,
+    /// Each peer's name and figure, and halfkern's speed-up over it.
+    peers: Vec<(String, f64)>,
 }
 
 fn ceiling_text(c: &Ceiling) -> String {
@@ -484,10 +493,10 @@ fn conversion<S: Element, D: Element>(
             isa: isa.name().into(),
             value: format!("{:.2} Gelem/s, {gbs:.1} GB/s", n as f64 / t / 1e9),
             ceiling: copy.map(|c| (ceiling_text(c), gbs / c.value)),
-            peer: Some((
+            peers: vec![(
                 format!("half 2.7: {:.2} Gelem/s", n as f64 / t_peer / 1e9),
                 t_peer / t,
-            )),
+            )],
         });
     }
 }
@@ -503,12 +512,13 @@ fn isa_path(isa: Isa, kernel: &str) -> String {
     format!("{} ({short})", isa.name())
 }
 
-/// Square GEMM, n = 512, one thread, every SIMD ISA and the peer.
+/// Square GEMM, n = 512, one thread, every SIMD ISA and the peers
+/// (named).
 fn square<T: Element>(
     rows: &mut Vec<Row>,
     ceilings: &[Ceiling],
     runs: usize,
-    peer: Option<&Peer<T>>,
+    peers: &[(String, &Peer<T>)],
 ) {
     let n = 512;
     let (a, b) = (
@@ -540,7 +550,7 @@ fn square<T: Element>(
             call();
         }));
     }
-    if let Some(peer) = peer {
+    for (_, peer) in peers {
         fs.push(Box::new(|| {
             peer(black_box(a.as_slice()), black_box(b.as_slice()))
         }));
@@ -548,7 +558,7 @@ fn square<T: Element>(
     let mut refs: Vec<&mut dyn FnMut()> = fs.iter_mut().map(|f| &mut **f as _).collect();
     let t = medians(runs, &mut refs);
     let flops = 2.0 * (n * n * n) as f64;
-    let t_peer = peer.map(|_| *t.last().unwrap());
+    let t_peers = &t[isas.len()..];
     for ((&isa, kernel), &t) in isas.iter().zip(&kernels).zip(&t) {
         let gf = flops / t / 1e9;
         let peak = gemm_peak(isa, kernel).and_then(|k| find(ceilings, k));
@@ -557,12 +567,13 @@ fn square<T: Element>(
             isa: isa_path(isa, kernel),
             value: format!("{gf:.1} GFLOP/s"),
             ceiling: peak.map(|c| (ceiling_text(c), gf / c.value)),
-            peer: t_peer.map(|tp| {
-                (
-                    format!("gemm 0.19: {:.1} GFLOP/s", flops / tp / 1e9),
-                    tp / t,
-                )
-            }),
+            peers: peers
+                .iter()
+                .zip(t_peers)
+                .map(|((name, _), &tp)| {
+                    (format!("{name}: {:.1} GFLOP/s", flops / tp / 1e9), tp / t)
+                })
+                .collect(),
         });
     }
 }
@@ -664,14 +675,14 @@ fn decode<T: Element>(
             isa: isa_path(isa, kernel),
             value: format!("{gbs:.1} GB/s, {gf:.1} GFLOP/s"),
             ceiling,
-            peer: t_peer.map(|tp| {
+            peers: Vec::from_iter(t_peer.map(|tp| {
                 let p = if m == 1 {
                     format!("gemm 0.19: {:.1} GB/s", bytes as f64 / tp / 1e9)
                 } else {
                     format!("gemm 0.19: {:.1} GFLOP/s", flops / tp / 1e9)
                 };
                 (p, tp / t)
-            }),
+            })),
         });
     }
 }
@@ -715,6 +726,13 @@ fn peer_f32(m: usize, n: usize, k: usize, nk: bool) -> impl Fn(&[f32], &[f32]) {
             )
         }
     }
+}
+
+/// OpenBLAS's `cblas_sgemm`, square n, one thread; its own C.
+#[cfg(feature = "openblas-peer")]
+fn peer_openblas(n: usize) -> impl Fn(&[f32], &[f32]) {
+    let c = std::sync::Mutex::new(vec![0.0f32; n * n]);
+    move |a, b| openblas::sgemm(n, n, n, a, b, &mut c.lock().unwrap(), 1)
 }
 
 /// The `gemm` crate, f16 x f16 -> f16 C (its native form), one thread.

@@ -21,6 +21,11 @@ pub(crate) trait Io: Copy {
     fn store_tail<S: F32Simd>(s: S, v: S::F, dst: &mut [Self]);
     /// `v` into `dst[..LANES]` with a streaming store ([`F32Simd::stream`]).
     fn stream<S: F32Simd>(s: S, v: S::F, dst: &mut [Self]);
+    /// `src[..2 * LANES]` as two f32 vectors ([`F32Simd::load_x2`] and
+    /// its kin).
+    fn load_x2<S: F32Simd>(s: S, src: &[Self]) -> (S::F, S::F);
+    /// `a` then `b` into `dst[..2 * LANES]`.
+    fn store_x2<S: F32Simd>(s: S, a: S::F, b: S::F, dst: &mut [Self]);
     /// `src[..LANES]` as f32 for arithmetic only: a signalling NaN may stay
     /// signalling (any arithmetic on it gives the same quiet NaN as on the
     /// quieted value), which spares bf16 the quieting [`Io::load`] does.
@@ -48,6 +53,14 @@ pub(crate) fn stream_head<S: F32Simd, T>(dst: &[T]) -> usize {
 
 impl Io for f32 {
     #[inline(always)]
+    fn load_x2<S: F32Simd>(s: S, src: &[f32]) -> (S::F, S::F) {
+        s.load_x2(src)
+    }
+    #[inline(always)]
+    fn store_x2<S: F32Simd>(s: S, a: S::F, b: S::F, dst: &mut [f32]) {
+        s.store_x2(a, b, dst)
+    }
+    #[inline(always)]
     fn load<S: F32Simd>(s: S, src: &[f32]) -> S::F {
         s.load(src)
     }
@@ -70,6 +83,14 @@ impl Io for f32 {
 }
 
 impl Io for bf16 {
+    #[inline(always)]
+    fn load_x2<S: F32Simd>(s: S, src: &[bf16]) -> (S::F, S::F) {
+        s.load_bf16_x2(src)
+    }
+    #[inline(always)]
+    fn store_x2<S: F32Simd>(s: S, a: S::F, b: S::F, dst: &mut [bf16]) {
+        s.store_bf16_x2(a, b, dst)
+    }
     #[inline(always)]
     fn load<S: F32Simd>(s: S, src: &[bf16]) -> S::F {
         s.load_bf16(src)
@@ -97,6 +118,14 @@ impl Io for bf16 {
 }
 
 impl Io for f16 {
+    #[inline(always)]
+    fn load_x2<S: F32Simd>(s: S, src: &[f16]) -> (S::F, S::F) {
+        s.load_f16_x2(src)
+    }
+    #[inline(always)]
+    fn store_x2<S: F32Simd>(s: S, a: S::F, b: S::F, dst: &mut [f16]) {
+        s.store_f16_x2(a, b, dst)
+    }
     #[inline(always)]
     fn load<S: F32Simd>(s: S, src: &[f16]) -> S::F {
         s.load_f16(src)

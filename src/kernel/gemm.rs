@@ -232,6 +232,20 @@ pub(crate) trait RowOps: Copy + Send + Sync {
         }
     }
 
+    /// Packs `rows` (at most `w`, each a contiguous run of the same
+    /// `depth`) into `dst[s * w + lane] = rows[lane][s]` for `s < depth`,
+    /// widened as [`RowOps::widen`] widens them (an A~ panel of a
+    /// row-major A). The caller zero-fills the lanes past `rows.len()`;
+    /// an implementation may write zeros there too. Returns
+    /// `false`, writing nothing, where the ISA has no transposing pack for
+    /// this width (the default): the driver then gathers element by
+    /// element, several times slower (BENCHMARKS.md, AVX2).
+    #[inline(always)]
+    fn pack_rows<T: Element>(self, rows: &[&[T]], w: usize, dst: &mut [f32]) -> bool {
+        let _ = (rows, w, dst);
+        false
+    }
+
     /// Rounds a contiguous run of f32 to f16, nearest-even
     /// (`dst.len() == src.len()`).
     #[inline(always)]

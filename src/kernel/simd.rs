@@ -112,6 +112,11 @@ pub(crate) trait SimdOp {
 pub(crate) trait F32Simd: Copy + Send + Sync + 'static {
     /// Number of f32 lanes.
     const LANES: usize;
+    /// Whether slice conversions walk two vectors per step through the
+    /// `*_x2` methods (AVX2, whose pairs share one store or load) rather
+    /// than one (the default: AVX-512's conversions were slower in pairs
+    /// of single-vector steps, docs/tried.md).
+    const CONVERT_PAIRS: bool = false;
     /// Vector registers the ISA has (16 ymm, 32 zmm, 32 NEON `q`): how
     /// many accumulators a register tile may keep.
     const REGISTERS: usize;
@@ -238,6 +243,14 @@ pub(crate) trait F32Simd: Copy + Send + Sync + 'static {
     fn u_shlv(self, a: Self::U, n: Self::U) -> Self::U;
     /// `a > b`, unsigned.
     fn u_gt(self, a: Self::U, b: Self::U) -> Self::M;
+    /// `a > b` for lanes below 2^31 (an absolute value's bits, a
+    /// constant): the same as [`F32Simd::u_gt`] there, and one signed
+    /// compare on ISAs that have no unsigned one (AVX2), where `u_gt`
+    /// takes three instructions.
+    #[inline(always)]
+    fn u_gt_small(self, a: Self::U, b: Self::U) -> Self::M {
+        self.u_gt(a, b)
+    }
     /// `a == b`.
     fn u_eq(self, a: Self::U, b: Self::U) -> Self::M;
     /// `m ? a : b` per lane.
@@ -270,7 +283,7 @@ pub(crate) trait F32Simd: Copy + Send + Sync + 'static {
     #[inline(always)]
     fn widen_bf16(self, h: Self::U) -> Self::F {
         let abs = self.u_and(h, self.u_splat(0x7FFF));
-        let nan = self.u_gt(abs, self.u_splat(0x7F80));
+        let nan = self.u_gt_small(abs, self.u_splat(0x7F80));
         let quiet = self.u_or(h, self.u_splat(0x0040));
         self.bits_to_f(self.u_shl(self.u_select(nan, quiet, h), 16))
     }
@@ -281,7 +294,7 @@ pub(crate) trait F32Simd: Copy + Send + Sync + 'static {
     fn narrow_bf16(self, v: Self::F) -> Self::U {
         let x = self.to_bits(v);
         let abs = self.u_and(x, self.u_splat(0x7FFF_FFFF));
-        let nan = self.u_gt(abs, self.u_splat(0x7F80_0000));
+        let nan = self.u_gt_small(abs, self.u_splat(0x7F80_0000));
         let hi = self.u_shr(x, 16);
         let lsb = self.u_and(hi, self.u_splat(1));
         let rounded = self.u_shr(self.u_add(x, self.u_add(lsb, self.u_splat(0x7FFF))), 16);
@@ -294,7 +307,7 @@ pub(crate) trait F32Simd: Copy + Send + Sync + 'static {
     fn narrow_bf16_sr(self, v: Self::F, r: Self::U) -> Self::U {
         let x = self.to_bits(v);
         let abs = self.u_and(x, self.u_splat(0x7FFF_FFFF));
-        let nan = self.u_gt(abs, self.u_splat(0x7F80_0000));
+        let nan = self.u_gt_small(abs, self.u_splat(0x7F80_0000));
         let hi = self.u_shr(x, 16);
         // inf needs no case of its own: its low 16 bits are 0, so adding
         // fewer than 2^16 never carries.
@@ -312,14 +325,14 @@ pub(crate) trait F32Simd: Copy + Send + Sync + 'static {
         // Normal: rebias the exponent by 127 - 15.
         let normal = self.u_add(shifted, self.u_splat(112 << 23));
         // inf/NaN: exponent all ones, NaN quieted.
-        let nan = self.u_gt(abs, self.u_splat(0x7C00));
+        let nan = self.u_gt_small(abs, self.u_splat(0x7C00));
         let special = self.u_or(shifted, self.u_splat(0x7F80_0000));
         let special = self.u_select(nan, self.u_or(special, self.u_splat(0x0040_0000)), special);
         // Subnormal (and zero): man * 2^-24 = (0.5 + man * 2^-24) - 0.5, exact.
         let magic = self.bits_to_f(self.u_add(abs, self.u_splat(0x3F00_0000)));
         let sub = self.to_bits(self.sub(magic, self.splat(0.5)));
-        let is_special = self.u_gt(abs, self.u_splat(0x7BFF));
-        let is_normal = self.u_gt(abs, self.u_splat(0x03FF));
+        let is_special = self.u_gt_small(abs, self.u_splat(0x7BFF));
+        let is_normal = self.u_gt_small(abs, self.u_splat(0x03FF));
         let r = self.u_select(is_normal, normal, sub);
         let r = self.u_select(is_special, special, r);
         self.bits_to_f(self.u_or(r, sign))
@@ -333,13 +346,13 @@ pub(crate) trait F32Simd: Copy + Send + Sync + 'static {
         let abs = self.u_and(x, self.u_splat(0x7FFF_FFFF));
         let sign = self.u_shr(self.u_and(x, self.u_splat(0x8000_0000)), 16);
         // NaN: quiet, top 10 payload bits kept.
-        let nan = self.u_gt(abs, self.u_splat(0x7F80_0000));
+        let nan = self.u_gt_small(abs, self.u_splat(0x7F80_0000));
         let nan_bits = self.u_or(
             self.u_and(self.u_shr(abs, 13), self.u_splat(0x03FF)),
             self.u_splat(0x7E00),
         );
         // |x| >= 65536 (and inf): inf.
-        let big = self.u_gt(abs, self.u_splat(0x477F_FFFF));
+        let big = self.u_gt_small(abs, self.u_splat(0x477F_FFFF));
         // Normal: rebias, round the 13 dropped bits to nearest even (a
         // carry into exponent 31 gives inf, as it should).
         let rebased = self.u_sub(abs, self.u_splat(112 << 23));
@@ -352,7 +365,7 @@ pub(crate) trait F32Simd: Copy + Send + Sync + 'static {
         // (round to nearest even, the default mode; no FTZ/DAZ).
         let sum = self.add(self.bits_to_f(abs), self.splat(0.5));
         let sub = self.u_sub(self.to_bits(sum), self.u_splat(0x3F00_0000));
-        let is_normal = self.u_gt(abs, self.u_splat(0x387F_FFFF));
+        let is_normal = self.u_gt_small(abs, self.u_splat(0x387F_FFFF));
         let r = self.u_select(is_normal, normal, sub);
         let r = self.u_select(big, self.u_splat(0x7C00), r);
         let r = self.u_select(nan, nan_bits, r);
@@ -372,7 +385,7 @@ pub(crate) trait F32Simd: Copy + Send + Sync + 'static {
         // Subnormal: value = m * 2^-shift on the 2^-24 grid, shift >= 14.
         let biased = self.u_shr(abs, 23);
         let shift = self.u_sub(self.u_splat(126), biased);
-        let implicit = self.u_gt(abs, self.u_splat(0x007F_FFFF));
+        let implicit = self.u_gt_small(abs, self.u_splat(0x007F_FFFF));
         let m = self.u_select(
             implicit,
             self.u_or(
@@ -390,10 +403,10 @@ pub(crate) trait F32Simd: Copy + Send + Sync + 'static {
         );
         let up = self.u_gt(r, self.u_xor(frac, self.u_splat(u32::MAX)));
         let sub = self.u_select(up, self.u_add(kept, self.u_splat(1)), kept);
-        let is_normal = self.u_gt(abs, self.u_splat(0x387F_FFFF));
+        let is_normal = self.u_gt_small(abs, self.u_splat(0x387F_FFFF));
         let res = self.u_or(self.u_select(is_normal, normal, sub), sign);
         // inf/NaN as with nearest rounding; |x| >= 65536: inf.
-        let special = self.u_gt(abs, self.u_splat(0x477F_FFFF));
+        let special = self.u_gt_small(abs, self.u_splat(0x477F_FFFF));
         self.u_select(special, self.narrow_f16(v), res)
     }
 
@@ -474,6 +487,61 @@ pub(crate) trait F32Simd: Copy + Send + Sync + 'static {
     /// Orders earlier streaming stores before later stores (`sfence`).
     #[inline(always)]
     fn stream_fence(self) {}
+
+    // ---- two vectors per step (the conversions' main loop) -----------------
+    //
+    // The defaults are two calls of the one-vector method. An ISA overrides
+    // one where a pair is cheaper than two singles: AVX2 narrows 8 lanes to
+    // 8 u16, half a register, so two vectors pack into one full store, and
+    // it widens 16 bf16 from one full load.
+
+    /// `src[..2 * LANES]` as two vectors.
+    ///
+    /// # Panics
+    ///
+    /// When `src.len() < 2 * LANES`.
+    #[inline(always)]
+    fn load_x2(self, src: &[f32]) -> (Self::F, Self::F) {
+        let src = &src[..2 * Self::LANES];
+        (self.load(src), self.load(&src[Self::LANES..]))
+    }
+    /// `a` then `b` into `dst[..2 * LANES]`.
+    ///
+    /// # Panics
+    ///
+    /// When `dst.len() < 2 * LANES`.
+    #[inline(always)]
+    fn store_x2(self, a: Self::F, b: Self::F, dst: &mut [f32]) {
+        let (lo, hi) = dst[..2 * Self::LANES].split_at_mut(Self::LANES);
+        self.store(a, lo);
+        self.store(b, hi);
+    }
+    /// `src[..2 * LANES]` widened (see [`F32Simd::widen_bf16`]).
+    #[inline(always)]
+    fn load_bf16_x2(self, src: &[bf16]) -> (Self::F, Self::F) {
+        let src = &src[..2 * Self::LANES];
+        (self.load_bf16(src), self.load_bf16(&src[Self::LANES..]))
+    }
+    /// `a` then `b` rounded to nearest even into `dst[..2 * LANES]`.
+    #[inline(always)]
+    fn store_bf16_x2(self, a: Self::F, b: Self::F, dst: &mut [bf16]) {
+        let (lo, hi) = dst[..2 * Self::LANES].split_at_mut(Self::LANES);
+        self.store_bf16(a, lo);
+        self.store_bf16(b, hi);
+    }
+    /// `src[..2 * LANES]` widened (see [`F32Simd::widen_f16`]).
+    #[inline(always)]
+    fn load_f16_x2(self, src: &[f16]) -> (Self::F, Self::F) {
+        let src = &src[..2 * Self::LANES];
+        (self.load_f16(src), self.load_f16(&src[Self::LANES..]))
+    }
+    /// `a` then `b` rounded to nearest even into `dst[..2 * LANES]`.
+    #[inline(always)]
+    fn store_f16_x2(self, a: Self::F, b: Self::F, dst: &mut [f16]) {
+        let (lo, hi) = dst[..2 * Self::LANES].split_at_mut(Self::LANES);
+        self.store_f16(a, lo);
+        self.store_f16(b, hi);
+    }
 
     /// Rounds the first `dst.len() < LANES` lanes into `dst`.
     #[inline(always)]

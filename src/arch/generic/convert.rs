@@ -43,9 +43,25 @@ fn map<S: F32Simd, A: Io, B: Io>(s: S, src: &[A], dst: &mut [B], stream: bool) {
         c.store(s, v, dst_head);
     });
     if !stream {
-        for_each_chunk!(S, src.len(), |c| {
-            let v = c.load(s, src);
-            c.store(s, v, dst);
+        // Two vectors per step where the ISA asks for it (see
+        // `F32Simd::CONVERT_PAIRS`), then at most one full chunk and a tail.
+        let pair = 2 * S::LANES;
+        let pairs = if S::CONVERT_PAIRS {
+            src.len() - src.len() % pair
+        } else {
+            0
+        };
+        for (a, b) in src[..pairs]
+            .chunks_exact(pair)
+            .zip(dst[..pairs].chunks_exact_mut(pair))
+        {
+            let (v, w) = A::load_x2(s, a);
+            B::store_x2(s, v, w, b);
+        }
+        let (src_rest, dst_rest) = (&src[pairs..], &mut dst[pairs..]);
+        for_each_chunk!(S, src_rest.len(), |c| {
+            let v = c.load(s, src_rest);
+            c.store(s, v, dst_rest);
         });
         return;
     }

@@ -94,16 +94,21 @@ pub(super) fn pack_panel<K: RowOps, T: Element>(
             if lanes < w || depth == 0 {
                 dst.fill(0.0);
             }
-            if v.cs == 1 && depth > 1 && T::DTYPE != DType::F16 {
-                // Depth contiguous, cheap widening (f32 copy, bf16 shift):
-                // gather lane by lane per slot, so the writes are contiguous
-                // and each lane's reads are one sequential stream.
-                let rows: Vec<&[T]> = (0..lanes)
+            let rows = || -> Vec<&[T]> {
+                (0..lanes)
                     .map(|lane| {
                         let off = (l0 + lane) * v.rs + d0;
                         &v.data[off..off + depth]
                     })
-                    .collect();
+                    .collect()
+            };
+            if v.cs == 1 && depth > 1 && kern.pack_rows(&rows(), w, dst) {
+                // Depth contiguous (A row-major): the ISA's transposing pack.
+            } else if v.cs == 1 && depth > 1 && T::DTYPE != DType::F16 {
+                // Depth contiguous, cheap widening (f32 copy, bf16 shift):
+                // gather lane by lane per slot, so the writes are contiguous
+                // and each lane's reads are one sequential stream.
+                let rows = rows();
                 for (s, out) in dst.chunks_exact_mut(w).enumerate() {
                     for (o, row) in out.iter_mut().zip(&rows) {
                         *o = row[s].to_f32();
@@ -287,10 +292,41 @@ fn pack_b_into<K: Microkernel + RowOps, T: Element>(
     // rows for each NR columns (for a wide B, a new page per row). Any
     // multiple of 4 rows starts a whole slot (and quad) inside its KC
     // block.
+    //
+    // In the kernel's f32 format, a B with contiguous rows is packed one
+    // row at a time instead: each NR-column piece of the row goes to its
+    // panel (a fixed-size copy for f32, `widen` otherwise). Every load then
+    // follows a row, where the `PACK_ROWS` pass read each NR-column piece
+    // down its rows, a new cache line per load, which made B~ a visible
+    // share of a square GEMM (BENCHMARKS.md, AVX2).
+    let rows_whole = K::FORMAT == Format::F32 && bt.rs == 1;
     let pack_range = |p0: usize, chunk: &mut [f32], tmp: &mut Vec<f32>| {
+        let chunk_panels = chunk.len() / per_panel;
+        let (j0, j1) = (p0 * K::NR, ((p0 + chunk_panels) * K::NR).min(n));
         let mut block_off = 0;
         for pc in (0..k).step_by(K::BLOCKING.kc) {
             let kc = K::BLOCKING.kc.min(k - pc);
+            if rows_whole {
+                for d in 0..kc {
+                    let off = (pc + d) * bt.cs + j0;
+                    let row = &bt.data[off..off + (j1 - j0)];
+                    let at = block_off + d * K::NR;
+                    let panels = chunk.chunks_exact_mut(per_panel);
+                    for (panel, src) in panels.zip(row.chunks(K::NR)) {
+                        let dst = &mut panel[at..at + K::NR];
+                        match T::slice(src) {
+                            // A constant size after monomorphization: moves
+                            // in registers, no `memcpy` call.
+                            Slice::F32(src) if src.len() == K::NR => dst.copy_from_slice(src),
+                            _ => kern.widen(src, &mut dst[..src.len()]),
+                        }
+                        // The last panel's columns past n: zero.
+                        dst[src.len()..].fill(0.0);
+                    }
+                }
+                block_off += slots(kc, K::FORMAT) * K::NR;
+                continue;
+            }
             for sub in (0..kc).step_by(PACK_ROWS) {
                 let depth = PACK_ROWS.min(kc - sub);
                 let off = block_off + slots(sub, K::FORMAT) * K::NR;

@@ -8,8 +8,8 @@ use crate::arch::x86_64::avx512::gemm::prefetch_row;
 use crate::element::{DType, Element, Slice};
 use crate::kernel::gemm::StoreBlock;
 use crate::kernel::gemm::{
-    Format, Microkernel, RowOps, gemv_block_shape, generic_axpy_rows, generic_axpy_rows4,
-    generic_gemv_block, generic_kernel,
+    Ahead, Format, Microkernel, RowOps, gemv_block_shape, generic_axpy_rows, generic_axpy_rows4,
+    generic_gemv_block,
 };
 
 /// The AVX2 f32-FMA microkernel.
@@ -17,15 +17,29 @@ use crate::kernel::gemm::{
 pub(crate) struct Avx2F32(pub(crate) Avx2);
 
 impl Microkernel for Avx2F32 {
-    const MR: usize = 6;
-    const NR: usize = 16;
+    const MR: usize = MR;
+    const NR: usize = NR;
     const FORMAT: Format = Format::F32;
     const NAME: &'static str = "avx2-f32fma-6x16";
 
     #[inline(always)]
     fn kernel(self, slots: usize, a: &[f32], b: &[f32], tile: &mut [f32], accumulate: bool) {
         // SAFETY: the token proves AVX2, FMA and F16C.
-        unsafe { kernel(slots, a, b, tile, accumulate) }
+        unsafe { kernel(slots, a, b, tile, accumulate, Ahead::Nothing) }
+    }
+
+    #[inline(always)]
+    fn kernel_then(
+        self,
+        slots: usize,
+        a: &[f32],
+        b: &[f32],
+        tile: &mut [f32],
+        accumulate: bool,
+        ahead: Ahead<'_>,
+    ) {
+        // SAFETY: the token proves AVX2, FMA and F16C.
+        unsafe { kernel(slots, a, b, tile, accumulate, ahead) }
     }
 
     #[inline(always)]
@@ -43,6 +57,12 @@ impl RowOps for Avx2F32 {
     fn widen<T: Element>(self, src: &[T], dst: &mut [f32]) {
         // SAFETY: the token proves AVX2, FMA and F16C.
         unsafe { widen(T::slice(src), dst) }
+    }
+
+    #[inline(always)]
+    fn pack_rows<T: Element>(self, rows: &[&[T]], w: usize, dst: &mut [f32]) -> bool {
+        // SAFETY: the token proves AVX2, FMA and F16C.
+        w == MR && unsafe { pack_rows(rows, dst) }
     }
 
     #[inline(always)]
@@ -249,9 +269,67 @@ fn gemv_strip<T: Element, const R: usize, const V: usize, const G: usize>(
     }
 }
 
+const MR: usize = 6;
+const NR: usize = 16;
+
+/// The 6 x 16 tile in 12 ymm accumulators (two loads of B~ and six
+/// broadcasts of A~ per slot), with intrinsics so that it can issue the
+/// prefetches of [`Ahead::PanelAndTile`] (one thread): the next call's
+/// accumulator tile into L1 and this call's share of the next B~
+/// micro-panel into L2, where a block's tile workspace (up to 672 KiB)
+/// outgrows a small L2. Where it fits, the generic kernel (the same loop
+/// without them) was as fast (docs/tried.md).
 #[target_feature(enable = "avx2,fma,f16c")]
-fn kernel(slots: usize, a: &[f32], b: &[f32], tile: &mut [f32], accumulate: bool) {
-    generic_kernel::<6, 16>(slots, a, b, tile, accumulate, f32::mul_add);
+fn kernel(
+    slots: usize,
+    a: &[f32],
+    b: &[f32],
+    tile: &mut [f32],
+    accumulate: bool,
+    ahead: Ahead<'_>,
+) {
+    // Divisions, not products: a huge `slots` must not wrap past the check.
+    assert!(slots <= a.len() / MR && slots <= b.len() / NR && tile.len() >= MR * NR);
+    if let Ahead::PanelAndTile { b_share, next_tile } = ahead {
+        for o in (0..MR * NR).step_by(16) {
+            // A prefetch never faults: `next_tile` needs to point nowhere.
+            _mm_prefetch::<_MM_HINT_T0>(next_tile.wrapping_add(o).cast());
+        }
+        for o in (0..b_share.len()).step_by(16) {
+            _mm_prefetch::<_MM_HINT_T1>(b_share[o..].as_ptr().cast());
+        }
+    }
+    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+    if accumulate {
+        for (i, row) in acc.iter_mut().enumerate() {
+            for (h, v) in row.iter_mut().enumerate() {
+                // SAFETY: i * NR + h * 8 + 8 <= MR * NR <= tile.len().
+                *v = unsafe { _mm256_loadu_ps(tile.as_ptr().add(i * NR + h * 8)) };
+            }
+        }
+    }
+    let (ap, bp) = (a.as_ptr(), b.as_ptr());
+    for s in 0..slots {
+        // SAFETY: s < slots, so (s + 1) * NR <= b.len() (asserted above).
+        let (b0, b1) = unsafe {
+            (
+                _mm256_loadu_ps(bp.add(s * NR)),
+                _mm256_loadu_ps(bp.add(s * NR + 8)),
+            )
+        };
+        for (i, row) in acc.iter_mut().enumerate() {
+            // SAFETY: s * MR + i < slots * MR <= a.len() (asserted above).
+            let av = _mm256_set1_ps(unsafe { *ap.add(s * MR + i) });
+            row[0] = _mm256_fmadd_ps(av, b0, row[0]);
+            row[1] = _mm256_fmadd_ps(av, b1, row[1]);
+        }
+    }
+    for (i, row) in acc.iter().enumerate() {
+        for (h, v) in row.iter().enumerate() {
+            // SAFETY: i * NR + h * 8 + 8 <= MR * NR <= tile.len().
+            unsafe { _mm256_storeu_ps(tile.as_mut_ptr().add(i * NR + h * 8), *v) };
+        }
+    }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -265,10 +343,24 @@ fn axpy_rows4(x: &[f32], b: [&[f32]; 4], y: &mut [&mut [f32]]) {
 }
 
 /// Widens a contiguous run: f16 through `vcvtph2ps`, bf16 by a shift.
+/// Packing a row-major B~ calls this once per slot, with one tile width
+/// (`NR`) of f32: that copy has a fixed size, so it is two ymm moves
+/// instead of a call to libc's `memcpy` per panel row, a large share of
+/// the packing time (LLVM turns a copy loop of any length into that
+/// call).
 #[target_feature(enable = "avx2,fma,f16c")]
 fn widen(src: Slice<'_>, dst: &mut [f32]) {
     match src {
-        Slice::F32(s) => dst.copy_from_slice(s),
+        Slice::F32(s) => {
+            if let (Ok(s), Ok(d)) = (
+                <&[f32; NR]>::try_from(s),
+                <&mut [f32; NR]>::try_from(&mut *dst),
+            ) {
+                *d = *s;
+            } else {
+                dst.copy_from_slice(s);
+            }
+        }
         Slice::Bf16(s) => {
             // A plain shift: a signalling NaN stays signalling here, and
             // becomes quiet in the first arithmetic operation, so the GEMM's
@@ -305,6 +397,96 @@ fn widen(src: Slice<'_>, dst: &mut [f32]) {
             }
         }
     }
+}
+
+/// [`RowOps::pack_rows`] for an `MR`-lane panel: per 8 slots, 8 values
+/// of each row (zero for missing rows) in an 8 x 8 transpose, and each
+/// slot's 8 lanes stored at its place, the 2 past `MR` overwritten by the
+/// next slot (the last slot of the panel stores 6 lanes, masked).
+#[target_feature(enable = "avx2,fma,f16c")]
+fn pack_rows<T: Element>(rows: &[&[T]], dst: &mut [f32]) -> bool {
+    let depth = rows.first().map_or(0, |r| r.len());
+    if rows.len() > MR || rows.iter().any(|r| r.len() != depth) || dst.len() < depth * MR {
+        return false;
+    }
+    let dst = &mut dst[..depth * MR];
+    let lanes_6 = _mm256_setr_epi32(-1, -1, -1, -1, -1, -1, 0, 0);
+    let mut s = 0;
+    while s + 8 <= depth {
+        let mut r = [_mm256_setzero_ps(); 8];
+        for (v, row) in r.iter_mut().zip(rows) {
+            // SAFETY: s + 8 <= depth = row.len(): 8 elements read.
+            *v = unsafe {
+                let p = row.as_ptr().add(s);
+                match T::DTYPE {
+                    DType::F32 => _mm256_loadu_ps(p.cast()),
+                    DType::F16 => _mm256_cvtph_ps(_mm_loadu_si128(p.cast())),
+                    // A plain shift, as `widen` does it.
+                    _ => _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(
+                        _mm_loadu_si128(p.cast()),
+                    ))),
+                }
+            };
+        }
+        let t = transpose_8x8(r);
+        for (i, v) in t.iter().enumerate() {
+            let at = (s + i) * MR;
+            // SAFETY: 8 floats at `at` lie inside `dst` when at + 8 <=
+            // dst.len(); otherwise (the panel's last slot) the mask writes
+            // lanes 0..6, and (s + i + 1) * MR <= depth * MR = dst.len().
+            unsafe {
+                let p = dst.as_mut_ptr().add(at);
+                if at + 8 <= dst.len() {
+                    _mm256_storeu_ps(p, *v);
+                } else {
+                    _mm256_maskstore_ps(p, lanes_6, *v);
+                }
+            }
+        }
+        s += 8;
+    }
+    for s in s..depth {
+        for (lane, row) in rows.iter().enumerate() {
+            dst[s * MR + lane] = row[s].to_f32();
+        }
+    }
+    true
+}
+
+/// Row `i` of the result is column `i` of `r`.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn transpose_8x8(r: [__m256; 8]) -> [__m256; 8] {
+    let t = [
+        _mm256_unpacklo_ps(r[0], r[1]),
+        _mm256_unpackhi_ps(r[0], r[1]),
+        _mm256_unpacklo_ps(r[2], r[3]),
+        _mm256_unpackhi_ps(r[2], r[3]),
+        _mm256_unpacklo_ps(r[4], r[5]),
+        _mm256_unpackhi_ps(r[4], r[5]),
+        _mm256_unpacklo_ps(r[6], r[7]),
+        _mm256_unpackhi_ps(r[6], r[7]),
+    ];
+    let u = [
+        _mm256_shuffle_ps::<0x44>(t[0], t[2]),
+        _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
+        _mm256_shuffle_ps::<0x44>(t[1], t[3]),
+        _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
+        _mm256_shuffle_ps::<0x44>(t[4], t[6]),
+        _mm256_shuffle_ps::<0xEE>(t[4], t[6]),
+        _mm256_shuffle_ps::<0x44>(t[5], t[7]),
+        _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
+    ];
+    [
+        _mm256_permute2f128_ps::<0x20>(u[0], u[4]),
+        _mm256_permute2f128_ps::<0x20>(u[1], u[5]),
+        _mm256_permute2f128_ps::<0x20>(u[2], u[6]),
+        _mm256_permute2f128_ps::<0x20>(u[3], u[7]),
+        _mm256_permute2f128_ps::<0x31>(u[0], u[4]),
+        _mm256_permute2f128_ps::<0x31>(u[1], u[5]),
+        _mm256_permute2f128_ps::<0x31>(u[2], u[6]),
+        _mm256_permute2f128_ps::<0x31>(u[3], u[7]),
+    ]
 }
 
 /// [`StoreBlock::run`] compiled for AVX2: the epilogue's loops use

@@ -5,8 +5,8 @@
 
 use core::arch::x86_64::*;
 
-use half::f16;
 use half::slice::HalfFloatSliceExt;
+use half::{bf16, f16};
 
 use crate::arch::x86_64::Avx2;
 use crate::kernel::simd::F32Simd;
@@ -24,6 +24,7 @@ macro_rules! v {
 impl F32Simd for Avx2 {
     const LANES: usize = 8;
     const REGISTERS: usize = 16;
+    const CONVERT_PAIRS: bool = true;
 
     type F = __m256;
     type U = __m256i;
@@ -231,6 +232,11 @@ impl F32Simd for Avx2 {
         v!(_mm256_cmpgt_epi32(self.u_xor(a, bias), self.u_xor(b, bias)))
     }
     #[inline(always)]
+    fn u_gt_small(self, a: __m256i, b: __m256i) -> __m256i {
+        // Both below 2^31: the signed compare is the unsigned one.
+        v!(_mm256_cmpgt_epi32(a, b))
+    }
+    #[inline(always)]
     fn u_eq(self, a: __m256i, b: __m256i) -> __m256i {
         v!(_mm256_cmpeq_epi32(a, b))
     }
@@ -262,6 +268,77 @@ impl F32Simd for Avx2 {
         self.store_u16(v, &mut buf);
         let n = dst.len();
         dst.copy_from_slice(&buf[..n]);
+    }
+
+    // f32 -> bf16 in eight ALU uops per 8 lanes, one of them a shift (the
+    // generic form: nine, two shifts); see `round_bf16`. NaN
+    // keeps its upper bits with the quiet bit set. The unordered compare
+    // finds NaN in one uop; it only sets MXCSR's sticky invalid flag for a
+    // signalling NaN (exceptions are masked), and subnormal modes do not
+    // change which lanes are NaN.
+    #[inline(always)]
+    fn narrow_bf16(self, v: __m256) -> __m256i {
+        v!({
+            let up = round_bf16(self, v);
+            let nan = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
+            let quiet = _mm256_or_si256(_mm256_castps_si256(v), _mm256_set1_epi32(0x0040_0000));
+            _mm256_srli_epi32::<16>(_mm256_blendv_epi8(up, quiet, nan))
+        })
+    }
+
+    // Pairs (see `F32Simd::store_bf16_x2`): one `vpackusdw` and one
+    // `vpermq` turn two vectors of results into one 32-byte store, and 16
+    // bf16 widen from one 32-byte load, their NaNs quieted on the 16-bit
+    // lanes (one compare for 16 values). A pair without NaN, nearly every
+    // pair of real data, skips the NaN fix-up (one compare tests both
+    // vectors): the loop is bound by its uop count, and the fix-up is
+    // three of eight uops per vector.
+    #[inline(always)]
+    fn store_bf16_x2(self, a: __m256, b: __m256, dst: &mut [bf16]) {
+        let nan = v!(_mm256_cmp_ps::<_CMP_UNORD_Q>(a, b));
+        // SAFETY: the token proves AVX.
+        let any_nan = unsafe { movmsk_ps(nan) } != 0;
+        let (a, b) = if any_nan {
+            (self.narrow_bf16(a), self.narrow_bf16(b))
+        } else {
+            v!((
+                _mm256_srli_epi32::<16>(round_bf16(self, a)),
+                _mm256_srli_epi32::<16>(round_bf16(self, b))
+            ))
+        };
+        store_16_u16(self, pack_u16_x2(self, a, b), dst.reinterpret_cast_mut())
+    }
+    #[inline(always)]
+    fn load_bf16_x2(self, src: &[bf16]) -> (__m256, __m256) {
+        let src: &[u16] = &src.reinterpret_cast()[..16];
+        // SAFETY: `src` holds 16 u16 = 32 bytes (checked above), all that
+        // is read; AVX is proven by the token.
+        let h = unsafe { _mm256_loadu_si256(src.as_ptr().cast()) };
+        v!({
+            let abs = _mm256_and_si256(h, _mm256_set1_epi16(0x7FFF));
+            let nan = _mm256_cmpgt_epi16(abs, _mm256_set1_epi16(0x7F80));
+            let quiet = _mm256_and_si256(nan, _mm256_set1_epi16(0x0040));
+            // Quadwords 0, 2, 1, 3: the low halves of the two 128-bit
+            // lanes hold elements 0-7, the high halves 8-15, and
+            // interleaving zeros below them (per 128-bit lane) widens each
+            // to the upper half of an f32 lane.
+            let h = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_or_si256(h, quiet));
+            let z = _mm256_setzero_si256();
+            (
+                _mm256_castsi256_ps(_mm256_unpacklo_epi16(z, h)),
+                _mm256_castsi256_ps(_mm256_unpackhi_epi16(z, h)),
+            )
+        })
+    }
+    // `vcvtps2ph` into a register, then one 32-byte store: LLVM folds the
+    // intrinsic's result into `vcvtps2ph` to memory, clearly slower than
+    // the register form on Zen 4 (docs/tried.md; hence `cvtps_ph_reg`).
+    #[inline(always)]
+    fn store_f16_x2(self, a: __m256, b: __m256, dst: &mut [f16]) {
+        // SAFETY: the token proves AVX and F16C.
+        let (a, b) = unsafe { (cvtps_ph_reg(a), cvtps_ph_reg(b)) };
+        let h = v!(_mm256_set_m128i(b, a));
+        store_16_u16(self, h, dst.reinterpret_cast_mut())
     }
 
     // F16C converts f16 exactly as `half` does (NaN quieted, payload kept;
@@ -300,6 +377,81 @@ fn pack_u16(_: Avx2, v: __m256i) -> __m128i {
     // SAFETY: the token proves AVX2; value intrinsics, no memory access. `packus` saturates, which is
     // the identity on lanes below 2^16.
     unsafe { _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v)) }
+}
+
+/// `v`'s bits rounded to nearest even at bit 16 (the bf16 is the upper 16
+/// bits; not for NaN): `x + 0x8000`, minus one where the kept part is even
+/// (bit 16 clear), is `x + 0x7FFF + lsb`, the carry of
+/// `f32_to_bf16_bits`, in four ALU uops and no shift.
+#[inline(always)]
+fn round_bf16(_: Avx2, v: __m256) -> __m256i {
+    // SAFETY: the token proves AVX2; value intrinsics, no memory access.
+    unsafe {
+        let x = _mm256_castps_si256(v);
+        let kept_lsb = _mm256_and_si256(x, _mm256_set1_epi32(0x1_0000));
+        let even = _mm256_cmpeq_epi32(kept_lsb, _mm256_setzero_si256());
+        _mm256_add_epi32(_mm256_add_epi32(x, _mm256_set1_epi32(0x8000)), even)
+    }
+}
+
+/// `vcvtps2ph` (nearest even) into a register, which LLVM cannot fold into
+/// a store (see `store_f16_x2`).
+#[inline]
+#[target_feature(enable = "avx,f16c")]
+fn cvtps_ph_reg(v: __m256) -> __m128i {
+    let h: __m128i;
+    // SAFETY: F16C is enabled on this function; the instruction reads and
+    // writes registers only (rounding by its immediate, not MXCSR).
+    unsafe {
+        core::arch::asm!(
+            "vcvtps2ph {h}, {v}, 0",
+            h = lateout(xmm_reg) h,
+            v = in(ymm_reg) v,
+            options(pure, nomem, nostack, preserves_flags),
+        );
+    }
+    h
+}
+
+/// `vmovmskps`: the sign bits of `m`'s lanes. LLVM compiles
+/// `_mm256_movemask_ps(m) != 0` to `vtestps`, which slowed the f32 ->
+/// bf16 loop (one test per 16 values) measurably on Zen 4 (docs/tried.md);
+/// the mask and a scalar test cost one vector uop.
+#[inline]
+#[target_feature(enable = "avx")]
+fn movmsk_ps(m: __m256) -> u32 {
+    let bits: u32;
+    // SAFETY: AVX is enabled on this function; the instruction reads a
+    // register and writes a general-purpose one, nothing else.
+    unsafe {
+        core::arch::asm!(
+            "vmovmskps {bits:e}, {m}",
+            bits = lateout(reg) bits,
+            m = in(ymm_reg) m,
+            options(pure, nomem, nostack, preserves_flags),
+        );
+    }
+    bits
+}
+
+/// Packs two vectors of u32 lanes (each `< 2^16`) into 16 u16, `a`'s
+/// first.
+#[inline(always)]
+fn pack_u16_x2(_: Avx2, a: __m256i, b: __m256i) -> __m256i {
+    // SAFETY: the token proves AVX2; value intrinsics, no memory access.
+    // `vpackusdw` works per 128-bit lane (quadwords a0-3, b0-3, a4-7,
+    // b4-7) and saturates, the identity below 2^16; `vpermq` puts the
+    // quadwords in order.
+    unsafe { _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packus_epi32(a, b)) }
+}
+
+/// Stores 16 u16 to `dst[..16]`.
+#[inline(always)]
+fn store_16_u16(_: Avx2, v: __m256i, dst: &mut [u16]) {
+    let dst = &mut dst[..16];
+    // SAFETY: `dst` holds 16 u16 = 32 bytes (checked above), all that is
+    // written; the token proves AVX.
+    unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), v) }
 }
 
 /// Stores 8 u16 to `dst[..8]`.
