@@ -236,7 +236,7 @@ impl Token {
 
 impl Token {
     /// One block of the small-m path for a column-major B
-    /// ([`ops::DotBlock`]): on tiles where AMX takes it (bf16, 2 to 16 rows
+    /// ([`ops::DotBlock`]): on tiles where AMX takes it (bf16, 4 to 16 rows
     /// of A), else the elementwise dispatch of [`Token::run`].
     pub(crate) fn dot<T: crate::element::Element>(self, op: ops::DotBlock<'_, T>) {
         match self {

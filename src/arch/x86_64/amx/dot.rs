@@ -1,5 +1,5 @@
 //! AMX-BF16 for the small-m path of a column-major B (`x W^T` with W
-//! row-major `n x k`, the layout of `Linear` weights), 2 to 16 rows of A.
+//! row-major `n x k`, the layout of `Linear` weights), 4 to 16 rows of A.
 //!
 //! The product is computed transposed, `C^T = W A^T`, so that W needs no
 //! packing: a `tdpbf16ps` A-operand tile is 16 rows of 32 bf16, which is 16
@@ -12,12 +12,11 @@
 //!
 //! Numerics are the tile kernel's (see `amx::gemm`): pairs of exact
 //! products added to the f32 accumulator with one rounding, bf16
-//! subnormal inputs and subnormal results flushed to zero. m = 1 never
-//! comes here: one row would use a sixteenth of each tile, and the AVX-512
-//! kernel streams W as fast.
+//! subnormal inputs and subnormal results flushed to zero. Fewer rows
+//! ([`MIN_ROWS`]) take the AVX-512 kernel: a tile would be mostly padding.
 
 use core::arch::asm;
-use core::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+use core::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
 
 use super::Amx;
 use super::gemm::with_tiles;
@@ -40,9 +39,13 @@ const AHEAD: usize = 8;
 #[derive(Clone, Copy)]
 struct Pairs([u16; ROWS * GROUP]);
 
+/// The fewest rows of A the tiles take: below it a tile would be mostly
+/// padding, and the AVX-512 kernel was faster on the Intel host (m = 2).
+const MIN_ROWS: usize = 4;
+
 /// Whether [`run`] takes this block on tiles (else the AVX-512 kernel).
 pub(crate) fn takes<T: Element>(op: &DotBlock<'_, T>) -> bool {
-    T::DTYPE == DType::Bf16 && (2..=ROWS).contains(&op.m) && op.cols >= ROWS
+    T::DTYPE == DType::Bf16 && (MIN_ROWS..=ROWS).contains(&op.m) && op.cols >= ROWS
 }
 
 /// The dot products of `op` (see [`takes`]) on tiles.
@@ -168,11 +171,13 @@ unsafe fn step(
     let stride = ws * 2;
     for (g, pairs) in at.iter().enumerate().take(full) {
         if g + AHEAD < full {
+            // Into L2, not L1: 64 rows' lines in flight would crowd L1's
+            // fill buffers (a T0 hint ran slower on the Intel host).
             for r in 0..n_tiles * ROWS {
                 // SAFETY: prefetches never fault; the address is inside row
                 // r's k values (g + AHEAD < full).
                 unsafe {
-                    _mm_prefetch::<_MM_HINT_T0>(base.add(r * ws + (g + AHEAD) * GROUP).cast())
+                    _mm_prefetch::<_MM_HINT_T1>(base.add(r * ws + (g + AHEAD) * GROUP).cast())
                 };
             }
         }
