@@ -204,21 +204,21 @@ unsafe fn step(
     }
     for (q, t) in tile.iter_mut().take(n_tiles).enumerate() {
         let c = t.as_mut_ptr();
+        macro_rules! store {
+            ($c:literal) => {
+                asm!(
+                    concat!("tilestored [{c} + {s}*1], tmm", $c),
+                    c = in(reg) c, s = in(reg) 64usize, options(nostack)
+                )
+            };
+        }
         // SAFETY: 16 rows of 64 bytes at stride 64: the 256 f32 of `t`.
         unsafe {
             match q {
-                0 => {
-                    asm!("tilestored [{c} + {s}*1], tmm0", c = in(reg) c, s = in(reg) 64usize, options(nostack))
-                }
-                1 => {
-                    asm!("tilestored [{c} + {s}*1], tmm1", c = in(reg) c, s = in(reg) 64usize, options(nostack))
-                }
-                2 => {
-                    asm!("tilestored [{c} + {s}*1], tmm2", c = in(reg) c, s = in(reg) 64usize, options(nostack))
-                }
-                _ => {
-                    asm!("tilestored [{c} + {s}*1], tmm3", c = in(reg) c, s = in(reg) 64usize, options(nostack))
-                }
+                0 => store!(0),
+                1 => store!(1),
+                2 => store!(2),
+                _ => store!(3),
             }
         }
     }
@@ -236,50 +236,30 @@ unsafe fn step(
 #[inline(always)]
 unsafe fn group(a: *const u16, w: *const u16, stride: usize, n_tiles: usize) {
     let q_row = 16 * stride;
+    /// A^T's tile into `tmm4`, then per `(C, W)` pair of tile numbers the
+    /// next 16 W rows into the W tile and its product into the C tile.
+    macro_rules! tiles {
+        ($(($c:literal, $t:literal)),+) => {
+            asm!(
+                "tileloadd tmm4, [{a} + {sa}*1]",
+                $(
+                    concat!("tileloadd tmm", $t, ", [{w} + {s}*1]"),
+                    concat!("tdpbf16ps tmm", $c, ", tmm", $t, ", tmm4"),
+                    "add {w}, {q}",
+                )+
+                a = in(reg) a, sa = in(reg) 64usize, w = inout(reg) w => _,
+                s = in(reg) stride, q = in(reg) q_row, options(nostack, readonly)
+            )
+        };
+    }
     // SAFETY: the caller's contract; the instructions read only those bytes
     // and write only tiles.
     unsafe {
         match n_tiles {
-            4 => asm!(
-                "tileloadd tmm4, [{a} + {sa}*1]",
-                "tileloadd tmm5, [{w} + {s}*1]",
-                "tdpbf16ps tmm0, tmm5, tmm4",
-                "add {w}, {q}",
-                "tileloadd tmm6, [{w} + {s}*1]",
-                "tdpbf16ps tmm1, tmm6, tmm4",
-                "add {w}, {q}",
-                "tileloadd tmm7, [{w} + {s}*1]",
-                "tdpbf16ps tmm2, tmm7, tmm4",
-                "add {w}, {q}",
-                "tileloadd tmm5, [{w} + {s}*1]",
-                "tdpbf16ps tmm3, tmm5, tmm4",
-                a = in(reg) a, sa = in(reg) 64usize, w = inout(reg) w => _,
-                s = in(reg) stride, q = in(reg) q_row, options(nostack, readonly)
-            ),
-            3 => asm!(
-                "tileloadd tmm4, [{a} + {sa}*1]",
-                "tileloadd tmm5, [{w} + {s}*1]",
-                "tdpbf16ps tmm0, tmm5, tmm4",
-                "add {w}, {q}",
-                "tileloadd tmm6, [{w} + {s}*1]",
-                "tdpbf16ps tmm1, tmm6, tmm4",
-                "add {w}, {q}",
-                "tileloadd tmm7, [{w} + {s}*1]",
-                "tdpbf16ps tmm2, tmm7, tmm4",
-                a = in(reg) a, sa = in(reg) 64usize, w = inout(reg) w => _,
-                s = in(reg) stride, q = in(reg) q_row, options(nostack, readonly)
-            ),
-            2 => asm!(
-                "tileloadd tmm4, [{a} + {sa}*1]",
-                "tileloadd tmm5, [{w} + {s}*1]",
-                "tdpbf16ps tmm0, tmm5, tmm4",
-                "add {w}, {q}",
-                "tileloadd tmm6, [{w} + {s}*1]",
-                "tdpbf16ps tmm1, tmm6, tmm4",
-                a = in(reg) a, sa = in(reg) 64usize, w = inout(reg) w => _,
-                s = in(reg) stride, q = in(reg) q_row, options(nostack, readonly)
-            ),
-            _ => one(a, w, stride, 0),
+            4 => tiles!((0, 5), (1, 6), (2, 7), (3, 5)),
+            3 => tiles!((0, 5), (1, 6), (2, 7)),
+            2 => tiles!((0, 5), (1, 6)),
+            _ => tiles!((0, 5)),
         }
     }
 }
@@ -292,25 +272,25 @@ unsafe fn group(a: *const u16, w: *const u16, stride: usize, n_tiles: usize) {
 /// As [`group`] for one tile; `q < 4`.
 #[inline(always)]
 unsafe fn one(a: *const u16, w: *const u16, stride: usize, q: usize) {
+    /// The product into C tile `$c`.
+    macro_rules! into {
+        ($c:literal) => {
+            asm!(
+                "tileloadd tmm4, [{a} + {sa}*1]",
+                "tileloadd tmm5, [{w} + {s}*1]",
+                concat!("tdpbf16ps tmm", $c, ", tmm5, tmm4"),
+                a = in(reg) a, sa = in(reg) 64usize, w = in(reg) w, s = in(reg) stride,
+                options(nostack, readonly)
+            )
+        };
+    }
     // SAFETY: the caller's contract.
     unsafe {
         match q {
-            0 => {
-                asm!("tileloadd tmm4, [{a} + {sa}*1]", "tileloadd tmm5, [{w} + {s}*1]", "tdpbf16ps tmm0, tmm5, tmm4",
-                a = in(reg) a, sa = in(reg) 64usize, w = in(reg) w, s = in(reg) stride, options(nostack, readonly))
-            }
-            1 => {
-                asm!("tileloadd tmm4, [{a} + {sa}*1]", "tileloadd tmm5, [{w} + {s}*1]", "tdpbf16ps tmm1, tmm5, tmm4",
-                a = in(reg) a, sa = in(reg) 64usize, w = in(reg) w, s = in(reg) stride, options(nostack, readonly))
-            }
-            2 => {
-                asm!("tileloadd tmm4, [{a} + {sa}*1]", "tileloadd tmm5, [{w} + {s}*1]", "tdpbf16ps tmm2, tmm5, tmm4",
-                a = in(reg) a, sa = in(reg) 64usize, w = in(reg) w, s = in(reg) stride, options(nostack, readonly))
-            }
-            _ => {
-                asm!("tileloadd tmm4, [{a} + {sa}*1]", "tileloadd tmm5, [{w} + {s}*1]", "tdpbf16ps tmm3, tmm5, tmm4",
-                a = in(reg) a, sa = in(reg) 64usize, w = in(reg) w, s = in(reg) stride, options(nostack, readonly))
-            }
+            0 => into!(0),
+            1 => into!(1),
+            2 => into!(2),
+            _ => into!(3),
         }
     }
 }
