@@ -1046,6 +1046,25 @@ fn small_m_streams_b_for_every_type() {
     }
 }
 
+/// `x`, one output of a GEMM, against the f64 sum of its `products`: NaN
+/// where that is NaN, the same infinity, else within the crate's bound.
+fn assert_dot(x: f32, products: impl Iterator<Item = f64>, k: usize, what: impl Fn() -> String) {
+    let (mut exact, mut abs) = (0f64, 0f64);
+    for p in products {
+        exact += p;
+        abs += p.abs();
+    }
+    let ok = if exact.is_nan() {
+        x.is_nan()
+    } else if exact.is_infinite() {
+        x as f64 == exact
+    } else {
+        let tol = C_BOUND * k as f64 * 2f64.powi(-24) * abs;
+        (x as f64 - exact).abs() <= tol
+    };
+    assert!(ok, "{}: {x:e}, want {exact:e}", what());
+}
+
 /// The small-m kernels (every backend's `gemv_block`: register tiles on
 /// AVX2 and AVX-512, the portable loop elsewhere) on every m of the path
 /// and one past it, n around each vector width and strip (and past a
@@ -1121,22 +1140,10 @@ fn small_m_kernels_match_packed_bits() {
                         x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()),
                         "{what}: C[{i},{j}] = {x:e}, packed {y:e}"
                     );
-                    let (mut exact, mut abs) = (0f64, 0f64);
-                    for l in 0..k {
-                        let p = adata[i * k + l].to_f32() as f64
-                            * bdata[off + l * rs + j].to_f32() as f64;
-                        exact += p;
-                        abs += p.abs();
-                    }
-                    let ok = if exact.is_nan() {
-                        x.is_nan()
-                    } else if exact.is_infinite() {
-                        x as f64 == exact
-                    } else {
-                        let tol = C_BOUND * k as f64 * 2f64.powi(-24) * abs;
-                        (x as f64 - exact).abs() <= tol
-                    };
-                    assert!(ok, "{what}: C[{i},{j}] = {x:e}, want {exact:e}");
+                    let products = (0..k).map(|l| {
+                        adata[i * k + l].to_f32() as f64 * bdata[off + l * rs + j].to_f32() as f64
+                    });
+                    assert_dot(x, products, k, || format!("{what}: C[{i},{j}]"));
                 }
             }
         }
@@ -1215,22 +1222,11 @@ fn small_m_column_major_b_streams_weight_rows() {
                 for i in 0..m {
                     for j in 0..n {
                         let x = c[i * n + j];
-                        let (mut exact, mut abs) = (0f64, 0f64);
-                        for l in 0..k {
-                            let p = adata[i * k + l].to_f32() as f64
-                                * wdata[off + j * ld + l].to_f32() as f64;
-                            exact += p;
-                            abs += p.abs();
-                        }
-                        let ok = if exact.is_nan() {
-                            x.is_nan()
-                        } else if exact.is_infinite() {
-                            x as f64 == exact
-                        } else {
-                            let tol = C_BOUND * k as f64 * 2f64.powi(-24) * abs;
-                            (x as f64 - exact).abs() <= tol
-                        };
-                        assert!(ok, "{what}: C[{i},{j}] = {x:e}, want {exact:e}");
+                        let products = (0..k).map(|l| {
+                            adata[i * k + l].to_f32() as f64
+                                * wdata[off + j * ld + l].to_f32() as f64
+                        });
+                        assert_dot(x, products, k, || format!("{what}: C[{i},{j}]"));
                     }
                 }
             }
