@@ -39,6 +39,10 @@ pub(crate) struct DotBlock<'a, T> {
     pub(crate) out: &'a mut [f32],
     /// A in a kernel's own form (AMX: A^T in bf16 pairs), made by the first
     /// of one call's threads that needs it and shared by the others.
+    #[cfg_attr(
+        not(target_arch = "x86_64"),
+        expect(dead_code, reason = "only the AMX kernel prepares A")
+    )]
     pub(crate) prepared: &'a OnceLock<Vec<Line>>,
 }
 
