@@ -9,11 +9,11 @@
 //! epilogue adds the bias and applies the activation before the single
 //! rounding of each output (no separate passes over `y`).
 //!
-//! Two layouts are kept, because halfkern has two fast paths: `W^T`
-//! row-major (`in x out`), which its small-m path (decode: at most 16 rows)
-//! streams once without packing, and a [`PackedB`] for the blocked kernels
-//! that larger batches (prefill) run. Packing a transposed `W` per call,
-//! or the packed kernels at one row, cost several times more.
+//! Two layouts are kept, because halfkern has two fast paths: `W` itself
+//! (`out x in`, row-major), whose rows its small-m path (decode: at most 16
+//! rows of `x`) streams as dot products without packing, and a [`PackedB`]
+//! for the blocked kernels that larger batches (prefill) run. The packed
+//! kernels at one row cost several times more.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{
@@ -35,8 +35,8 @@ const OP: &str = "halfkern-linear";
 /// The optional bias (any type, kept in f32) and the [`Activation`] run in
 /// the GEMM's epilogue, in f32, before the output's single rounding.
 ///
-/// Memory: the layer keeps `W^T` row-major (the weights' own size) and
-/// packed (up to 4 bytes a weight: halfkern packs f16, and bf16 where no
+/// Memory: the layer keeps `W` as stored (the weights' own size) and
+/// `W^T` packed (up to 4 bytes a weight: halfkern packs f16, and bf16 where no
 /// bf16 dot kernel runs, widened to f32). The `candle_nn::Linear` it
 /// replaces can be dropped.
 ///
@@ -65,14 +65,14 @@ pub struct Linear {
     activation: Activation,
 }
 
-/// Up to this many rows, an input runs on `W^T` stored row-major (in x
-/// out): halfkern's small-m path streams such a B once without packing it,
-/// faster than the packed kernels for decode. (halfkern takes that path
-/// for `m <= 16` and a B with unit column stride.)
+/// Up to this many rows, an input runs on `W` as stored (`W^T` seen
+/// through a transposed view): halfkern's small-m path streams its rows
+/// once without packing, faster than the packed kernels for decode.
+/// (halfkern takes that path for `m <= 16`.)
 const SMALL_M: usize = 16;
 
-/// `W^T` twice over, in `W`'s type: row-major for small batches, packed
-/// for the process-wide halfkern backend for larger ones.
+/// `W` twice over, in its own type: as stored for small batches, packed
+/// (as `W^T`) for the process-wide halfkern backend for larger ones.
 #[derive(Clone, Debug)]
 struct Prepared<T: Element> {
     rows: Vec<T>,
@@ -80,19 +80,20 @@ struct Prepared<T: Element> {
 }
 
 impl<T: Element + WithDType> Prepared<T> {
-    /// From `wt`, a contiguous `[in, out]` tensor of type `T`.
-    fn of(wt: &Tensor) -> Result<Self> {
-        let (k, n) = wt.dims2()?;
-        let rows = wt.flatten_all()?.to_vec1::<T>()?;
-        let packed =
-            PackedB::new(MatRef::row_major(&rows, k, n).map_err(|e| crate::to_candle(OP, e))?)
-                .map_err(|e| crate::to_candle(OP, e))?;
+    /// From `w`, a contiguous `[out, in]` tensor of type `T`.
+    fn of(w: &Tensor) -> Result<Self> {
+        let (n, k) = w.dims2()?;
+        let rows = w.flatten_all()?.to_vec1::<T>()?;
+        let wt = MatRef::row_major(&rows, n, k).map_err(|e| crate::to_candle(OP, e))?;
+        let packed = PackedB::new(wt.t()).map_err(|e| crate::to_candle(OP, e))?;
         Ok(Prepared { rows, packed })
     }
 
+    /// `W^T` (`in x out`), a transposed view of `W` as stored.
     fn view(&self) -> Result<MatRef<'_, T>> {
         let (k, n) = (self.packed.rows(), self.packed.cols());
-        MatRef::row_major(&self.rows, k, n).map_err(|e| crate::to_candle(OP, e))
+        let w = MatRef::row_major(&self.rows, n, k).map_err(|e| crate::to_candle(OP, e))?;
+        Ok(w.t())
     }
 }
 
@@ -132,8 +133,8 @@ impl Linear {
                 Some(v)
             }
         };
-        // W^T, row-major: candle copies the transposed view once, here.
-        let wt = weight.t()?.contiguous()?;
+        // W as stored, contiguous (a view of a larger tensor is copied once).
+        let wt = weight.contiguous()?;
         let packed = match weight.dtype() {
             DType::BF16 => Packed::Bf16(Prepared::of(&wt)?),
             DType::F16 => Packed::F16(Prepared::of(&wt)?),
