@@ -8,10 +8,11 @@
 //! registers (the [`F32Simd::REGISTERS`] budget decides `R` for each `M`);
 //! every W vector loaded feeds `M` fused multiply-adds and every A vector
 //! `R`. Each accumulator holds `LANES` partial sums (lane `l` sums the
-//! products at `k = l, l + LANES, ...`, one rounding each) that
-//! [`F32Simd::reduce_sum`] adds at the end: a different order from the
-//! packed path's k order, inside the same error bound (the partial sums
-//! are shorter), and the same bits every call on one ISA.
+//! products at `k = l, l + LANES, ...` of one k block, one rounding each)
+//! that [`F32Simd::reduce_sum`] adds at the block's end; the blocks' sums
+//! are added in k order. That is another order than the packed path's,
+//! inside the same error bound (the partial sums are shorter), and the
+//! same bits every call on one ISA.
 
 use std::sync::OnceLock;
 
