@@ -60,9 +60,9 @@ pub(crate) fn dot_scratch_bytes(m: usize, n: usize, k: usize) -> Option<usize> {
 }
 
 /// The small-m GEMM for a column-major B (see the module docs); returns
-/// the number of non-finite outputs. Each block of [`DOT_COLS`] columns
-/// runs as an elementwise operation on `token`'s ISA; `kern` (the same
-/// ISA's microkernel) stores it.
+/// the number of non-finite outputs. Each thread's range of columns (a
+/// multiple of [`DOT_COLS`]) is one [`DotBlock`] on `token`'s ISA
+/// ([`Token::dot`]); `kern` (the same ISA's microkernel) stores it.
 pub(crate) fn run_dot<K: RowOps, T: Element, C: Element>(
     token: Token,
     kern: K,
@@ -104,8 +104,8 @@ pub(crate) fn run_dot<K: RowOps, T: Element, C: Element>(
         if cols == 0 {
             return 0;
         }
-        // One operation over the thread's whole range (a kernel that
-        // prepares A once, AMX's, does it once per thread).
+        // One operation over the thread's whole range; a kernel with its
+        // own form of A (AMX's) makes it once per call in `prepared`.
         let mut dots = vec![0.0f32; m * cols];
         token.dot(DotBlock {
             a: aw,
