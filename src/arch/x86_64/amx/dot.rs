@@ -70,10 +70,10 @@ pub(crate) fn run<T: Element>(t: Amx, op: DotBlock<'_, T>) {
     let w: &[u16] = w.reinterpret_cast();
     // A^T in pairs, made once per call (by whichever thread comes first).
     let lines = prepared.get_or_init(|| pairs(a, m, kp, k));
+    let (ptr, groups) = (lines.as_ptr().cast::<Pairs>(), lines.len() / ROWS);
     // SAFETY: `Line` and `Pairs` are plain u16 arrays aligned to 64, and a
     // group of pairs is 16 lines; `pairs` made whole groups.
-    let at: &[Pairs] =
-        unsafe { core::slice::from_raw_parts(lines.as_ptr().cast(), lines.len() / ROWS) };
+    let at: &[Pairs] = unsafe { core::slice::from_raw_parts(ptr, groups) };
     assert_eq!(at.len(), k.div_ceil(GROUP));
     let tiled = cols / ROWS * ROWS;
     with_tiles(t, |tiles| {
@@ -81,9 +81,9 @@ pub(crate) fn run<T: Element>(t: Amx, op: DotBlock<'_, T>) {
         let mut j0 = 0;
         while j0 < tiled {
             let n_tiles = TILES.min((tiled - j0) / ROWS);
+            // `at` holds a group per 32 values of k (asserted above).
             // SAFETY: W rows j0..j0 + 16 n_tiles <= cols, each of k values
-            // from row * ws, are inside `w` (asserted above); `at` holds a
-            // group per 32 values of k.
+            // from row * ws, are inside `w` (asserted above).
             unsafe { step(tiles, at, w, j0, ws, k, n_tiles, &mut ct) };
             for (q, tile) in ct.iter().take(n_tiles).enumerate() {
                 for r in 0..ROWS {

@@ -431,9 +431,10 @@ fn pack_rows<T: Element>(rows: &[&[T]], dst: &mut [f32]) -> bool {
         let t = transpose_8x8(r);
         for (i, v) in t.iter().enumerate() {
             let at = (s + i) * MR;
-            // SAFETY: 8 floats at `at` lie inside `dst` when at + 8 <=
-            // dst.len(); otherwise (the panel's last slot) the mask writes
-            // lanes 0..6, and (s + i + 1) * MR <= depth * MR = dst.len().
+            // The full store only where at + 8 <= dst.len(); past the
+            // panel's last slot the mask writes lanes 0..6 only.
+            // SAFETY: both stay inside `dst`: at + 6 = (s + i + 1) * MR <=
+            // depth * MR = dst.len().
             unsafe {
                 let p = dst.as_mut_ptr().add(at);
                 if at + 8 <= dst.len() {

@@ -438,10 +438,10 @@ fn movmsk_ps(m: __m256) -> u32 {
 /// first.
 #[inline(always)]
 fn pack_u16_x2(_: Avx2, a: __m256i, b: __m256i) -> __m256i {
-    // SAFETY: the token proves AVX2; value intrinsics, no memory access.
     // `vpackusdw` works per 128-bit lane (quadwords a0-3, b0-3, a4-7,
     // b4-7) and saturates, the identity below 2^16; `vpermq` puts the
     // quadwords in order.
+    // SAFETY: the token proves AVX2; value intrinsics, no memory access.
     unsafe { _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packus_epi32(a, b)) }
 }
 
