@@ -18,9 +18,7 @@
 //! order from the packed path's, inside the same bound). Packing such a B
 //! for a few rows of A would cost as much as the product several times.
 
-use rayon::prelude::*;
-
-use super::blis::{c_ptr, store_row};
+use super::blis::{c_ptr, store_row, sum_over_threads};
 use super::view::{MatMut, MatRef};
 use crate::element::Element;
 use crate::isa::Token;
@@ -126,11 +124,7 @@ pub(crate) fn run_dot<K: RowOps, T: Element, C: Element>(
         }
         bad
     };
-    if threads == 1 {
-        work(0)
-    } else {
-        (0..threads).into_par_iter().map(work).sum()
-    }
+    sum_over_threads(threads, work)
 }
 
 /// Bytes of scratch [`run`] allocates, at most: A widened (`k x mp` f32,
@@ -203,9 +197,5 @@ pub(crate) fn run<K: RowOps, T: Element, C: Element>(
         }
         bad
     };
-    if threads == 1 {
-        work(0)
-    } else {
-        (0..threads).into_par_iter().map(work).sum()
-    }
+    sum_over_threads(threads, work)
 }

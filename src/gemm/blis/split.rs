@@ -99,11 +99,7 @@ pub(crate) fn run<K: Microkernel + RowOps, T: Element, C: Element>(
         scratch::give_workspace(ws);
         nonfinite
     };
-    if threads == 1 {
-        work(0)
-    } else {
-        (0..threads).into_par_iter().map(work).sum()
-    }
+    sum_over_threads(threads, work)
 }
 
 /// Runs the GEMM with unpacked B on `threads` > 1 threads: C is cut into
@@ -260,7 +256,7 @@ pub(super) fn run_dynamic<K: Microkernel + RowOps, T: Element, C: Element>(
         scratch::give_workspace(ws);
         nonfinite
     };
-    let nonfinite = (0..threads).into_par_iter().map(work).sum();
+    let nonfinite = sum_over_threads(threads, work);
     shared_a.recycle();
     nonfinite
 }
@@ -346,4 +342,17 @@ pub(super) fn grid(pm: usize, pn: usize, threads: usize) -> (usize, usize) {
         }
     }
     best
+}
+
+/// `work(0) + .. + work(threads - 1)`, each call on a thread of rayon's
+/// pool; one thread calls it here, without waking the pool.
+pub(crate) fn sum_over_threads(
+    threads: usize,
+    work: impl Fn(usize) -> usize + Sync + Send,
+) -> usize {
+    if threads <= 1 {
+        work(0)
+    } else {
+        (0..threads).into_par_iter().map(work).sum()
+    }
 }
