@@ -4,9 +4,9 @@
 //!
 //! For row-major B (`k x n`, unit column stride) the columns are cut into
 //! blocks whose f32 accumulators (`m x NB`) stay in L1, and each block
-//! runs the kernel's [`RowOps::gemv_block`] over the whole k (the AVX
-//! kernels keep a tile of accumulators in registers over a few B rows,
-//! reading each B row left to right). Each output is summed in k order
+//! runs the kernel's [`RowOps::gemv_block`] over the whole k (the SIMD
+//! ISAs run `arch::generic::gemv`: a tile of accumulators in registers
+//! over a few B rows, each B row read left to right). Each output is summed in k order
 //! with one fused multiply-add per product, exactly as the `Format::F32`
 //! microkernels sum it, so this path and the packed one give the same
 //! bits.

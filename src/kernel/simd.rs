@@ -487,6 +487,11 @@ pub(crate) trait F32Simd: Copy + Send + Sync + 'static {
     /// Orders earlier streaming stores before later stores (`sfence`).
     #[inline(always)]
     fn stream_fence(self) {}
+    /// Asks for the 64-byte line at `p` in L2 (`prefetcht2`); none by
+    /// default. `p` need not point into an allocation: a prefetch never
+    /// faults.
+    #[inline(always)]
+    fn prefetch_l2(self, _p: *const u8) {}
 
     // ---- two vectors per step (the conversions' main loop) -----------------
     //

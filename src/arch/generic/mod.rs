@@ -5,5 +5,6 @@
 pub(crate) mod convert;
 pub(crate) mod dot;
 pub(crate) mod finite;
+pub(crate) mod gemv;
 pub(crate) mod pow2;
 pub(crate) mod train;

@@ -28,10 +28,10 @@
 use core::arch::aarch64::*;
 
 use super::super::Neon;
-use crate::element::{DType, Element};
+use crate::arch::generic::gemv::{GemvBlock, block_cols, takes};
+use crate::element::Element;
 use crate::kernel::gemm::{
-    Format, Microkernel, RowOps, gemv_block_shape, generic_axpy_rows, generic_axpy_rows4,
-    generic_gemv_block,
+    Format, Microkernel, RowOps, generic_axpy_rows, generic_axpy_rows4, generic_gemv_block,
 };
 
 /// The NEON f32-FMLA microkernel.
@@ -71,9 +71,7 @@ impl RowOps for NeonF32 {
 
     #[inline(always)]
     fn gemv_cols(self, mp: usize) -> usize {
-        // The accumulators in 32 KiB; for one row up to 8192 columns, so
-        // a B row is read from start to end in one stream.
-        (8192 / mp.max(1)).clamp(16, 8192) / 16 * 16
+        block_cols(mp)
     }
 
     #[inline(always)]
@@ -86,176 +84,11 @@ impl RowOps for NeonF32 {
         y: &mut [f32],
         tmp: &mut Vec<f32>,
     ) {
-        if !matches!(mp, 1 | 2 | 4 | 8 | 16) {
+        if !takes(mp) {
             return generic_gemv_block(self, x, mp, b, rs, y, tmp);
         }
-        // SAFETY: the token proves NEON.
-        unsafe { gemv_tiled(x, mp, b, rs, y) }
+        super::run(self.0, GemvBlock { x, mp, b, rs, y });
     }
-}
-
-/// [`RowOps::gemv_block`] for the row counts [`RowOps::gemv_rows`] gives
-/// (1, 2, 4, 8, 16): the tile of each (as the AVX kernels, with 4-lane
-/// vectors; its speed is untested, see the module docs).
-#[target_feature(enable = "neon")]
-fn gemv_tiled<T: Element>(x: &[f32], mp: usize, b: &[T], rs: usize, y: &mut [f32]) {
-    match mp {
-        1 => gemv_tiles::<T, 1, 16, 1>(x, b, rs, y),
-        2 => gemv_tiles::<T, 2, 8, 1>(x, b, rs, y),
-        4 => gemv_tiles::<T, 4, 4, 1>(x, b, rs, y),
-        8 => gemv_tiles::<T, 8, 3, 1>(x, b, rs, y),
-        16 => gemv_tiles::<T, 8, 3, 2>(x, b, rs, y),
-        _ => unreachable!("gemv_tiled: {mp} rows"),
-    }
-}
-
-/// [`RowOps::gemv_block`] with `G` groups of `R` rows, each an `R x 4V`
-/// tile of accumulators in registers: per pass of 8 B rows (16 for 16
-/// rows) and strip of `4V` columns, each group loads its tile from `y`
-/// (zeros on the first pass), adds the pass's rows in k order (one FMLA
-/// per product; B widened in registers: bf16 by a shift, f16 by `FCVTL`,
-/// exact as `to_f32`), and stores it back. The last columns take strips of
-/// one vector, the final partial one through a buffer.
-#[target_feature(enable = "neon")]
-fn gemv_tiles<T: Element, const R: usize, const V: usize, const G: usize>(
-    x: &[f32],
-    b: &[T],
-    rs: usize,
-    y: &mut [f32],
-) {
-    let (k, w) = gemv_block_shape(x, R * G, b, rs, y);
-    if k == 0 {
-        y.fill(0.0);
-        return;
-    }
-    let kb = if R * G >= 16 { 16 } else { 8 };
-    let mut l0 = 0;
-    while l0 < k {
-        let l1 = (l0 + kb).min(k);
-        let mut j = 0;
-        while j + 4 * V <= w {
-            for g in 0..G {
-                gemv_strip::<T, R, V, G>(x, b, rs, y, w, j, l0, l1, g, 4);
-            }
-            j += 4 * V;
-        }
-        while j < w {
-            for g in 0..G {
-                gemv_strip::<T, R, 1, G>(x, b, rs, y, w, j, l0, l1, g, (w - j).min(4));
-            }
-            j += 4;
-        }
-        l0 = l1;
-    }
-}
-
-/// One strip of [`gemv_tiles`]: rows `g * R..(g + 1) * R` of the tile,
-/// columns `j..j + 4V` (or `lanes < 4` of them, with `V = 1`), B rows
-/// `l0..l1`.
-#[inline]
-#[target_feature(enable = "neon")]
-#[expect(clippy::too_many_arguments, reason = "one strip's coordinates")]
-fn gemv_strip<T: Element, const R: usize, const V: usize, const G: usize>(
-    x: &[f32],
-    b: &[T],
-    rs: usize,
-    y: &mut [f32],
-    w: usize,
-    j: usize,
-    l0: usize,
-    l1: usize,
-    g: usize,
-    lanes: usize,
-) {
-    let mp = R * G;
-    let full = lanes == 4;
-    let width = if full { 4 * V } else { lanes };
-    // Checked here too (cheap beside a strip): the raw accesses rely on it.
-    assert!(l0 < l1 && l1 * mp <= x.len() && j + width <= w && mp * w <= y.len() && g < G);
-    assert!((l1 - 1) * rs + w <= b.len());
-    let mut acc = [[vdupq_n_f32(0.0); V]; R];
-    if l0 > 0 {
-        for (r, row) in acc.iter_mut().enumerate() {
-            let at = (g * R + r) * w + j;
-            for (v, a) in row.iter_mut().enumerate() {
-                *a = if full {
-                    // SAFETY: at + 4v + 4 <= mp w <= y.len() (asserted).
-                    unsafe { vld1q_f32(y.as_ptr().add(at + 4 * v)) }
-                } else {
-                    let mut t = [0.0f32; 4];
-                    t[..lanes].copy_from_slice(&y[at..at + lanes]);
-                    // SAFETY: `t` holds 4 floats.
-                    unsafe { vld1q_f32(t.as_ptr()) }
-                };
-            }
-        }
-    }
-    let bp = b.as_ptr();
-    for l in l0..l1 {
-        let row = l * rs + j;
-        let mut bv = [vdupq_n_f32(0.0); V];
-        for (v, bq) in bv.iter_mut().enumerate() {
-            *bq = if full {
-                // 4 elements at (l, j + 4v).
-                // SAFETY: l < l1 <= k, so row + 4v + 4 <= (k - 1) rs + w <=
-                // b.len() (asserted).
-                unsafe {
-                    let p = bp.add(row + 4 * v);
-                    match T::DTYPE {
-                        DType::F32 => vld1q_f32(p.cast()),
-                        DType::F16 => widen_f16(vld1_u16(p.cast())),
-                        _ => vreinterpretq_f32_u32(vshll_n_u16::<16>(vld1_u16(p.cast()))),
-                    }
-                }
-            } else {
-                let mut t = [0.0f32; 4];
-                for (d, s) in t.iter_mut().zip(&b[row..row + lanes]) {
-                    *d = s.to_f32();
-                }
-                // SAFETY: `t` holds 4 floats.
-                unsafe { vld1q_f32(t.as_ptr()) }
-            };
-        }
-        let xl = &x[l * mp + g * R..l * mp + g * R + R];
-        for (row, &xr) in acc.iter_mut().zip(xl) {
-            for (a, bq) in row.iter_mut().zip(&bv) {
-                *a = vfmaq_n_f32(*a, *bq, xr);
-            }
-        }
-    }
-    for (r, row) in acc.iter().enumerate() {
-        let at = (g * R + r) * w + j;
-        for (v, a) in row.iter().enumerate() {
-            if full {
-                // SAFETY: as for the loads of the tile above.
-                unsafe { vst1q_f32(y.as_mut_ptr().add(at + 4 * v), *a) };
-            } else {
-                let mut t = [0.0f32; 4];
-                // SAFETY: `t` holds 4 floats.
-                unsafe { vst1q_f32(t.as_mut_ptr(), *a) };
-                y[at..at + lanes].copy_from_slice(&t[..lanes]);
-            }
-        }
-    }
-}
-
-/// Four f16 (as bits) to f32 with `FCVTL`: exact, as `f16::to_f32` (Rust's
-/// `float16x4_t` intrinsics are unstable).
-#[inline]
-#[target_feature(enable = "neon")]
-fn widen_f16(h: uint16x4_t) -> float32x4_t {
-    let out: float32x4_t;
-    // SAFETY: FCVTL reads one vector register and writes another; no
-    // memory, no flags beyond FPSR's cumulative exception bits.
-    unsafe {
-        core::arch::asm!(
-            "fcvtl {out:v}.4s, {h:v}.4h",
-            out = lateout(vreg) out,
-            h = in(vreg) h,
-            options(pure, nomem, nostack)
-        );
-    }
-    out
 }
 
 const MR: usize = 8;

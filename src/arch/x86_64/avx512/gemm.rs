@@ -5,11 +5,11 @@
 use core::arch::x86_64::*;
 
 use super::super::Avx512;
-use crate::element::{DType, Element, Slice};
+use crate::arch::generic::gemv::{GemvBlock, block_cols, takes};
+use crate::element::{Element, Slice};
 use crate::kernel::gemm::StoreBlock;
 use crate::kernel::gemm::{
-    Format, Microkernel, RowOps, gemv_block_shape, generic_axpy_rows, generic_axpy_rows4,
-    generic_gemv_block,
+    Format, Microkernel, RowOps, generic_axpy_rows, generic_axpy_rows4, generic_gemv_block,
 };
 
 /// The AVX-512 f32-FMA microkernel.
@@ -82,7 +82,7 @@ impl RowOps for Avx512F32 {
 
     #[inline(always)]
     fn gemv_cols(self, mp: usize) -> usize {
-        gemv_cols(mp)
+        block_cols(mp)
     }
 
     #[inline(always)]
@@ -95,211 +95,11 @@ impl RowOps for Avx512F32 {
         y: &mut [f32],
         tmp: &mut Vec<f32>,
     ) {
-        if !matches!(mp, 1 | 2 | 4 | 8 | 16) {
+        if !takes(mp) {
             return generic_gemv_block(self, x, mp, b, rs, y, tmp);
         }
-        // SAFETY: the token proves AVX-512 F/BW/VL/DQ, FMA.
-        unsafe { gemv_tiled(x, mp, b, rs, y) }
+        super::run(self.0, GemvBlock { x, mp, b, rs, y });
     }
-}
-
-/// Columns of a small-m block: the accumulators in 32 KiB of L1 (no
-/// widened B rows: the tiles widen in registers), and for one row the
-/// whole of a B row up to 8192 columns, so each B row is read from start
-/// to end in one stream (half rows ran at 0.8x on the Zen 4 VM).
-pub(crate) fn gemv_cols(mp: usize) -> usize {
-    (8192 / mp.max(1)).clamp(16, 8192) / 16 * 16
-}
-
-/// [`RowOps::gemv_block`] for the row counts [`RowOps::gemv_rows`] gives
-/// (1, 2, 4, 8, 16): the tile of each.
-#[target_feature(enable = "sse,avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")]
-fn gemv_tiled<T: Element>(x: &[f32], mp: usize, b: &[T], rs: usize, y: &mut [f32]) {
-    match mp {
-        // 8 vectors for one row whatever the type: 16 for bf16/f16 (512
-        // bytes of a B row per visit, as f32's 8) ran at 0.9x.
-        1 => gemv_tiles::<T, 1, 8, 1>(x, b, rs, y),
-        2 => gemv_tiles::<T, 2, 8, 1>(x, b, rs, y),
-        4 => gemv_tiles::<T, 4, 4, 1>(x, b, rs, y),
-        // 24 accumulators for 8 rows (8 x 2 ran at 0.9x); for 16 rows, one
-        // group of 16 x 1 and two of 8 x 3 or four of 4 x 4 ran alike.
-        8 => gemv_tiles::<T, 8, 3, 1>(x, b, rs, y),
-        16 => gemv_tiles::<T, 16, 1, 1>(x, b, rs, y),
-        _ => unreachable!("gemv_tiled: {mp} rows"),
-    }
-}
-
-/// [`RowOps::gemv_block`] with `G` groups of `R` rows, each group an
-/// `R x 16V` tile of accumulators in registers: for each pass of a few B
-/// rows, each strip of `16V` columns loads each group's tile from `y`
-/// (zeros on the first pass), adds the pass's rows in k order (one FMA per product, B widened in registers as
-/// [`widen`] widens it), and stores it back; the rows of a pass are read
-/// left to right, each a stream the hardware prefetchers follow, while
-/// the first group prefetches the next pass's rows into L2 (+5-10% for
-/// bf16 and f16 at m = 1 and for 8 and 16 rows; prefetching 256 to 4096
-/// bytes ahead in the same row, into L1, ran slower). The last columns
-/// take masked strips of one vector.
-#[target_feature(enable = "sse,avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")]
-fn gemv_tiles<T: Element, const R: usize, const V: usize, const G: usize>(
-    x: &[f32],
-    b: &[T],
-    rs: usize,
-    y: &mut [f32],
-) {
-    let (k, w) = gemv_block_shape(x, R * G, b, rs, y);
-    if k == 0 {
-        y.fill(0.0);
-        return;
-    }
-    let mut l0 = 0;
-    // B rows per pass: 8 streams for small tiles (as many as the DRAM
-    // probe reads; 16 and 4 ran slower), 16 for 16 rows, whose tile
-    // reload per pass costs more.
-    let kb = if R * G >= 16 { 16 } else { 8 };
-    while l0 < k {
-        let l1 = (l0 + kb).min(k);
-        let mut j = 0;
-        while j + 16 * V <= w {
-            for g in 0..G {
-                gemv_strip::<T, R, V, G>(x, b, rs, y, w, j, l0, l1, g, !0);
-            }
-            j += 16 * V;
-        }
-        while j < w {
-            let lanes = (w - j).min(16);
-            for g in 0..G {
-                gemv_strip::<T, R, 1, G>(
-                    x,
-                    b,
-                    rs,
-                    y,
-                    w,
-                    j,
-                    l0,
-                    l1,
-                    g,
-                    ((1u32 << lanes) - 1) as u16,
-                );
-            }
-            j += 16;
-        }
-        l0 = l1;
-    }
-}
-
-/// One strip of [`gemv_tiles`]: columns `j..j + 16V` (lanes `mask` of
-/// each vector; a partial mask only with `V = 1`), B rows `l0..l1`.
-/// Needs `k, w` as [`gemv_block_shape`] checked them, `l0 < l1 <= k`,
-/// and `j + 16V <= w` (full mask) or `j + lanes <= w`.
-#[inline]
-#[target_feature(enable = "sse,avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")]
-#[expect(clippy::too_many_arguments, reason = "one strip's coordinates")]
-fn gemv_strip<T: Element, const R: usize, const V: usize, const G: usize>(
-    x: &[f32],
-    b: &[T],
-    rs: usize,
-    y: &mut [f32],
-    w: usize,
-    j: usize,
-    l0: usize,
-    l1: usize,
-    g: usize,
-    mask: u16,
-) {
-    let mp = R * G;
-    // Checked here too (cheap beside a strip): the loads below rely on it.
-    let lanes = if mask == !0 {
-        16 * V
-    } else {
-        mask.count_ones() as usize
-    };
-    assert!(l0 < l1 && l1 * mp <= x.len() && j + lanes <= w && mp * w <= y.len() && g < G);
-    assert!((l1 - 1) * rs + w <= b.len());
-    let full = mask == !0;
-    let mut acc = [[_mm512_setzero_ps(); V]; R];
-    if l0 > 0 {
-        for (r, row) in acc.iter_mut().enumerate() {
-            for (v, a) in row.iter_mut().enumerate() {
-                // SAFETY: (g R + r) w + j + 16v + 16 <= mp w <= y.len() for
-                // a full strip; a partial one reads only its `lanes` lanes.
-                unsafe {
-                    let p = y.as_ptr().add((g * R + r) * w + j + 16 * v);
-                    *a = if full {
-                        _mm512_loadu_ps(p)
-                    } else {
-                        _mm512_maskz_loadu_ps(mask, p)
-                    };
-                }
-            }
-        }
-    }
-    let bp = b.as_ptr();
-    let pass = l1 - l0;
-    for l in l0..l1 {
-        let row = l * rs + j;
-        if g == 0 {
-            // The same columns of the next pass's row, into L2: the DRAM
-            // reads of the next pass overlap this one.
-            prefetch_row::<T>(bp.wrapping_add(row + pass * rs), 16 * V);
-        }
-        let mut bv = [_mm512_setzero_ps(); V];
-        for (v, bq) in bv.iter_mut().enumerate() {
-            // 16 elements at (l, j + 16v), or the mask's lanes of them.
-            // SAFETY: row + 16v + 16 <= (k - 1) * rs + w <= b.len() (l < k,
-            // asserted) for a full strip; a partial one reads its lanes only.
-            *bq = unsafe {
-                let p = bp.add(row + 16 * v);
-                match (T::DTYPE, full) {
-                    (DType::F32, true) => _mm512_loadu_ps(p.cast()),
-                    (DType::F32, false) => _mm512_maskz_loadu_ps(mask, p.cast()),
-                    (DType::F16, true) => _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())),
-                    (DType::F16, false) => {
-                        _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, p.cast()))
-                    }
-                    (_, true) => widen_bf16(_mm256_loadu_si256(p.cast())),
-                    (_, false) => widen_bf16(_mm256_maskz_loadu_epi16(mask, p.cast())),
-                }
-            };
-        }
-        let xl = &x[l * mp + g * R..l * mp + g * R + R];
-        for (row, &xr) in acc.iter_mut().zip(xl) {
-            let xv = _mm512_set1_ps(xr);
-            for (a, bq) in row.iter_mut().zip(&bv) {
-                *a = _mm512_fmadd_ps(xv, *bq, *a);
-            }
-        }
-    }
-    for (r, row) in acc.iter().enumerate() {
-        for (v, a) in row.iter().enumerate() {
-            // SAFETY: as for the loads of the tile above.
-            unsafe {
-                let p = y.as_mut_ptr().add((g * R + r) * w + j + 16 * v);
-                if full {
-                    _mm512_storeu_ps(p, *a);
-                } else {
-                    _mm512_mask_storeu_ps(p, mask, *a);
-                }
-            }
-        }
-    }
-}
-
-/// Prefetches `len` elements from `p` into L2 (`prefetcht2`), one line
-/// at a time. `p` need not point into an allocation: a prefetch never
-/// faults.
-#[inline]
-#[target_feature(enable = "sse")]
-pub(crate) fn prefetch_row<T>(p: *const T, len: usize) {
-    for o in (0..len * size_of::<T>()).step_by(64) {
-        _mm_prefetch::<_MM_HINT_T2>(p.cast::<i8>().wrapping_add(o));
-    }
-}
-
-/// bf16 to f32 by a shift, as [`widen`] does it.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")]
-fn widen_bf16(h: __m256i) -> __m512 {
-    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
 }
 
 const MR: usize = 14;
