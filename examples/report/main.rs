@@ -8,6 +8,7 @@
 //! cargo run --release --example report            # about 15 s on 2 cores
 //! cargo run --release --example report -- --quick # fewer timings
 //! cargo run --release --example report -- --decode 1,4,16 # decode rows only
+//! cargo run --release --example report -- --decode 1,16 --threads 2 # on 2 threads
 //! ```
 //!
 //! Every timing is the median of `--runs` samples (default 21, `--quick`
@@ -15,7 +16,8 @@
 //! closures of one row group (each ISA and the peer) take their samples in
 //! turns, so a busy moment of the machine slows them alike. halfkern runs
 //! on one thread (a one-thread rayon pool, `Threads::Single`), the peers
-//! too. Buffers start on 64-byte boundaries.
+//! too; `--threads N` runs the decode rows on N (an N-thread pool, both
+//! sides), against the all-cores DRAM read and N times the FMA peak. Buffers start on 64-byte boundaries.
 //!
 //! - Conversions: 64K elements, in L2; bytes read plus written against
 //!   the L2 copy bound of the ISA's vector width (scalar: the widest), and
@@ -57,11 +59,20 @@ fn main() {
     let mut decode_only: Option<Vec<usize>> = None;
     // `--nk`: decode weights in `Linear` layout (B = W^T, W row-major n x k).
     let mut nk = false;
+    // `--threads N`: decode rows on N threads (halfkern and its peer).
+    let mut threads = 1;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => runs = 7,
             "--nk" => nk = true,
+            "--threads" => {
+                threads = args
+                    .next()
+                    .and_then(|t| t.parse().ok())
+                    .filter(|&t| t > 0)
+                    .expect("--threads N");
+            }
             "--runs" => {
                 runs = args.next().and_then(|r| r.parse().ok()).expect("--runs N");
             }
@@ -71,7 +82,9 @@ fn main() {
                 decode_only = Some(ms.collect());
             }
             _ => {
-                eprintln!("usage: report [--quick] [--runs N] [--decode M,M,..] [--nk]");
+                eprintln!(
+                    "usage: report [--quick] [--runs N] [--decode M,M,..] [--nk] [--threads N]"
+                );
                 std::process::exit(2);
             }
         }
@@ -97,7 +110,7 @@ fn main() {
     println!();
 
     let one = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
+        .num_threads(threads)
         .build()
         .unwrap();
     let mut rows = Vec::new();
@@ -105,7 +118,7 @@ fn main() {
         let r = &mut rows;
         if let Some(ms) = &decode_only {
             for &m in ms {
-                decode_group(r, &ceilings, &mut dram, runs, m, nk);
+                decode_group(r, &ceilings, &mut dram, runs, m, nk, threads);
             }
             return;
         }
@@ -121,7 +134,7 @@ fn main() {
         conversion::<f16, f32>(r, &ceilings, runs, "f16->f32", |s, d| {
             s.convert_to_f32_slice(d)
         });
-        let gemm_f32 = peer_f32(512, 512, 512, false);
+        let gemm_f32 = peer_f32(512, 512, 512, false, 1);
         #[cfg(feature = "openblas-peer")]
         let blas = peer_openblas(512);
         let f32_peers: Vec<(String, &Peer<f32>)> = vec![
@@ -135,10 +148,10 @@ fn main() {
             r,
             &ceilings,
             runs,
-            &[("gemm 0.19".into(), &peer_f16(512, 512, 512, false))],
+            &[("gemm 0.19".into(), &peer_f16(512, 512, 512, false, 1))],
         );
         for m in [1, 16] {
-            decode_group(r, &ceilings, &mut dram, runs, m, nk);
+            decode_group(r, &ceilings, &mut dram, runs, m, nk, threads);
         }
     });
     println!("| kernel | ISA (path) | halfkern | ceiling | of ceiling | peer | vs peer |");
@@ -180,24 +193,37 @@ fn decode_group(
     runs: usize,
     m: usize,
     nk: bool,
+    threads: usize,
 ) {
+    // The same-turns probe reads DRAM on one core: the ceiling of one
+    // thread only (more take the table's all-cores DRAM read).
     let c = Ceilings {
         all: ceilings,
-        dram: dram.as_mut().filter(|_| m == 1),
+        dram: dram.as_mut().filter(|_| m == 1 && threads == 1),
     };
-    let peer = peer_f32(m, 4096, 4096, nk);
-    decode::<f32>(r, c, runs, m, nk, Some(&peer as &Peer<f32>));
+    let shape = Decode { m, nk, threads };
+    let peer = peer_f32(m, 4096, 4096, nk, threads);
+    decode::<f32>(r, c, runs, shape, Some(&peer as &Peer<f32>));
     let c = Ceilings {
         all: ceilings,
-        dram: dram.as_mut().filter(|_| m == 1),
+        dram: dram.as_mut().filter(|_| m == 1 && threads == 1),
     };
-    decode::<bf16>(r, c, runs, m, nk, None);
+    decode::<bf16>(r, c, runs, shape, None);
     let c = Ceilings {
         all: ceilings,
-        dram: dram.as_mut().filter(|_| m == 1),
+        dram: dram.as_mut().filter(|_| m == 1 && threads == 1),
     };
-    let peer = peer_f16(m, 4096, 4096, nk);
-    decode::<f16>(r, c, runs, m, nk, Some(&peer as &Peer<f16>));
+    let peer = peer_f16(m, 4096, 4096, nk, threads);
+    decode::<f16>(r, c, runs, shape, Some(&peer as &Peer<f16>));
+}
+
+/// One decode shape: `m` rows, weights in `Linear` layout (`nk`), on
+/// `threads` threads.
+#[derive(Clone, Copy)]
+struct Decode {
+    m: usize,
+    nk: bool,
+    threads: usize,
 }
 
 /// The machine, the version, the date, the command.
@@ -585,10 +611,10 @@ fn decode<T: Element>(
     rows: &mut Vec<Row>,
     ceilings: Ceilings<'_>,
     runs: usize,
-    m: usize,
-    nk: bool,
+    shape: Decode,
     peer: Option<&Peer<T>>,
 ) {
+    let Decode { m, nk, threads } = shape;
     let (n, k) = (4096, 4096);
     let bytes = k * n * size_of::<T>();
     let l3 = ceilings::cache_bytes(3).unwrap_or(64 << 20);
@@ -625,7 +651,11 @@ fn decode<T: Element>(
                         MatRef::row_major(black_box(take()), k, n).unwrap()
                     },
                     MatMut::row_major(out.as_mut_slice(), m, n).unwrap(),
-                    &Gemm::new().threads(Threads::Single),
+                    &Gemm::new().threads(if threads == 1 {
+                        Threads::Single
+                    } else {
+                        Threads::Count(threads)
+                    }),
                 )
                 .unwrap()
         };
@@ -648,7 +678,12 @@ fn decode<T: Element>(
     let mut t = medians(runs, &mut refs);
     // DRAM read in these turns, as the ceiling of m = 1.
     let dram_here = dram_work.map(|w| (w / t.pop().unwrap() / 1e9, "same turns"));
-    let dram_one = dram_here.or_else(|| find(all, Kind::DramOne).map(|c| (c.value, "")));
+    let dram_kind = if threads == 1 {
+        Kind::DramOne
+    } else {
+        Kind::DramAll
+    };
+    let dram_one = dram_here.or_else(|| find(all, dram_kind).map(|c| (c.value, "")));
     let flops = 2.0 * (m * n * k) as f64;
     let t_peer = peer.map(|_| *t.last().unwrap());
     for ((&isa, kernel), &t) in isas.iter().zip(&kernels).zip(&t) {
@@ -660,15 +695,27 @@ fn decode<T: Element>(
                 } else {
                     format!(" ({note})")
                 };
-                (format!("dram-read-1core{note} {v:.1}"), gbs / v)
+                let which = if threads == 1 { "1core" } else { "all-cores" };
+                (format!("dram-read-{which}{note} {v:.1}"), gbs / v)
             })
         } else {
+            // One core's peak times the threads.
             let peak = gemm_peak(isa, kernel).and_then(|k| find(all, k));
-            peak.map(|c| (ceiling_text(c), gf / c.value))
+            peak.map(|c| {
+                let times = if threads == 1 {
+                    String::new()
+                } else {
+                    format!("{threads} x ")
+                };
+                (
+                    format!("{times}{}", ceiling_text(c)),
+                    gf / c.value / threads as f64,
+                )
+            })
         };
         rows.push(Row {
             kernel: format!(
-                "decode {} m={m} n=k=4096{}, 1T",
+                "decode {} m={m} n=k=4096{}, {threads}T",
                 T::DTYPE.name(),
                 if nk { ", W^T" } else { "" }
             ),
@@ -687,14 +734,24 @@ fn decode<T: Element>(
     }
 }
 
+/// The `gemm` crate's parallelism for `threads` threads.
+fn parallelism(threads: usize) -> gemm::Parallelism {
+    if threads == 1 {
+        gemm::Parallelism::None
+    } else {
+        gemm::Parallelism::Rayon(threads)
+    }
+}
+
 /// B's column and row strides for the `gemm` crate: row-major `k x n`, or
 /// with `nk` the transpose of a row-major `n x k`.
 fn b_strides(n: usize, k: usize, nk: bool) -> (isize, isize) {
     if nk { (k as isize, 1) } else { (1, n as isize) }
 }
 
-/// The `gemm` crate, f32 C from f32 inputs, one thread; its own C.
-fn peer_f32(m: usize, n: usize, k: usize, nk: bool) -> impl Fn(&[f32], &[f32]) {
+/// The `gemm` crate, f32 C from f32 inputs, on `threads` threads (of the
+/// current rayon pool); its own C.
+fn peer_f32(m: usize, n: usize, k: usize, nk: bool, threads: usize) -> impl Fn(&[f32], &[f32]) {
     let (b_cs, b_rs) = b_strides(n, k, nk);
     let c = std::sync::Mutex::new(vec![0.0f32; m * n]);
     move |a, b| {
@@ -722,7 +779,7 @@ fn peer_f32(m: usize, n: usize, k: usize, nk: bool) -> impl Fn(&[f32], &[f32]) {
                 false,
                 false,
                 false,
-                gemm::Parallelism::None,
+                parallelism(threads),
             )
         }
     }
@@ -736,7 +793,7 @@ fn peer_openblas(n: usize) -> impl Fn(&[f32], &[f32]) {
 }
 
 /// The `gemm` crate, f16 x f16 -> f16 C (its native form), one thread.
-fn peer_f16(m: usize, n: usize, k: usize, nk: bool) -> impl Fn(&[f16], &[f16]) {
+fn peer_f16(m: usize, n: usize, k: usize, nk: bool, threads: usize) -> impl Fn(&[f16], &[f16]) {
     let (b_cs, b_rs) = b_strides(n, k, nk);
     let c = std::sync::Mutex::new(vec![f16::ZERO; m * n]);
     move |a, b| {
@@ -763,7 +820,7 @@ fn peer_f16(m: usize, n: usize, k: usize, nk: bool) -> impl Fn(&[f16], &[f16]) {
                 false,
                 false,
                 false,
-                gemm::Parallelism::None,
+                parallelism(threads),
             )
         }
     }
