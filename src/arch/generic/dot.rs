@@ -176,7 +176,10 @@ fn block<S: F32Simd, U: Io>(s: S, job: &Job<'_, U>, dots: &mut [f32]) {
         return;
     }
     let group = max_rows::<S>();
-    let kb = (A_BLOCK_BYTES / 4 / job.m.max(1)).max(256) / PAD * PAD;
+    // One group of A's rows is in L1 at a time (the groups take turns over
+    // a chunk), so the block is sized for one group: the longer the block,
+    // the fewer reductions of the accumulators (one per output per block).
+    let kb = (A_BLOCK_BYTES / 4 / job.m.clamp(1, group)).max(256) / PAD * PAD;
     let mut j0 = 0;
     while j0 < job.cols {
         let j1 = job.cols.min(j0 + CHUNK_COLS);
