@@ -8,8 +8,8 @@ use crate::arch::x86_64::avx512::gemm::prefetch_row;
 use crate::element::{DType, Element, Slice};
 use crate::kernel::gemm::StoreBlock;
 use crate::kernel::gemm::{
-    Ahead, Format, Microkernel, RowOps, gemv_block_shape, generic_axpy_rows, generic_axpy_rows4,
-    generic_gemv_block,
+    Ahead, Blocking, Format, Microkernel, RowOps, gemv_block_shape, generic_axpy_rows,
+    generic_axpy_rows4, generic_gemv_block,
 };
 
 /// The AVX2 f32-FMA microkernel.
@@ -21,6 +21,12 @@ impl Microkernel for Avx2F32 {
     const NR: usize = NR;
     const FORMAT: Format = Format::F32;
     const NAME: &'static str = "avx2-f32fma-6x16";
+    // The kernel prefetches only for `Ahead::PanelAndTile`: each core's
+    // private L2 wants it on several threads as much as on one.
+    const BLOCKING: Blocking = Blocking {
+        tile_prefetch_on_threads: true,
+        ..Blocking::BLIS
+    };
 
     #[inline(always)]
     fn kernel(self, slots: usize, a: &[f32], b: &[f32], tile: &mut [f32], accumulate: bool) {
