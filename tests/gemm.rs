@@ -1169,7 +1169,9 @@ fn small_m_column_major_b_streams_weight_rows() {
     fn on<T: Element>(backend: Backend, rng: &mut Rng) {
         let isa = backend.isa();
         // Past every k block the kernel cuts (256 to 4096 deep, by m and ISA).
-        let ks = [1usize, 3, 4, 5, 8, 9, 15, 16, 17, 31, 33, 100, 257, 600, 1100, 4099];
+        let ks = [
+            1usize, 3, 4, 5, 8, 9, 15, 16, 17, 31, 33, 100, 257, 600, 1100, 4099,
+        ];
         let ns = (0..=19).chain([23, 24, 25, 63, 64, 65, 127, 129, 200]);
         let special = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY];
         for m in 0..=17 {

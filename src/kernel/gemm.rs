@@ -134,6 +134,12 @@ pub(crate) struct Blocking {
     /// core (AMX on the lent host, where a static split waits long for its
     /// slowest thread). Not tried for the AVX-512 kernels.
     pub(crate) dynamic: bool,
+    /// Whether the kernel calls of a GEMM on several threads prefetch as
+    /// on one thread (the next B~ micro-panel into L2 in shares, the next
+    /// accumulator tile into L1: `blis::Prefetch::PanelAndTile`) instead
+    /// of the next operand into L1: for kernels that act on the former
+    /// only (AVX2), which would otherwise prefetch nothing there.
+    pub(crate) tile_prefetch_on_threads: bool,
 }
 
 impl Blocking {
@@ -145,6 +151,7 @@ impl Blocking {
         mc: MC_MAX,
         local_b: false,
         dynamic: false,
+        tile_prefetch_on_threads: false,
     };
 }
 

@@ -8,7 +8,7 @@ use super::{div_ceil, slots, total_slots};
 use crate::element::Element;
 use crate::gemm::view::MatRef;
 use crate::kernel::epilogue::Epilogue;
-use crate::kernel::gemm::{Ahead, Microkernel, RowOps};
+use crate::kernel::gemm::{Ahead, Blocking, Microkernel, RowOps};
 use crate::kernel::store::{Block, CPtr, StoreBlock};
 
 /// A thread's buffers, reused across its work items.
@@ -44,9 +44,10 @@ pub(super) enum Prefetch {
 }
 
 impl Prefetch {
-    /// The choice for a GEMM on `threads` threads.
-    pub(super) fn for_threads(threads: usize) -> Self {
-        if threads > 1 {
+    /// The choice for a GEMM on `threads` threads with a kernel whose
+    /// [`Blocking`] is `blocking`.
+    pub(super) fn for_threads(threads: usize, blocking: Blocking) -> Self {
+        if threads > 1 && !blocking.tile_prefetch_on_threads {
             Prefetch::NextOperand
         } else {
             Prefetch::PanelAndTile

@@ -72,7 +72,7 @@ pub(crate) fn run<K: Microkernel + RowOps, T: Element, C: Element>(
         c,
         c_len,
         ep,
-        ahead: Prefetch::for_threads(threads),
+        ahead: Prefetch::for_threads(threads, K::BLOCKING),
     };
     let work = |t: usize| -> usize {
         let _mode = crate::fp_env::Ieee::enter();

@@ -81,6 +81,7 @@ impl Microkernel for AmxBf16 {
         // The static split's cells finish at very different times on 16
         // threads; the dynamic split lets early threads take more blocks.
         dynamic: true,
+        ..Blocking::BLIS
     };
 
     #[inline(always)]
