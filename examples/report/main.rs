@@ -17,7 +17,8 @@
 //! turns, so a busy moment of the machine slows them alike. halfkern runs
 //! on one thread (a one-thread rayon pool, `Threads::Single`), the peers
 //! too; `--threads N` runs the decode rows on N (an N-thread pool, both
-//! sides), against the all-cores DRAM read and N times the FMA peak. Buffers start on 64-byte boundaries.
+//! sides), against the all-cores DRAM read and N times the FMA peak.
+//! Buffers start on 64-byte boundaries.
 //!
 //! - Conversions: 64K elements, in L2; bytes read plus written against
 //!   the L2 copy bound of the ISA's vector width (scalar: the widest), and
