@@ -172,9 +172,8 @@ impl<C: Element> StoreBlock<'_, C> {
                 let i = blk.i0 + ip * mr + r;
                 let base = i * self.c.rs + blk.j0;
                 debug_assert!(blk.n == 0 || base + blk.n <= self.c_len);
-                // SAFETY: row i, columns j0..j0 + n of the block, inside C
-                // (contiguous: cs = 1) and this thread's alone
-                // (`StoreBlock::new`'s contract); C is f32 (checked above).
+                // SAFETY: row i, columns j0..j0 + n, inside f32 C (cs = 1,
+                // checked above), this thread's alone (`StoreBlock::new`).
                 let row = unsafe { core::slice::from_raw_parts_mut(c.add(base), blk.n) };
                 for (jp, d) in row.chunks_mut(nr).enumerate() {
                     let at = (jp * self.m_panels + ip) * tile + r * nr;
