@@ -43,6 +43,12 @@ use crate::kernel::gemm::{Format, KernelOp, Microkernel, RowOps};
 /// bound above with `c = 2` but not bit-identical to the f32-FMA kernels,
 /// and gives the default NaN for every NaN.
 ///
+/// Memory: B is packed per call into a buffer the calling thread keeps
+/// for its next call (and each worker thread its A~ and tile workspace),
+/// up to 128 MiB per buffer; larger ones are freed at the end of the call.
+/// Weights multiplied again and again belong in a [`PackedB`], which is
+/// packed once.
+///
 /// # Errors
 ///
 /// Before anything is written (C is untouched on every `Err`):

@@ -26,10 +26,16 @@ pub(super) const LINE: usize = 16;
 ///
 /// Only grows `v`: every user writes all the slots it reads (packing pads
 /// with zeros itself, the first k block overwrites the tile workspace), so
-/// a reused buffer is never cleared.
+/// a reused buffer is never cleared. A larger one replaces it, allocated
+/// zeroed rather than filled: large zeroed allocations come from the
+/// system as untouched pages, so their page faults fall on the threads
+/// that pack into them, in parallel, not on this one (B~ of an 11008 x 4096
+/// bf16 B, filled here, cost more than the GEMM's 16-thread compute on the
+/// Intel host).
 pub(super) fn aligned(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
     if v.len() < len + LINE {
-        v.resize(len + LINE, 0.0);
+        *v = Vec::new(); // the old buffer goes before the new one comes
+        *v = vec![0.0; len + LINE];
     }
     let off = v.as_ptr().align_offset(64).min(LINE);
     &mut v[off..off + len]
@@ -238,6 +244,26 @@ pub(super) fn pack_panel<K: RowOps, T: Element>(
                         out[lanes..].fill(0.0);
                     }
                 }
+            } else if v.cs == 1 && depth > 1 {
+                // Depth contiguous (B column-major: `Linear` weights): a
+                // lane's slot is two consecutive bf16 of its row, read as
+                // one pair and written with stride `w`, lane by lane. (16
+                // slots of every lane at a time, to keep the slots written
+                // in L1, ran at 0.65x: it reads the rows in 64-byte pieces.)
+                if lanes < w {
+                    dst.fill(0.0);
+                }
+                for lane in 0..lanes {
+                    let run = &data[(l0 + lane) * v.rs + d0..][..depth];
+                    let (pairs, last) = run.as_chunks::<2>();
+                    let out = dst[lane..].iter_mut().step_by(w);
+                    for (o, &[x, y]) in out.zip(pairs) {
+                        *o = pair(x, y);
+                    }
+                    if let [x] = *last {
+                        dst[pairs.len() * w + lane] = pair(x, bf16::ZERO);
+                    }
+                }
             } else {
                 for s in 0..nslots {
                     for lane in 0..w {
@@ -300,6 +326,12 @@ fn pack_b_into<K: Microkernel + RowOps, T: Element>(
     // down its rows, a new cache line per load, which made B~ a visible
     // share of a square GEMM (BENCHMARKS.md, AVX2).
     let rows_whole = K::FORMAT == Format::F32 && bt.rs == 1;
+    // A B with contiguous columns (column-major, as `Linear` weights) is
+    // packed panel by panel over the whole KC block instead: each lane is
+    // one run along its column, where a `PACK_ROWS` pass would touch a
+    // new page for each column of the chunk (a bf16 x W^T with m = 32, n =
+    // k = 4096 ran 1.6x faster on the Zen 4 VM, packing two thirds of it).
+    let pass_rows = if bt.cs == 1 { K::BLOCKING.kc } else { PACK_ROWS };
     let pack_range = |p0: usize, chunk: &mut [f32], tmp: &mut Vec<f32>| {
         let chunk_panels = chunk.len() / per_panel;
         let (j0, j1) = (p0 * K::NR, ((p0 + chunk_panels) * K::NR).min(n));
@@ -327,8 +359,8 @@ fn pack_b_into<K: Microkernel + RowOps, T: Element>(
                 block_off += slots(kc, K::FORMAT) * K::NR;
                 continue;
             }
-            for sub in (0..kc).step_by(PACK_ROWS) {
-                let depth = PACK_ROWS.min(kc - sub);
+            for sub in (0..kc).step_by(pass_rows) {
+                let depth = pass_rows.min(kc - sub);
                 let off = block_off + slots(sub, K::FORMAT) * K::NR;
                 let len = slots(depth, K::FORMAT) * K::NR;
                 for (q, panel) in chunk.chunks_mut(per_panel).enumerate() {

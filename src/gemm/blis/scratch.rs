@@ -7,9 +7,13 @@ use std::cell::Cell;
 
 use super::block::Workspace;
 
-/// Largest buffer kept for reuse: 16 Mi f32 slots (64 MiB), B~ of a
-/// 4096 x 4096 bf16 B.
-pub(super) const SCRATCH_MAX: usize = 16 << 20;
+/// Largest buffer kept for reuse: 32 Mi f32 slots (128 MiB), B~ of the
+/// largest bf16 B of a 7B-parameter transformer layer (11008 x 4096, 86
+/// MiB); larger ones are allocated per call. A caller that multiplies by
+/// the same weights again should pack them once ([`PackedB`]) instead.
+///
+/// [`PackedB`]: crate::PackedB
+pub(super) const SCRATCH_MAX: usize = 32 << 20;
 
 thread_local! {
     static PACKED_A: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };

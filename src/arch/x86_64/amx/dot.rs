@@ -6,9 +6,11 @@
 //! rows of W over 32 values of k, loaded straight from W with W's row
 //! stride. The B-operand tile is A^T in bf16 pairs (16 pair rows of k by
 //! 16 columns, one per row of A, zero past m), built once per call. Each
-//! step streams 64 W rows through four C^T tiles (16 W rows x 16 rows of
-//! A each); the tiles are transposed into the block of dot products at the
-//! end. W rows past the last multiple of 16 take the AVX-512 kernel.
+//! step streams 16 W rows over all of k into four C^T tiles (16 W rows x
+//! 16 rows of A each), the groups of k dealt round-robin over them so that
+//! no product waits for the one before; the four are summed and
+//! transposed into the block of dot products at the end. W rows past the
+//! last multiple of 16 take the AVX-512 kernel.
 //!
 //! Numerics are the tile kernel's (see `amx::gemm`): pairs of exact
 //! products added to the f32 accumulator with one rounding, bf16
@@ -29,7 +31,11 @@ use half::slice::HalfFloatSliceExt;
 const ROWS: usize = 16;
 /// k values per tile row: 32 bf16, 64 bytes.
 const GROUP: usize = 32;
-/// C^T tiles (and W tiles) per step.
+/// C^T tiles per step, each summing every fourth group of k. One block of
+/// 16 W rows per step: fewer rows read at once are fewer streams for the
+/// prefetchers and fewer pages (a W row of k = 4096 is two). 64 rows, one
+/// tile each, ran decode at m = 8/16 at 0.8x, 32 rows, two tiles each,
+/// at 0.9x on one thread and level on 16 (Intel host).
 const TILES: usize = 4;
 /// Groups of k ahead that each W row is prefetched.
 const AHEAD: usize = 8;
@@ -80,19 +86,19 @@ pub(crate) fn run<T: Element>(t: Amx, op: DotBlock<'_, T>) {
         let mut ct = [[0f32; ROWS * ROWS]; TILES];
         let mut j0 = 0;
         while j0 < tiled {
-            let n_tiles = TILES.min((tiled - j0) / ROWS);
+            let next = ROWS.min(tiled - j0 - ROWS);
             // `at` holds a group per 32 values of k (asserted above).
-            // SAFETY: W rows j0..j0 + 16 n_tiles <= cols, each of k values
+            // SAFETY: W rows j0..j0 + 16 + next <= cols, each of k values
             // from row * ws, are inside `w` (asserted above).
-            unsafe { step(tiles, at, w, j0, ws, k, n_tiles, &mut ct) };
-            for (q, tile) in ct.iter().take(n_tiles).enumerate() {
-                for r in 0..ROWS {
-                    for c in 0..m {
-                        out[c * cols + j0 + q * ROWS + r] = tile[r * ROWS + c];
-                    }
+            unsafe { step(tiles, at, w, j0, ws, k, next, &mut ct) };
+            for r in 0..ROWS {
+                for c in 0..m {
+                    let at = r * ROWS + c;
+                    let dot = ct[1..].iter().fold(ct[0][at], |s, t| s + t[at]);
+                    out[c * cols + j0 + r] = dot;
                 }
             }
-            j0 += n_tiles * ROWS;
+            j0 += ROWS;
         }
     });
     if tiled < cols {
@@ -123,23 +129,33 @@ pub(crate) fn run<T: Element>(t: Amx, op: DotBlock<'_, T>) {
 fn pairs(a: &[f32], m: usize, kp: usize, k: usize) -> Vec<Line> {
     let groups = k.div_ceil(GROUP);
     let mut lines = vec![Line([0; GROUP]); groups * ROWS];
+    let bf16 = |x: f32| (x.to_bits() >> 16) as u16;
+    // Line p (row p % 16 of group p / 16) holds pair p of k, values 2p and
+    // 2p + 1, of every row of A.
     for c in 0..m {
-        let row = &a[c * kp..c * kp + k];
-        for (l, x) in row.iter().enumerate() {
-            let (g, r, e) = (l / GROUP, l % GROUP / 2, l % 2);
-            lines[g * ROWS + r].0[2 * c + e] = (x.to_bits() >> 16) as u16;
+        let (two, last) = a[c * kp..c * kp + k].as_chunks::<2>();
+        for (line, &[x, y]) in lines.iter_mut().zip(two) {
+            line.0[2 * c] = bf16(x);
+            line.0[2 * c + 1] = bf16(y);
+        }
+        if let [x] = *last {
+            lines[two.len()].0[2 * c] = bf16(x);
         }
     }
     lines
 }
 
-/// `tile[q] = (W rows j0 + 16 q .. j0 + 16 q + 16) A^T` over all of k, for
-/// `q < n_tiles`: C^T, 16 W rows by 16 rows of A, row-major.
+/// C^T of the 16 W rows from row `j0` on, over all of k, in the four
+/// tiles: group g of k into tile `g % 4` (the whole groups past the last
+/// full pass of four and the short last group into tile 0); the dot
+/// products are the tiles' sum. Each W row is prefetched into L2
+/// [`AHEAD`] groups ahead, and near the end the first groups of the
+/// `next` rows after these.
 ///
 /// # Safety
 ///
-/// W rows `j0..j0 + 16 * n_tiles`, each `k` values from `row * ws`, must
-/// be inside `w`, and `at` must hold `k.div_ceil(32)` groups.
+/// W rows `j0..j0 + 16 + next`, each `k` values from `row * ws`, must be
+/// inside `w`, and `at` must hold `k.div_ceil(32)` groups.
 #[expect(
     clippy::too_many_arguments,
     reason = "internal: one step's coordinates"
@@ -151,10 +167,10 @@ unsafe fn step(
     j0: usize,
     ws: usize,
     k: usize,
-    n_tiles: usize,
+    next: usize,
     tile: &mut [[f32; ROWS * ROWS]; TILES],
 ) {
-    debug_assert!((1..=TILES).contains(&n_tiles) && at.len() == k.div_ceil(GROUP));
+    debug_assert!(at.len() == k.div_ceil(GROUP));
     // SAFETY: tiles are configured (`_tiles`); TILEZERO touches no memory.
     unsafe {
         asm!(
@@ -169,40 +185,46 @@ unsafe fn step(
     // SAFETY: row j0 of W is inside `w` (the caller's contract).
     let base = unsafe { w.as_ptr().add(j0 * ws) };
     let stride = ws * 2;
-    for (g, pairs) in at.iter().enumerate().take(full) {
-        if g + AHEAD < full {
-            // Into L2, not L1: 64 rows' lines in flight would crowd L1's
-            // fill buffers (a T0 hint ran slower on the Intel host).
-            for r in 0..n_tiles * ROWS {
+    let passes = full / TILES;
+    for pass in 0..passes {
+        let g = pass * TILES;
+        // Into L2, not L1: a T0 hint ran slower on the Intel host.
+        for ga in g + AHEAD..g + AHEAD + TILES {
+            let (first, count, group) = if ga < full {
+                (0, ROWS, ga)
+            } else if ga - full < full {
+                (ROWS, next, ga - full)
+            } else {
+                (0, 0, 0)
+            };
+            for r in first..first + count {
                 // SAFETY: prefetches never fault; the address is inside row
-                // r's k values (g + AHEAD < full).
-                unsafe {
-                    _mm_prefetch::<_MM_HINT_T1>(base.add(r * ws + (g + AHEAD) * GROUP).cast())
-                };
+                // j0 + r's k values (group < full, r < 16 + next).
+                unsafe { _mm_prefetch::<_MM_HINT_T1>(base.add(r * ws + group * GROUP).cast()) };
             }
         }
-        // SAFETY: group g of each row: 32 values inside the row (g < full);
-        // the caller's contract puts the rows inside `w`.
-        unsafe { group(pairs.0.as_ptr(), base.add(g * GROUP), stride, n_tiles) };
+        // SAFETY: groups g..g + 4 of each row are inside it (g + 4 <= full)
+        // and of `at`; the caller puts the rows in `w`.
+        unsafe { pass_groups(at[g..].as_ptr().cast(), base.add(g * GROUP), stride) };
+    }
+    for (g, pairs) in at.iter().enumerate().take(full).skip(passes * TILES) {
+        // SAFETY: one whole group of the 16 rows, inside them.
+        unsafe { one(pairs.0.as_ptr(), base.add(g * GROUP), stride, 0) };
     }
     if !k.is_multiple_of(GROUP) {
-        // The short last group: each tile's W rows copied into a zero-padded
-        // group (A^T is zero past k already).
+        // The short last group: the W rows copied into a zero-padded group
+        // (A^T is zero past k already).
         let tail = k - full * GROUP;
-        let mut wt = [[0u16; ROWS * GROUP]; TILES];
-        for (q, buf) in wt.iter_mut().take(n_tiles).enumerate() {
-            for r in 0..ROWS {
-                let row = (j0 + q * ROWS + r) * ws + full * GROUP;
-                buf[r * GROUP..r * GROUP + tail].copy_from_slice(&w[row..row + tail]);
-            }
+        let mut wt = [0u16; ROWS * GROUP];
+        for r in 0..ROWS {
+            let row = (j0 + r) * ws + full * GROUP;
+            wt[r * GROUP..r * GROUP + tail].copy_from_slice(&w[row..row + tail]);
         }
-        for (q, buf) in wt.iter().take(n_tiles).enumerate() {
-            // SAFETY: one tile of 16 rows of 64 bytes in `buf` (stride 64)
-            // and in A^T's last group.
-            unsafe { one(at[full].0.as_ptr(), buf.as_ptr(), GROUP * 2, q) };
-        }
+        // SAFETY: one tile of 16 rows of 64 bytes in `wt` (stride 64) and
+        // in A^T's last group.
+        unsafe { one(at[full].0.as_ptr(), wt.as_ptr(), GROUP * 2, 0) };
     }
-    for (q, t) in tile.iter_mut().take(n_tiles).enumerate() {
+    for (q, t) in tile.iter_mut().enumerate() {
         let c = t.as_mut_ptr();
         macro_rules! store {
             ($c:literal) => {
@@ -224,43 +246,37 @@ unsafe fn step(
     }
 }
 
-/// One group of k: A^T's tile (`a`, 16 rows of 64 bytes) into `tmm4`, then
-/// for each of `n_tiles` W tiles (16 rows of 64 bytes at `w + 16 q rows`,
-/// `stride` bytes apart) `tmm<q> += W A^T`. The W tiles rotate through
-/// `tmm5..tmm7`, so a load waits only for the product three back.
+/// One pass over four groups of k: for group q, A^T's tile (at `a`,
+/// groups 1024 bytes apart) into `tmm4` or `tmm5` in turn, the W tile (16
+/// rows of 64 bytes, `stride` bytes apart) into `tmm6` or `tmm7` in turn,
+/// and their product into `tmm<q>`. Two tiles of each operand in turn: a
+/// load waits only for the product two back.
 ///
 /// # Safety
 ///
-/// Tiles configured; `a` valid for 1024 bytes; `w` for 16 * n_tiles rows of
-/// 64 bytes at `stride`.
+/// Tiles configured; `a` valid for 4096 bytes; `w` for 16 rows of 256
+/// bytes at `stride`.
 #[inline(always)]
-unsafe fn group(a: *const u16, w: *const u16, stride: usize, n_tiles: usize) {
-    let q_row = 16 * stride;
-    /// A^T's tile into `tmm4`, then per `(C, W)` pair of tile numbers the
-    /// next 16 W rows into the W tile and its product into the C tile.
-    macro_rules! tiles {
-        ($(($c:literal, $t:literal)),+) => {
-            asm!(
-                "tileloadd tmm4, [{a} + {sa}*1]",
-                $(
-                    concat!("tileloadd tmm", $t, ", [{w} + {s}*1]"),
-                    concat!("tdpbf16ps tmm", $c, ", tmm", $t, ", tmm4"),
-                    "add {w}, {q}",
-                )+
-                a = in(reg) a, sa = in(reg) 64usize, w = inout(reg) w => _,
-                s = in(reg) stride, q = in(reg) q_row, options(nostack, readonly)
-            )
-        };
-    }
+unsafe fn pass_groups(a: *const u16, w: *const u16, stride: usize) {
     // SAFETY: the caller's contract; the instructions read only those bytes
     // and write only tiles.
     unsafe {
-        match n_tiles {
-            4 => tiles!((0, 5), (1, 6), (2, 7), (3, 5)),
-            3 => tiles!((0, 5), (1, 6), (2, 7)),
-            2 => tiles!((0, 5), (1, 6)),
-            _ => tiles!((0, 5)),
-        }
+        asm!(
+            "tileloadd tmm4, [{a} + {sa}*1]",
+            "tileloadd tmm6, [{w} + {s}*1]",
+            "tdpbf16ps tmm0, tmm6, tmm4",
+            "tileloadd tmm5, [{a} + {sa}*1 + 1024]",
+            "tileloadd tmm7, [{w} + {s}*1 + 64]",
+            "tdpbf16ps tmm1, tmm7, tmm5",
+            "tileloadd tmm4, [{a} + {sa}*1 + 2048]",
+            "tileloadd tmm6, [{w} + {s}*1 + 128]",
+            "tdpbf16ps tmm2, tmm6, tmm4",
+            "tileloadd tmm5, [{a} + {sa}*1 + 3072]",
+            "tileloadd tmm7, [{w} + {s}*1 + 192]",
+            "tdpbf16ps tmm3, tmm7, tmm5",
+            a = in(reg) a, sa = in(reg) 64usize, w = in(reg) w, s = in(reg) stride,
+            options(nostack, readonly)
+        )
     }
 }
 
