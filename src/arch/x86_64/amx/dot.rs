@@ -1,5 +1,5 @@
 //! AMX-BF16 for the small-m path of a column-major B (`x W^T` with W
-//! row-major `n x k`, the layout of `Linear` weights), 4 to 16 rows of A.
+//! row-major `n x k`, the layout of `Linear` weights), 5 to 16 rows of A.
 //!
 //! The product is computed transposed, `C^T = W A^T`, so that W needs no
 //! packing: a `tdpbf16ps` A-operand tile is 16 rows of 32 bf16, which is 16
@@ -45,9 +45,11 @@ const AHEAD: usize = 8;
 #[derive(Clone, Copy)]
 struct Pairs([u16; ROWS * GROUP]);
 
-/// The fewest rows of A the tiles take: below it a tile would be mostly
-/// padding, and the AVX-512 kernel was faster on the Intel host (m = 2).
-const MIN_ROWS: usize = 4;
+/// The fewest rows of A the tiles take. Below it the AVX-512 kernel is as
+/// fast on one thread and faster on 16 (Intel host, n = k = 4096: m = 4
+/// 431-477 GFLOP/s against 264-358 on tiles; m = 5 503 against 393-487;
+/// from m = 8 on, tiles are faster).
+const MIN_ROWS: usize = 5;
 
 /// Whether [`run`] takes this block on tiles (else the AVX-512 kernel).
 pub(crate) fn takes<T: Element>(op: &DotBlock<'_, T>) -> bool {
