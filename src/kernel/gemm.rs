@@ -253,6 +253,21 @@ pub(crate) trait RowOps: Copy + Send + Sync {
         false
     }
 
+    /// Packs `rows` of bf16 (at most `w`, each a contiguous run of the same
+    /// `depth`) into the slots of [`Format::Bf16Pairs`]: `dst[s * w +
+    /// lane]` holds `rows[lane][2s]` in its low half and `rows[lane][2s +
+    /// 1]` (zero past the run) in its high half (a B~ panel of a
+    /// column-major B, as `Linear` weights). The caller zero-fills the
+    /// lanes past `rows.len()`; an implementation may write zeros there
+    /// too. Returns `false`, writing nothing, where the ISA has no
+    /// transposing pack for this width (the default): the driver then
+    /// moves pair by pair.
+    #[inline(always)]
+    fn pack_pairs(self, rows: &[&[half::bf16]], w: usize, dst: &mut [f32]) -> bool {
+        let _ = (rows, w, dst);
+        false
+    }
+
     /// Rounds a contiguous run of f32 to f16, nearest-even
     /// (`dst.len() == src.len()`).
     #[inline(always)]

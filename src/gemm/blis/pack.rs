@@ -253,6 +253,13 @@ pub(super) fn pack_panel<K: RowOps, T: Element>(
                 if lanes < w {
                     dst.fill(0.0);
                 }
+                let mut runs: [&[bf16]; 64] = [&[]; 64];
+                for (lane, run) in runs.iter_mut().enumerate().take(lanes) {
+                    *run = &data[(l0 + lane) * v.rs + d0..][..depth];
+                }
+                if lanes <= runs.len() && kern.pack_pairs(&runs[..lanes], w, dst) {
+                    return;
+                }
                 for lane in 0..lanes {
                     let run = &data[(l0 + lane) * v.rs + d0..][..depth];
                     let (pairs, last) = run.as_chunks::<2>();

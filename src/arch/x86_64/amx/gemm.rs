@@ -122,6 +122,11 @@ impl RowOps for AmxBf16 {
     }
 
     #[inline(always)]
+    fn pack_pairs(self, rows: &[&[half::bf16]], w: usize, dst: &mut [f32]) -> bool {
+        Avx512Dot(self.0.avx512bf16()).pack_pairs(rows, w, dst)
+    }
+
+    #[inline(always)]
     fn narrow_f16(self, src: &[f32], dst: &mut [half::f16]) {
         Avx512Dot(self.0.avx512bf16()).narrow_f16(src, dst);
     }

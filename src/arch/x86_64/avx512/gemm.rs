@@ -213,6 +213,91 @@ pub(crate) fn store_block<K: Microkernel + RowOps, C: Element>(
     job.run(kern)
 }
 
+/// [`RowOps::pack_pairs`]: per 16 lanes and 16 slots, 16 runs of 16 bf16
+/// pairs loaded as 32-bit words, a 16 x 16 transpose, and each slot's 16
+/// lanes stored at its place; the slots past the last 16 pair by pair.
+/// Moving one pair at a time with a store per pair made packing a
+/// column-major B slower than the GEMM that follows it on 16 AMX cores.
+///
+/// [`RowOps::pack_pairs`]: crate::kernel::gemm::RowOps::pack_pairs
+#[target_feature(enable = "avx512f")]
+pub(crate) fn pack_pairs(rows: &[&[half::bf16]], w: usize, dst: &mut [f32]) -> bool {
+    let depth = rows.first().map_or(0, |r| r.len());
+    let slots = depth.div_ceil(2);
+    if rows.len() > w
+        || !w.is_multiple_of(16)
+        || rows.iter().any(|r| r.len() != depth)
+        || dst.len() < slots * w
+    {
+        return false;
+    }
+    let blocked = depth / 32 * 16; // slots in whole blocks of 16
+    for (l0, group) in (0..).step_by(16).zip(rows.chunks(16)) {
+        for s0 in (0..blocked).step_by(16) {
+            let mut r = [_mm512_setzero_si512(); 16];
+            for (v, run) in r.iter_mut().zip(group) {
+                // Each run's line 512 bytes ahead (into the next KC block
+                // of the column, which the next call packs).
+                let ahead = run.as_ptr().wrapping_add(2 * s0 + PAIRS_AHEAD);
+                _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
+                // SAFETY: bf16 2 s0 .. 2 s0 + 32 <= 2 blocked <= depth =
+                // run.len(): 64 bytes read.
+                *v = unsafe { _mm512_loadu_si512(run.as_ptr().add(2 * s0).cast()) };
+            }
+            for (i, v) in transpose_16x16(r).into_iter().enumerate() {
+                // SAFETY: (s0 + i) w + l0 + 16 <= slots w <= dst.len(), as
+                // s0 + i < blocked <= slots and l0 + 16 <= w (w a multiple of
+                // 16, l0 < rows.len() <= w): 64 bytes written.
+                unsafe { _mm512_storeu_si512(dst.as_mut_ptr().add((s0 + i) * w + l0).cast(), v) };
+            }
+        }
+        for s in blocked..slots {
+            for (lane, run) in group.iter().enumerate() {
+                let lo = u32::from(run[2 * s].to_bits());
+                let hi = run.get(2 * s + 1).map_or(0, |x| u32::from(x.to_bits()));
+                dst[s * w + l0 + lane] = f32::from_bits(lo | hi << 16);
+            }
+        }
+    }
+    true
+}
+
+/// bf16 ahead of the pairs being packed that [`pack_pairs`] prefetches.
+const PAIRS_AHEAD: usize = 256;
+
+/// Column `c` of the 16 x 16 matrix of 32-bit words whose row `i` is
+/// `r[i]`, as vector `c`: words interleaved within 128-bit lanes (rows in
+/// pairs, then in fours), then the lanes gathered across vectors.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn transpose_16x16(r: [__m512i; 16]) -> [__m512i; 16] {
+    let mut a = r;
+    for i in 0..8 {
+        a[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        a[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    // Lane L of b[4i + j]: word 4L + j of rows 4i..4i + 4.
+    let mut b = a;
+    for i in 0..4 {
+        b[4 * i] = _mm512_unpacklo_epi64(a[4 * i], a[4 * i + 2]);
+        b[4 * i + 1] = _mm512_unpackhi_epi64(a[4 * i], a[4 * i + 2]);
+        b[4 * i + 2] = _mm512_unpacklo_epi64(a[4 * i + 1], a[4 * i + 3]);
+        b[4 * i + 3] = _mm512_unpackhi_epi64(a[4 * i + 1], a[4 * i + 3]);
+    }
+    let mut t = b;
+    for j in 0..4 {
+        let c0 = _mm512_shuffle_i32x4::<0x44>(b[j], b[4 + j]);
+        let c1 = _mm512_shuffle_i32x4::<0xee>(b[j], b[4 + j]);
+        let c2 = _mm512_shuffle_i32x4::<0x44>(b[8 + j], b[12 + j]);
+        let c3 = _mm512_shuffle_i32x4::<0xee>(b[8 + j], b[12 + j]);
+        t[j] = _mm512_shuffle_i32x4::<0x88>(c0, c2);
+        t[4 + j] = _mm512_shuffle_i32x4::<0xdd>(c0, c2);
+        t[8 + j] = _mm512_shuffle_i32x4::<0x88>(c1, c3);
+        t[12 + j] = _mm512_shuffle_i32x4::<0xdd>(c1, c3);
+    }
+    t
+}
+
 /// Widens a contiguous run: f16 through `vcvtph2ps`, bf16 by a shift
 /// (LLVM vectorizes the loop), f32 by a copy.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")]

@@ -53,6 +53,12 @@ impl RowOps for Avx512Dot {
     }
 
     #[inline(always)]
+    fn pack_pairs(self, rows: &[&[half::bf16]], w: usize, dst: &mut [f32]) -> bool {
+        // SAFETY: as above.
+        unsafe { base::pack_pairs(rows, w, dst) }
+    }
+
+    #[inline(always)]
     fn narrow_f16(self, src: &[f32], dst: &mut [half::f16]) {
         // SAFETY: as above.
         unsafe { base::narrow_f16(src, dst) }
