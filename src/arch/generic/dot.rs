@@ -157,7 +157,7 @@ struct Job<'a, U> {
 /// through the other half).
 const A_BLOCK_BYTES: usize = 16 << 10;
 /// Bytes ahead of the k being summed that each W row is prefetched into
-/// L2, once per 64-byte line (into its next k block near a block's end).
+/// L2, once per 64-byte line (near a block's end, the next tile's rows).
 /// Zen 4 VM, `Linear`-layout weights rotated through DRAM, avx512bf16:
 /// m = 16 f16 52-54% -> 69-70% of the FMA peak, f32 40-48% -> 56%, m = 1
 /// f32 85-88% -> 93-107% of the DRAM read; AVX2 and f16 m = 1 unchanged.
@@ -312,8 +312,12 @@ fn tile<S: F32Simd, U: Io, const R: usize, const M: usize>(
     let ahead = AHEAD_BYTES / size_of::<U>();
     while at + lanes <= len {
         if at.is_multiple_of(line) {
+            // Past this block's end, the start of the next tile's rows (`R`
+            // rows down): what this thread reads next.
+            let p = at + ahead;
+            let skip = if p < len { p } else { R * job.ws + p - len };
             for row in &w {
-                s.prefetch_l2(row.as_ptr().wrapping_add(at + ahead).cast());
+                s.prefetch_l2(row.as_ptr().wrapping_add(skip).cast());
             }
         }
         step(s, &a, &w, at, false, &mut acc);
