@@ -245,9 +245,8 @@ pub(crate) fn pack_pairs(rows: &[&[half::bf16]], w: usize, dst: &mut [f32]) -> b
                 *v = unsafe { _mm512_loadu_si512(run.as_ptr().add(2 * s0).cast()) };
             }
             for (i, v) in transpose_16x16(r).into_iter().enumerate() {
-                // SAFETY: (s0 + i) w + l0 + 16 <= slots w <= dst.len(), as
-                // s0 + i < blocked <= slots and l0 + 16 <= w (w a multiple of
-                // 16, l0 < rows.len() <= w): 64 bytes written.
+                // SAFETY: s0 + i < slots and l0 + 16 <= w (16 | w, l0 < w), so
+                // (s0 + i) w + l0 + 16 <= slots w <= dst.len(): 64 bytes.
                 unsafe { _mm512_storeu_si512(dst.as_mut_ptr().add((s0 + i) * w + l0).cast(), v) };
             }
         }
