@@ -156,12 +156,16 @@ struct Job<'a, U> {
 /// Bytes of A one k block keeps in L1 (half a 32 KiB L1: W's rows pass
 /// through the other half).
 const A_BLOCK_BYTES: usize = 16 << 10;
-/// Bytes ahead of the k being summed that each W row is prefetched into
-/// L2, once per 64-byte line (near a block's end, the next tile's rows).
-/// Zen 4 VM, `Linear`-layout weights rotated through DRAM, avx512bf16:
-/// m = 16 f16 52-54% -> 69-70% of the FMA peak, f32 40-48% -> 56%, m = 1
-/// f32 85-88% -> 93-107% of the DRAM read; AVX2 and f16 m = 1 unchanged.
+/// Bytes ahead of the k being summed that each bf16 or f16 W row is
+/// prefetched into L2, once per 64-byte line (near a block's end, the next
+/// tile's rows). Zen 4 VM, `Linear`-layout weights rotated through DRAM,
+/// avx512bf16: m = 16 f16 52-54% -> 69-70% of the FMA peak; 2 KiB ran
+/// m = 8/16 5-10% slower on AVX-512 (5-10% faster on AVX2).
 const AHEAD_BYTES: usize = 1024;
+/// The same in f32 elements (4 KiB): against 1 KiB, AVX2 m = 4/8/16 22-24
+/// / 28-31 / 38-40% -> 35 / 42-44 / 47-48% of the FMA peak, avx512bf16 m
+/// = 16 53% -> 61-62%; m = 1 at the DRAM read either way.
+const AHEAD_F32: usize = 1024;
 
 /// W rows per column chunk: their k block (at most 256 rows x 4 KiB) stays
 /// in L2 while every group of A's rows passes over it.
@@ -309,7 +313,11 @@ fn tile<S: F32Simd, U: Io, const R: usize, const M: usize>(
     assert!(kp - k0 >= len);
     let mut at = 0;
     let line = 64 / size_of::<U>();
-    let ahead = AHEAD_BYTES / size_of::<U>();
+    let ahead = if size_of::<U>() >= 4 {
+        AHEAD_F32
+    } else {
+        AHEAD_BYTES / size_of::<U>()
+    };
     while at + lanes <= len {
         if at.is_multiple_of(line) {
             // Past this block's end, the start of the next tile's rows (`R`
