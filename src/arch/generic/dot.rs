@@ -320,8 +320,8 @@ fn tile<S: F32Simd, U: Io, const R: usize, const M: usize>(
     };
     while at + lanes <= len {
         if at.is_multiple_of(line) {
-            // Past this block's end, the start of the next tile's rows (`R`
-            // rows down): what this thread reads next.
+            // Past this block's end, as far into the next tile's rows (`R`
+            // rows down), which this thread reads next.
             let p = at + ahead;
             let skip = if p < len { p } else { R * job.ws + p - len };
             for row in &w {
