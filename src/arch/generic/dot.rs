@@ -158,13 +158,13 @@ struct Job<'a, U> {
 const A_BLOCK_BYTES: usize = 16 << 10;
 /// Bytes ahead of the k being summed that each bf16 or f16 W row is
 /// prefetched into L2, once per 64-byte line (near a block's end, the next
-/// tile's rows). Zen 4 VM, `Linear`-layout weights rotated through DRAM,
-/// avx512bf16: m = 16 f16 52-54% -> 69-70% of the FMA peak; 2 KiB ran
-/// m = 8/16 5-10% slower on AVX-512 (5-10% faster on AVX2).
+/// tile's rows): the hardware prefetchers alone left the loads that feed
+/// the widening waiting on memory. Longer distances were slower on
+/// AVX-512 from m = 8 on (docs/tried.md, gemv-dot).
 const AHEAD_BYTES: usize = 1024;
-/// The same in f32 elements (4 KiB): against 1 KiB, AVX2 m = 4/8/16 22-24
-/// / 28-31 / 38-40% -> 35 / 42-44 / 47-48% of the FMA peak, avx512bf16 m
-/// = 16 53% -> 61-62%; m = 1 at the DRAM read either way.
+/// The same in f32 elements (4 KiB): f32 rows are twice as long in bytes,
+/// and AVX2's short tiles (two W rows at m = 4) need the distance most
+/// (BENCHMARKS.md, "Decode with `Linear`-layout weights").
 const AHEAD_F32: usize = 1024;
 
 /// W rows per column chunk: their k block (at most 256 rows x 4 KiB) stays
@@ -243,8 +243,8 @@ struct Part<'a> {
 /// `m` A vectors, the W vector, constants and temporaries beside the
 /// `rows * m` accumulators (more and the compiler spills them every
 /// step), at most 8. Six are left over with 32 registers; three with 16,
-/// where six left one W row per tile from m = 4 on (AVX2 on the Zen 4 VM:
-/// m = 4..16 1.2-1.4x faster with three; AVX-512 0.7-0.9x with three).
+/// where six left one W row per tile from m = 4 on, one load of W per
+/// multiply-add (three on AVX-512 too was slower: BENCHMARKS.md, docs/tried.md).
 const fn tile_rows<S: F32Simd>(m: usize) -> usize {
     let spare = if S::REGISTERS >= 32 { 6 } else { 3 };
     let rows = (S::REGISTERS - m - spare) / m;

@@ -33,9 +33,8 @@ const ROWS: usize = 16;
 const GROUP: usize = 32;
 /// C^T tiles per step, each summing every fourth group of k. One block of
 /// 16 W rows per step: fewer rows read at once are fewer streams for the
-/// prefetchers and fewer pages (a W row of k = 4096 is two). 64 rows, one
-/// tile each, ran decode at m = 8/16 at 0.8x, 32 rows, two tiles each,
-/// at 0.9x on one thread and level on 16 (Intel host).
+/// prefetchers and fewer pages (a W row of k = 4096 is two). 64 and 32
+/// rows per step were slower on one thread (docs/tried.md, "Decode, AMX").
 const TILES: usize = 4;
 /// Groups of k ahead that each W row is prefetched.
 const AHEAD: usize = 8;
@@ -46,9 +45,8 @@ const AHEAD: usize = 8;
 struct Pairs([u16; ROWS * GROUP]);
 
 /// The fewest rows of A the tiles take. Below it the AVX-512 kernel is as
-/// fast on one thread and faster on 16 (Intel host, n = k = 4096: m = 4
-/// 431-477 GFLOP/s against 264-358 on tiles; m = 5 503 against 393-487;
-/// from m = 8 on, tiles are faster).
+/// fast on one thread and faster on 16: a tile of four rows is three
+/// quarters padding (BENCHMARKS.md, AMX against torch).
 const MIN_ROWS: usize = 5;
 
 /// Whether [`run`] takes this block on tiles (else the AVX-512 kernel).
