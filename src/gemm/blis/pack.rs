@@ -247,21 +247,22 @@ pub(super) fn pack_panel<K: RowOps, T: Element>(
             } else if v.cs == 1 && depth > 1 {
                 // Depth contiguous (B column-major: `Linear` weights): a
                 // lane's slot is two consecutive bf16 of its row, read as
-                // one pair and written with stride `w`, lane by lane. (16
-                // slots of every lane at a time, to keep the slots written
-                // in L1, ran at 0.65x: it reads the rows in 64-byte pieces.)
+                // one pair and written with stride `w`, lane by lane, so
+                // each row is read in one sequential run (16 slots of every
+                // lane at a time was slower: docs/tried.md).
                 if lanes < w {
                     dst.fill(0.0);
                 }
                 let mut runs: [&[bf16]; 64] = [&[]; 64];
-                for (lane, run) in runs.iter_mut().enumerate().take(lanes) {
+                assert!(lanes <= runs.len(), "a panel is at most 64 lanes");
+                let runs = &mut runs[..lanes];
+                for (lane, run) in runs.iter_mut().enumerate() {
                     *run = &data[(l0 + lane) * v.rs + d0..][..depth];
                 }
-                if lanes <= runs.len() && kern.pack_pairs(&runs[..lanes], w, dst) {
+                if kern.pack_pairs(runs, w, dst) {
                     return;
                 }
-                for lane in 0..lanes {
-                    let run = &data[(l0 + lane) * v.rs + d0..][..depth];
+                for (lane, run) in runs.iter().enumerate() {
                     let (pairs, last) = run.as_chunks::<2>();
                     let out = dst[lane..].iter_mut().step_by(w);
                     for (o, &[x, y]) in out.zip(pairs) {
@@ -336,8 +337,8 @@ fn pack_b_into<K: Microkernel + RowOps, T: Element>(
     // A B with contiguous columns (column-major, as `Linear` weights) is
     // packed panel by panel over the whole KC block instead: each lane is
     // one run along its column, where a `PACK_ROWS` pass would touch a
-    // new page for each column of the chunk (a bf16 x W^T with m = 32, n =
-    // k = 4096 ran 1.6x faster on the Zen 4 VM, packing two thirds of it).
+    // new page for each column of the chunk (BENCHMARKS.md, "Decode with
+    // `Linear`-layout weights").
     let pass_rows = if bt.cs == 1 {
         K::BLOCKING.kc
     } else {

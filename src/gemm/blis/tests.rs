@@ -325,3 +325,61 @@ fn bf16_rows_packing_matches_its_definition() {
         }
     }
 }
+
+/// [`Format::Bf16Pairs`] from a B with contiguous columns (`Linear`
+/// weights: lanes are W's rows, depth runs along them) against its
+/// definition, for every kernel the machine has (the AVX-512 transpose of
+/// `RowOps::pack_pairs` on `avx512bf16`/`amx`) and the scalar one (the
+/// pair-by-pair loop): widths of 32 and 16 and 24 (which no transpose
+/// takes), edge lanes, misaligned starts, depths with and without a tail
+/// of slots and odd ones; fresh random bits, a poisoned destination.
+#[test]
+fn bf16_pairs_packing_of_contiguous_lanes_matches_its_definition() {
+    struct Check<'a>(&'a mut dyn FnMut() -> u64);
+    impl EachKernel for Check<'_> {
+        fn kernel<K: Microkernel + RowOps>(&mut self, kern: K) {
+            pairs_match_definition(kern, self.0);
+        }
+    }
+    let mut next = fresh_rng();
+    pairs_match_definition(ScalarKernel, &mut next);
+    each_microkernel(&mut Check(&mut next));
+}
+
+fn pairs_match_definition<K: RowOps>(kern: K, next: &mut dyn FnMut() -> u64) {
+    for (rows, cols, rs_pad) in [(40, 100, 0), (33, 512, 3), (32, 65, 1), (7, 31, 2)] {
+        let rs = cols + rs_pad;
+        let data: Vec<bf16> = (0..rows * rs)
+            .map(|_| bf16::from_bits(next() as u16))
+            .collect();
+        let v = MatRef::strided(&data, rows, cols, rs, 1).unwrap();
+        for w in [32, 16, 24] {
+            for (l0, d0) in [(0, 0), (rows / 2, 1), (1, cols / 3)] {
+                let depth = cols - d0;
+                let lanes = w.min(rows - l0);
+                let nslots = Format::Bf16Pairs.slots(depth);
+                let mut dst = vec![f32::from_bits(0x7FC0_DEAD); nslots * w];
+                let mut tmp = Vec::new();
+                let fmt = Format::Bf16Pairs;
+                pack_panel(kern, v, l0, lanes, d0, depth, w, fmt, &mut dst, &mut tmp);
+                let bits = |lane: usize, d: usize| -> u32 {
+                    if lane < lanes && d < depth {
+                        u32::from(data[(l0 + lane) * rs + d0 + d].to_bits())
+                    } else {
+                        0
+                    }
+                };
+                for s in 0..nslots {
+                    for lane in 0..w {
+                        let want = bits(lane, 2 * s) | bits(lane, 2 * s + 1) << 16;
+                        assert_eq!(
+                            dst[s * w + lane].to_bits(),
+                            want,
+                            "{rows}x{cols} rs {rs}, w {w}, lanes {l0}+{lanes}, depth {d0}+{depth}: slot {s} lane {lane}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
