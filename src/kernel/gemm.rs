@@ -60,7 +60,7 @@ pub(crate) enum Format {
     /// Two bf16 per slot (k = 2s in the low 16 bits, 2s + 1 in the high),
     /// `A~` slot `s` of row `i` at `s * MR + i`. Only for bf16 inputs.
     #[cfg_attr(
-        not(target_arch = "x86_64"),
+        all(not(target_arch = "x86_64"), not(test)),
         expect(dead_code, reason = "the vdpbf16ps and AMX B~ layout")
     )]
     Bf16Pairs,
