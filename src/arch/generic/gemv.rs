@@ -17,9 +17,11 @@
 //! read one line from each of k rows per strip, a pattern neither DRAM nor
 //! the prefetchers serve well; a pass reads a few rows from start to end,
 //! each a stream the prefetchers follow, while the first group prefetches
-//! the same columns of the next pass's rows into L2 (+5-10% for bf16 and
-//! f16 at m = 1 and for 8 and 16 rows on the Zen 4 VM; prefetching
-//! 256-4096 bytes ahead in the same row, into L1, ran slower).
+//! the same columns of the rows 8 (or a 16-row pass) further on into L2
+//! (prefetching ahead in the same row, into L1, ran slower). One row of
+//! A with a 2-byte B takes one B row per pass: a single stream, which
+//! DRAM serves faster than 8 interleaved ones of half the bytes per visit
+//! (BENCHMARKS.md, "Decode at m = 1 with one B row per pass").
 
 use crate::element::{Element, Slice};
 use crate::kernel::chunk::Io;
@@ -131,13 +133,22 @@ fn tiles<S: F32Simd, U: Io, const R: usize, const V: usize, const G: usize>(
     }
     // B rows per pass: 8 streams for small tiles (as many as the DRAM
     // probe reads; 16 and 4 ran slower), 16 for 16 rows, whose tile
-    // reload per pass costs more.
+    // reload per pass costs more, and one for a single row of A over
+    // 2-byte elements (see the module docs).
     let pass = if R * G >= 16 && S::REGISTERS >= 32 {
         16
+    } else if R * G == 1 && size_of::<U>() == 2 {
+        1
     } else {
         8
     };
-    let job = Job { x, b, rs, w };
+    let job = Job {
+        x,
+        b,
+        rs,
+        w,
+        ahead: pass.max(8),
+    };
     let lanes = S::LANES;
     let mut l0 = 0;
     while l0 < k {
@@ -166,6 +177,8 @@ struct Job<'a, U> {
     b: &'a [U],
     rs: usize,
     w: usize,
+    /// B rows from the one read to the one prefetched into L2.
+    ahead: usize,
 }
 
 /// Rows `r0..r0 + R` of the accumulators (of `mp`), columns `j..j + width`
@@ -203,11 +216,11 @@ fn strip<S: F32Simd, U: Io, const R: usize, const V: usize>(
             }
         }
     }
-    let ahead = rows.len() * job.rs;
+    let ahead = job.ahead * job.rs;
     for l in rows.clone() {
         let at = l * job.rs + j;
         if r0 == 0 {
-            // The same columns of the next pass's row, into L2: the DRAM
+            // The same columns `ahead` rows further on, into L2: the DRAM
             // reads of the next pass overlap this one. A prefetch never
             // faults, so past B's end is harmless.
             let next = job.b.as_ptr().wrapping_add(at + ahead).cast::<u8>();
