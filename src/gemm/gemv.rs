@@ -1,6 +1,8 @@
-//! The small-m path (m <= [`GEMV_MAX_M`], as in decode-time inference):
-//! B is streamed once, without packing, and A (a few rows) is widened once
-//! into a tiny k-major buffer.
+//! The small-m path (m <= [`GEMV_MAX_M`], as in decode-time inference, and
+//! for a large B up to a kernel's [`RowOps::SMALL_M_ROW`] /
+//! [`RowOps::SMALL_M_DOT`], where packing B for so few rows costs more
+//! than streaming it again): B is streamed without packing, once per 16
+//! rows of A, and those rows are widened once into a small k-major buffer.
 //!
 //! For row-major B (`k x n`, unit column stride) the columns are cut into
 //! blocks whose f32 accumulators (`m x NB`) stay in L1, and each block
@@ -26,18 +28,31 @@ use crate::isa::ops::DotBlock;
 use crate::kernel::epilogue::Epilogue;
 use crate::kernel::gemm::{GEMV_BLOCK_FLOATS, RowOps};
 
-/// The largest m this path takes.
+/// The largest m this path takes with every kernel (the rows of one pass
+/// over B, and of one AMX tile).
 pub(crate) const GEMV_MAX_M: usize = 16;
 
-/// Whether this path applies (and wins) for these operands.
-pub(crate) fn applies<T: Element>(a: &MatRef<'_, T>, b: &MatRef<'_, T>) -> bool {
-    a.rows <= GEMV_MAX_M && (b.cs == 1 || b.cols <= 1) && b.rows > 0
+/// Elements of B from which a kernel streams it for more than
+/// [`GEMV_MAX_M`] rows of A (4 Mi: 8 MiB of bf16): a smaller B~ stays in
+/// cache once packed, and the packed path wins.
+const LARGE_B: usize = 1 << 22;
+
+/// Whether a kernel that streams B for up to `max_m` rows of A streams
+/// it for these `m` rows.
+fn few_rows<T: Element>(a: &MatRef<'_, T>, b: &MatRef<'_, T>, max_m: usize) -> bool {
+    a.rows <= GEMV_MAX_M || (a.rows <= max_m && b.rows.saturating_mul(b.cols) >= LARGE_B)
 }
 
-/// Whether [`run_dot`] applies: few rows of A and a B read along k (and
-/// not one [`run`] takes: a row-major B, or a single column).
-pub(crate) fn dot_applies<T: Element>(a: &MatRef<'_, T>, b: &MatRef<'_, T>) -> bool {
-    a.rows <= GEMV_MAX_M && b.rs == 1 && b.cs != 1 && b.cols > 1 && b.rows > 0
+/// Whether [`run`] applies (and wins) for these operands with a kernel
+/// that takes it up to `max_m` rows of A.
+pub(crate) fn applies<T: Element>(a: &MatRef<'_, T>, b: &MatRef<'_, T>, max_m: usize) -> bool {
+    few_rows(a, b, max_m) && (b.cs == 1 || b.cols <= 1) && b.rows > 0
+}
+
+/// Whether [`run_dot`] applies: at most `max_m` rows of A and a B read
+/// along k (and not one [`run`] takes: a row-major B, or a single column).
+pub(crate) fn dot_applies<T: Element>(a: &MatRef<'_, T>, b: &MatRef<'_, T>, max_m: usize) -> bool {
+    few_rows(a, b, max_m) && b.rs == 1 && b.cs != 1 && b.cols > 1 && b.rows > 0
 }
 
 /// The split of W's rows (columns of C) over threads is in multiples of
@@ -127,12 +142,12 @@ pub(crate) fn run_dot<K: RowOps, T: Element, C: Element>(
     sum_over_threads(threads, work)
 }
 
-/// Bytes of scratch [`run`] allocates, at most: A widened (`k x mp` f32,
-/// with the kernel's padded row count `mp < 2m`, see
-/// [`RowOps::gemv_rows`]) and each thread's accumulators (and widened B
-/// rows, [`GEMV_BLOCK_FLOATS`] at most); `None` on overflow.
+/// Bytes of scratch [`run`] allocates, at most: one group of rows of A
+/// widened (`k x mp` f32, with the kernel's padded row count `mp < 2m`,
+/// see [`RowOps::gemv_rows`]) and each thread's accumulators (and widened
+/// B rows, [`GEMV_BLOCK_FLOATS`] at most); `None` on overflow.
 pub(crate) fn scratch_bytes(m: usize, k: usize, threads: usize) -> Option<usize> {
-    let mp = m.checked_mul(2)?;
+    let mp = m.min(GROUP_ROWS).checked_mul(2)?;
     let per_thread = GEMV_BLOCK_FLOATS;
     k.checked_mul(mp)?
         .checked_add(threads.checked_mul(per_thread)?)?
@@ -140,7 +155,9 @@ pub(crate) fn scratch_bytes(m: usize, k: usize, threads: usize) -> Option<usize>
         .filter(|&bytes| bytes <= isize::MAX as usize)
 }
 
-/// Runs the small-m GEMM; returns the number of non-finite outputs.
+/// Runs the small-m GEMM, [`GROUP_ROWS`] rows of A at a time (one pass
+/// over B each: at 16 rows the kernels are bound by their multiply-adds,
+/// not by B's bytes); returns the number of non-finite outputs.
 pub(crate) fn run<K: RowOps, T: Element, C: Element>(
     kern: K,
     a: MatRef<'_, T>,
@@ -155,6 +172,31 @@ pub(crate) fn run<K: RowOps, T: Element, C: Element>(
     if m == 0 || n == 0 {
         return 0;
     }
+    let (cptr, c_len) = c_ptr(c);
+    let mut bad = 0;
+    let mut g0 = 0;
+    while g0 < m {
+        let rows = GROUP_ROWS.min(m - g0);
+        bad += run_group(kern, &a, &b, g0..g0 + rows, (cptr, c_len), ep, threads);
+        g0 += rows;
+    }
+    bad
+}
+
+/// Rows of A one pass over B takes.
+const GROUP_ROWS: usize = 16;
+
+/// Rows `g` of A (at most [`GROUP_ROWS`]) times B, into the same rows of C.
+fn run_group<K: RowOps, T: Element, C: Element>(
+    kern: K,
+    a: &MatRef<'_, T>,
+    b: &MatRef<'_, T>,
+    g: core::ops::Range<usize>,
+    (cptr, c_len): (super::blis::CPtr<C>, usize),
+    ep: &Epilogue<'_>,
+    threads: usize,
+) -> usize {
+    let (m, k, n) = (g.len(), a.cols, b.cols);
     // Rows of the kernel's tile: A and the accumulators are padded to it.
     let mp = kern.gemv_rows(m);
     assert!(mp >= m && mp < 2 * m, "gemv_rows({m}) = {mp}");
@@ -162,7 +204,7 @@ pub(crate) fn run<K: RowOps, T: Element, C: Element>(
     let mut xt = vec![0.0f32; k * mp];
     for r in 0..m {
         for l in 0..k {
-            xt[l * mp + r] = a.at(r, l).to_f32();
+            xt[l * mp + r] = a.at(g.start + r, l).to_f32();
         }
     }
     let nb = kern.gemv_cols(mp);
@@ -174,7 +216,6 @@ pub(crate) fn run<K: RowOps, T: Element, C: Element>(
     // Balance: each thread one contiguous range of columns.
     let threads = threads.min(chunks.max(n.div_ceil(256))).max(1);
     let per = n.div_ceil(threads).div_ceil(16) * 16;
-    let (cptr, c_len) = c_ptr(c);
     let xt = &xt;
     let work = |t: usize| -> usize {
         let _mode = crate::fp_env::Ieee::enter();
@@ -190,9 +231,10 @@ pub(crate) fn run<K: RowOps, T: Element, C: Element>(
             let bj = &b.data[j0..];
             kern.gemv_block(xt, mp, bj, b.rs, acc, &mut tmp);
             for (r, row) in acc.chunks_mut(w).take(m).enumerate() {
-                // SAFETY: row r < m, columns j0..j0 + w in this thread's own
-                // range lo..hi <= n (shapes checked above; ranges disjoint).
-                bad += unsafe { store_row(kern, ep, row, r, j0, cptr, c_len) };
+                // SAFETY: row g.start + r of C, columns j0..j0 + w in this
+                // thread's own range lo..hi <= n (shapes checked by `run`;
+                // ranges disjoint).
+                bad += unsafe { store_row(kern, ep, row, g.start + r, j0, cptr, c_len) };
             }
         }
         bad

@@ -10,7 +10,7 @@
 //! was.
 
 pub(crate) mod blis;
-mod gemv;
+pub(crate) mod gemv;
 mod packed;
 mod params;
 mod view;
@@ -267,7 +267,8 @@ struct Unpacked<'a, 'p, T: Element, C: Element> {
 impl<T: Element, C: Element> KernelOp for Unpacked<'_, '_, T, C> {
     type Output = Result<GemmReport, Error>;
     fn small_m(&self) -> bool {
-        gemv::applies(&self.a, &self.b) || gemv::dot_applies(&self.a, &self.b)
+        let max = gemv::GEMV_MAX_M;
+        gemv::applies(&self.a, &self.b, max) || gemv::dot_applies(&self.a, &self.b, max)
     }
     fn run<K: Microkernel + RowOps>(self, kern: K) -> Result<GemmReport, Error> {
         let (m, k, n, threads) = (self.a.rows, self.b.rows, self.b.cols, self.threads);
@@ -281,13 +282,13 @@ impl<T: Element, C: Element> KernelOp for Unpacked<'_, '_, T, C> {
             // Nothing to write: B is not even packed.
             return Ok(report(0, K::NAME));
         }
-        let small_m = gemv::applies(&self.a, &self.b) && K::FORMAT == Format::F32;
+        let small_m = gemv::applies(&self.a, &self.b, K::SMALL_M_ROW) && K::FORMAT == Format::F32;
         if small_m {
             preflight(gemv::scratch_bytes(m, k, threads), "a")?;
             let bad = gemv::run(kern, self.a, self.b, self.c, &self.ep, threads);
             return Ok(report(bad, "gemv"));
         }
-        if gemv::dot_applies(&self.a, &self.b) {
+        if gemv::dot_applies(&self.a, &self.b, K::SMALL_M_DOT.max(gemv::GEMV_MAX_M)) {
             preflight(gemv::dot_scratch_bytes(m, n, k), "a")?;
             let bad = gemv::run_dot(self.token, kern, self.a, self.b, self.c, &self.ep, threads);
             return Ok(report(bad, "gemv-dot"));

@@ -231,6 +231,15 @@ pub(crate) trait KernelOp {
 /// portable defaults that an ISA overrides only where it has a faster
 /// instruction.
 pub(crate) trait RowOps: Copy + Send + Sync {
+    /// The most rows of A for which an f32-format kernel streams a large
+    /// row-major B through the small-m path (`gemm::gemv::run`, 16 rows
+    /// of A per pass over B) instead of packing it: up to here one more
+    /// pass over B costs less than packing B for so few rows.
+    const SMALL_M_ROW: usize = crate::gemm::gemv::GEMV_MAX_M;
+    /// The same for a B whose columns are contiguous (`x W^T`,
+    /// `gemm::gemv::run_dot`), where packing B means transposing it.
+    const SMALL_M_DOT: usize = crate::gemm::gemv::GEMV_MAX_M;
+
     /// Widens a contiguous run to f32 (`dst.len() == src.len()`).
     #[inline(always)]
     fn widen<T: Element>(self, src: &[T], dst: &mut [f32]) {

@@ -59,6 +59,11 @@ impl Microkernel for Avx2F32 {
 }
 
 impl RowOps for Avx2F32 {
+    // Where packing B stops costing more than streaming it for each 16
+    // rows of A (BENCHMARKS.md, "Small-m paths up to 128 rows").
+    const SMALL_M_ROW: usize = 48;
+    const SMALL_M_DOT: usize = 128;
+
     #[inline(always)]
     fn widen<T: Element>(self, src: &[T], dst: &mut [f32]) {
         // SAFETY: the token proves AVX2, FMA and F16C.

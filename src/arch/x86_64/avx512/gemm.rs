@@ -39,6 +39,11 @@ impl Microkernel for Avx512F32 {
 }
 
 impl RowOps for Avx512F32 {
+    // Where packing B stops costing more than streaming it for each 16
+    // rows of A (BENCHMARKS.md, "Small-m paths up to 128 rows").
+    const SMALL_M_ROW: usize = 128;
+    const SMALL_M_DOT: usize = 128;
+
     #[inline(always)]
     fn widen<T: Element>(self, src: &[T], dst: &mut [f32]) {
         // SAFETY: the token proves AVX-512 F/BW/VL/DQ (and FMA, F16C).
