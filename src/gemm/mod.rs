@@ -162,19 +162,25 @@ impl Backend {
         let (m, n, k) = check((a.rows, a.cols), (b.rows, b.cols), (c.rows, c.cols), params)?;
         let threads = params.thread_count(m as f64 * n as f64 * k as f64);
         let _mode = crate::fp_env::Ieee::enter();
-        self.token.with_microkernel(
-            T::DTYPE,
-            params.dot,
-            Unpacked {
-                a,
-                b,
-                c,
-                ep: params.epilogue(),
-                threads,
-                isa: self.isa(),
-                token: self.token,
-            },
-        )
+        let op = Unpacked {
+            a,
+            b,
+            c,
+            ep: params.epilogue(),
+            threads,
+            isa: self.isa(),
+            token: self.token,
+        };
+        // A matrix times one column, with A's rows or columns contiguous:
+        // as `x^T A^T` A is streamed once at full vector width (one row of
+        // dot products with A's rows, or one pass over its columns), not
+        // one lane per tile as the small-m path would take B's one column.
+        let op = if n == 1 && m > 1 && (a.cs == 1 || a.rs == 1) {
+            op.transposed()
+        } else {
+            op
+        };
+        self.token.with_microkernel(T::DTYPE, params.dot, op)
     }
 
     /// [`gemm_packed`] on this backend's ISA.
@@ -262,6 +268,19 @@ struct Unpacked<'a, 'p, T: Element, C: Element> {
     /// For the small-m path of a column-major B, which dispatches its
     /// blocks as elementwise operations (`gemv::run_dot`).
     token: crate::isa::Token,
+}
+
+impl<T: Element, C: Element> Unpacked<'_, '_, T, C> {
+    /// `C^T <- B^T A^T` with the epilogue of `C^T`: the same outputs.
+    fn transposed(self) -> Self {
+        Unpacked {
+            a: self.b.t(),
+            b: self.a.t(),
+            c: self.c.t(),
+            ep: self.ep.transposed(),
+            ..self
+        }
+    }
 }
 
 impl<T: Element, C: Element> KernelOp for Unpacked<'_, '_, T, C> {

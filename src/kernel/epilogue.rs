@@ -40,6 +40,17 @@ pub(crate) struct Epilogue<'a> {
 }
 
 impl Epilogue<'_> {
+    /// The same epilogue for `C^T`: a bias per row becomes one per column
+    /// and the other way round.
+    pub(crate) fn transposed(self) -> Self {
+        let bias = match self.bias {
+            Bias::PerRow(b) => Bias::PerCol(b),
+            Bias::PerCol(b) => Bias::PerRow(b),
+            Bias::None => Bias::None,
+        };
+        Epilogue { bias, ..self }
+    }
+
     /// Steps 4 and 5 of the epilogue over outputs `(i, j0..j0 + t.len())`.
     #[inline(always)]
     pub(crate) fn add_bias_and_activate(&self, t: &mut [f32], i: usize, j0: usize) {
