@@ -73,7 +73,7 @@ impl RowOps for Avx2F32 {
     #[inline(always)]
     fn pack_rows<T: Element>(self, rows: &[&[T]], w: usize, dst: &mut [f32]) -> bool {
         // SAFETY: the token proves AVX2, FMA and F16C.
-        w == MR && unsafe { pack_rows(rows, dst) }
+        (w == MR || w == NR) && unsafe { pack_rows(rows, w, dst) }
     }
 
     #[inline(always)]
@@ -251,74 +251,82 @@ fn widen(src: Slice<'_>, dst: &mut [f32]) {
     }
 }
 
-/// [`RowOps::pack_rows`] for an `MR`-lane panel: per 8 slots, 8 values
-/// of each row (zero for missing rows) in an 8 x 8 transpose, and each
-/// slot's 8 lanes stored at its place, the 2 past `MR` overwritten by the
-/// next slot (the last slot of the panel stores 6 lanes, masked). The
-/// next panel's rows are prefetched meanwhile: each panel reads only one
-/// KC block of its rows, streams too short for the hardware prefetcher
-/// to catch before they end (loads of A were about 70% of this pack).
+/// [`RowOps::pack_rows`] for an `MR`-lane panel (A~) or an `NR`-lane one
+/// (B~ of a B with contiguous columns, as `Linear` weights): per 8 slots
+/// and 8 lanes, 8 values of each row (zero for missing rows) in an 8 x 8
+/// transpose, and each slot's 8 lanes stored at its place. In an `MR`
+/// panel the 2 past `MR` are overwritten by the next slot (the last slot
+/// of the panel stores 6 lanes, masked). The next panel's rows are
+/// prefetched meanwhile: each panel reads only one KC block of its rows,
+/// streams too short for the hardware prefetcher to catch before they end
+/// (loads of A were about 70% of this pack).
 #[target_feature(enable = "avx2,fma,f16c")]
-fn pack_rows<T: Element>(rows: &[&[T]], dst: &mut [f32]) -> bool {
+fn pack_rows<T: Element>(rows: &[&[T]], w: usize, dst: &mut [f32]) -> bool {
     let depth = rows.first().map_or(0, |r| r.len());
-    if rows.len() > MR || rows.iter().any(|r| r.len() != depth) || dst.len() < depth * MR {
+    if !(w == MR || w == NR)
+        || rows.len() > w
+        || rows.iter().any(|r| r.len() != depth)
+        || dst.len() < depth * w
+    {
         return false;
     }
-    let dst = &mut dst[..depth * MR];
+    let dst = &mut dst[..depth * w];
     let lanes_6 = _mm256_setr_epi32(-1, -1, -1, -1, -1, -1, 0, 0);
     // Bytes from one row to the next and from this panel to the next one
-    // down, where the rows are evenly spaced (a row-major A): the next
-    // panel's rows are prefetched as these are read.
+    // down, where the rows are evenly spaced (a row-major A, a column-major
+    // B): the next panel's rows are prefetched as these are read.
     let addr = |i: usize| rows.get(i).map_or(0, |r| r.as_ptr() as usize);
     let row_step = addr(1).wrapping_sub(addr(0));
-    let even = rows.len() == MR && (2..MR).all(|i| addr(i).wrapping_sub(addr(i - 1)) == row_step);
-    let panel_step = if even { row_step.wrapping_mul(MR) } else { 0 };
-    let mut s = 0;
-    while s + 8 <= depth {
-        if even {
-            for row in rows {
-                // A prefetch never faults: past A's last panel it may
-                // point anywhere.
-                let next = row.as_ptr().wrapping_add(s).wrapping_byte_add(panel_step);
-                _mm_prefetch::<_MM_HINT_T0>(next.cast());
-            }
-        }
-        let mut r = [_mm256_setzero_ps(); 8];
-        for (v, row) in r.iter_mut().zip(rows) {
-            // SAFETY: s + 8 <= depth = row.len(): 8 elements read.
-            *v = unsafe {
-                let p = row.as_ptr().add(s);
-                match T::DTYPE {
-                    DType::F32 => _mm256_loadu_ps(p.cast()),
-                    DType::F16 => _mm256_cvtph_ps(_mm_loadu_si128(p.cast())),
-                    // A plain shift, as `widen` does it.
-                    _ => _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(
-                        _mm_loadu_si128(p.cast()),
-                    ))),
-                }
-            };
-        }
-        let t = transpose_8x8(r);
-        for (i, v) in t.iter().enumerate() {
-            let at = (s + i) * MR;
-            // The full store only where at + 8 <= dst.len(); past the
-            // panel's last slot the mask writes lanes 0..6 only.
-            // SAFETY: both stay inside `dst`: at + 6 = (s + i + 1) * MR <=
-            // depth * MR = dst.len().
-            unsafe {
-                let p = dst.as_mut_ptr().add(at);
-                if at + 8 <= dst.len() {
-                    _mm256_storeu_ps(p, *v);
-                } else {
-                    _mm256_maskstore_ps(p, lanes_6, *v);
+    let even = rows.len() == w && (2..w).all(|i| addr(i).wrapping_sub(addr(i - 1)) == row_step);
+    let panel_step = if even { row_step.wrapping_mul(w) } else { 0 };
+    for (l0, group) in (0..).step_by(8).zip(rows.chunks(8)) {
+        let mut s = 0;
+        while s + 8 <= depth {
+            if even {
+                for row in group {
+                    // A prefetch never faults: past the last panel it may
+                    // point anywhere.
+                    let next = row.as_ptr().wrapping_add(s).wrapping_byte_add(panel_step);
+                    _mm_prefetch::<_MM_HINT_T0>(next.cast());
                 }
             }
+            let mut r = [_mm256_setzero_ps(); 8];
+            for (v, row) in r.iter_mut().zip(group) {
+                // SAFETY: s + 8 <= depth = row.len(): 8 elements read.
+                *v = unsafe {
+                    let p = row.as_ptr().add(s);
+                    match T::DTYPE {
+                        DType::F32 => _mm256_loadu_ps(p.cast()),
+                        DType::F16 => _mm256_cvtph_ps(_mm_loadu_si128(p.cast())),
+                        // A plain shift, as `widen` does it.
+                        _ => _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(
+                            _mm_loadu_si128(p.cast()),
+                        ))),
+                    }
+                };
+            }
+            let t = transpose_8x8(r);
+            for (i, v) in t.iter().enumerate() {
+                let at = (s + i) * w + l0;
+                // The full store only where at + 8 <= dst.len(); past an
+                // `MR` panel's last slot the mask writes lanes 0..6 only.
+                // SAFETY: l0 + 8 <= w for `NR` (8 | NR), and l0 = 0 with 6
+                // lanes for `MR`: at + min(8, w) <= (s + i + 1) w <= dst.len().
+                unsafe {
+                    let p = dst.as_mut_ptr().add(at);
+                    if at + 8 <= dst.len() {
+                        _mm256_storeu_ps(p, *v);
+                    } else {
+                        _mm256_maskstore_ps(p, lanes_6, *v);
+                    }
+                }
+            }
+            s += 8;
         }
-        s += 8;
-    }
-    for s in s..depth {
-        for (lane, row) in rows.iter().enumerate() {
-            dst[s * MR + lane] = row[s].to_f32();
+        for s in s..depth {
+            for (lane, row) in group.iter().enumerate() {
+                dst[s * w + l0 + lane] = row[s].to_f32();
+            }
         }
     }
     true

@@ -6,7 +6,7 @@ use core::arch::x86_64::*;
 
 use super::super::Avx512;
 use crate::arch::generic::gemv::{GemvBlock, block_cols, takes};
-use crate::element::{Element, Slice};
+use crate::element::{DType, Element, Slice};
 use crate::kernel::gemm::StoreBlock;
 use crate::kernel::gemm::{
     Format, Microkernel, RowOps, generic_axpy_rows, generic_axpy_rows4, generic_gemv_block,
@@ -48,6 +48,12 @@ impl RowOps for Avx512F32 {
     fn widen<T: Element>(self, src: &[T], dst: &mut [f32]) {
         // SAFETY: the token proves AVX-512 F/BW/VL/DQ (and FMA, F16C).
         unsafe { widen(T::slice(src), dst) }
+    }
+
+    #[inline(always)]
+    fn pack_rows<T: Element>(self, rows: &[&[T]], w: usize, dst: &mut [f32]) -> bool {
+        // SAFETY: as above.
+        unsafe { pack_rows(rows, w, dst) }
     }
 
     #[inline(always)]
@@ -268,6 +274,66 @@ pub(crate) fn pack_pairs(rows: &[&[half::bf16]], w: usize, dst: &mut [f32]) -> b
 
 /// bf16 ahead of the pairs being packed that [`pack_pairs`] prefetches.
 const PAIRS_AHEAD: usize = 256;
+
+/// [`RowOps::pack_rows`] for a panel of a multiple of 16 lanes (B~ of a B
+/// with contiguous columns, as `Linear` weights, in the f32 format): per
+/// 16 lanes and 16 slots, 16 values of each row widened (zero for missing
+/// rows), a 16 x 16 transpose, and each slot's 16 lanes stored at its
+/// place; the slots past the last 16 one by one. Element by element, the
+/// packing of such a B cost more than the products for up to ~128 rows
+/// of A (BENCHMARKS.md, "Small-m paths up to 128 rows"). Other widths
+/// (the `MR` of A~) return `false`.
+///
+/// [`RowOps::pack_rows`]: crate::kernel::gemm::RowOps::pack_rows
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")]
+fn pack_rows<T: Element>(rows: &[&[T]], w: usize, dst: &mut [f32]) -> bool {
+    let depth = rows.first().map_or(0, |r| r.len());
+    if rows.len() > w
+        || !w.is_multiple_of(16)
+        || rows.iter().any(|r| r.len() != depth)
+        || dst.len() < depth * w
+    {
+        return false;
+    }
+    let blocked = depth / 16 * 16;
+    let ahead = PAIRS_AHEAD * 2 / size_of::<T>();
+    for (l0, group) in (0..).step_by(16).zip(rows.chunks(16)) {
+        for s0 in (0..blocked).step_by(16) {
+            let mut r = [_mm512_setzero_si512(); 16];
+            for (v, row) in r.iter_mut().zip(group) {
+                // Each row's line 512 bytes ahead (into the next KC block
+                // of the column, which the next call packs).
+                _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().wrapping_add(s0 + ahead).cast());
+                let p = row.as_ptr().wrapping_add(s0);
+                // SAFETY: s0 + 16 <= blocked <= depth = row.len(): 16
+                // elements read.
+                *v = unsafe {
+                    match T::DTYPE {
+                        DType::F32 => _mm512_loadu_si512(p.cast()),
+                        DType::F16 => {
+                            _mm512_castps_si512(_mm512_cvtph_ps(_mm256_loadu_si256(p.cast())))
+                        }
+                        // A plain shift, as `widen` does it.
+                        _ => _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(
+                            p.cast(),
+                        ))),
+                    }
+                };
+            }
+            for (i, v) in transpose_16x16(r).into_iter().enumerate() {
+                // SAFETY: l0 + 16 <= w (16 | w, l0 < w) and s0 + i < depth:
+                // (s0 + i) w + l0 + 16 <= depth w <= dst.len(); 64 bytes.
+                unsafe { _mm512_storeu_si512(dst.as_mut_ptr().add((s0 + i) * w + l0).cast(), v) };
+            }
+        }
+        for s in blocked..depth {
+            for (lane, row) in group.iter().enumerate() {
+                dst[s * w + l0 + lane] = row[s].to_f32();
+            }
+        }
+    }
+    true
+}
 
 /// Column `c` of the 16 x 16 matrix of 32-bit words whose row `i` is
 /// `r[i]`, as vector `c`: words interleaved within 128-bit lanes (rows in
