@@ -62,7 +62,7 @@ impl RowOps for Avx2F32 {
     // Where packing B stops costing more than streaming it for each 16
     // rows of A (BENCHMARKS.md, "Small-m paths up to 128 rows").
     const SMALL_M_ROW: usize = 48;
-    const SMALL_M_DOT: usize = 128;
+    const SMALL_M_DOT: usize = 48;
 
     #[inline(always)]
     fn widen<T: Element>(self, src: &[T], dst: &mut [f32]) {
