@@ -553,10 +553,16 @@ fn threads_agree() {
         .build()
         .unwrap();
     for backend in backends() {
-        for _ in 0..6 {
-            let (m, n, k) = (1 + rng.below(300), 1 + rng.below(300), rng.below(600));
-            let a: Mat<bf16> = Mat::new_any(&mut rng, m, k, 4, 1.0);
-            let b: Mat<bf16> = Mat::new_any(&mut rng, k, n, 4, 1.0);
+        // Six random shapes, then the small-m path's column blocks dealt
+        // out to the threads (row-major B, several blocks per thread).
+        let small = [(1, 3000, 40), (16, 1100, 33), (5, 700, 20)];
+        for i in 0..6 + small.len() {
+            let ((m, n, k), layouts) = match small.get(i.wrapping_sub(6)) {
+                Some(&shape) => (shape, 1),
+                None => ((1 + rng.below(300), 1 + rng.below(300), rng.below(600)), 4),
+            };
+            let a: Mat<bf16> = Mat::new_any(&mut rng, m, k, layouts, 1.0);
+            let b: Mat<bf16> = Mat::new_any(&mut rng, k, n, layouts, 1.0);
             let mut outs = Vec::new();
             for threads in [
                 Threads::Single,
