@@ -212,11 +212,12 @@ fn run_group<K: RowOps, T: Element, C: Element>(
         nb % 16 == 0 && nb > 0 && (mp + 4) * nb <= GEMV_BLOCK_FLOATS,
         "gemv_cols"
     );
-    // Blocks of at most `nb` columns, at least 256 wide when that gives
-    // every thread one; thread t takes blocks t, t + threads, ...: the
-    // threads read neighbouring pieces of the same B rows at about the
-    // same time (contiguous ranges per thread had each stream pieces of
-    // rows far apart, and two threads ran at 1.1-1.4x one).
+    // Blocks of `nb` columns, narrower (down to 256) where that gives each
+    // thread one; thread t takes blocks t, t + threads, ...: the threads
+    // read neighbouring pieces of the same B rows at about the same time,
+    // where one contiguous range per thread had them stream pieces of
+    // rows far apart, which scaled worse (BENCHMARKS.md, "Small-m column
+    // blocks dealt out to the threads").
     let per = n.div_ceil(threads.max(1)).div_ceil(16) * 16;
     let bw = nb.min(per.max(256));
     let blocks = n.div_ceil(bw);

@@ -280,7 +280,7 @@ const PAIRS_AHEAD: usize = 256;
 /// 16 lanes and 16 slots, 16 values of each row widened (zero for missing
 /// rows), a 16 x 16 transpose, and each slot's 16 lanes stored at its
 /// place; the slots past the last 16 one by one. Element by element, the
-/// packing of such a B cost more than the products for up to ~128 rows
+/// packing of such a B cost more than the products for a few dozen rows
 /// of A (BENCHMARKS.md, "Small-m paths up to 128 rows"). Other widths
 /// (the `MR` of A~) return `false`.
 ///
