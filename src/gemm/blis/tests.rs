@@ -352,34 +352,75 @@ fn pairs_match_definition<K: RowOps>(kern: K, next: &mut dyn FnMut() -> u64) {
         let data: Vec<bf16> = (0..rows * rs)
             .map(|_| bf16::from_bits(next() as u16))
             .collect();
-        let v = MatRef::strided(&data, rows, cols, rs, 1).unwrap();
-        for w in [32, 16, 24] {
-            for (l0, d0) in [(0, 0), (rows / 2, 1), (1, cols / 3)] {
-                let depth = cols - d0;
-                let lanes = w.min(rows - l0);
-                let nslots = Format::Bf16Pairs.slots(depth);
-                let mut dst = vec![f32::from_bits(0x7FC0_DEAD); nslots * w];
-                let mut tmp = Vec::new();
-                let fmt = Format::Bf16Pairs;
-                pack_panel(kern, v, l0, lanes, d0, depth, w, fmt, &mut dst, &mut tmp);
+        let shape = (rows, cols, rs);
+        each_packed_window(
+            kern,
+            &data,
+            shape,
+            &[32, 16, 24],
+            Format::Bf16Pairs,
+            |p, dst| {
                 let bits = |lane: usize, d: usize| -> u32 {
-                    if lane < lanes && d < depth {
-                        u32::from(data[(l0 + lane) * rs + d0 + d].to_bits())
+                    if lane < p.lanes && d < p.depth {
+                        u32::from(data[(p.l0 + lane) * rs + p.d0 + d].to_bits())
                     } else {
                         0
                     }
                 };
-                for s in 0..nslots {
-                    for lane in 0..w {
+                for s in 0..Format::Bf16Pairs.slots(p.depth) {
+                    for lane in 0..p.w {
                         let want = bits(lane, 2 * s) | bits(lane, 2 * s + 1) << 16;
                         assert_eq!(
-                            dst[s * w + lane].to_bits(),
+                            dst[s * p.w + lane].to_bits(),
                             want,
-                            "{rows}x{cols} rs {rs}, w {w}, lanes {l0}+{lanes}, depth {d0}+{depth}: slot {s} lane {lane}"
+                            "{rows}x{cols} rs {rs}, {p:?}: slot {s} lane {lane}"
                         );
                     }
                 }
-            }
+            },
+        );
+    }
+}
+
+/// One window of a packing test: lanes `l0..l0 + lanes` of a panel `w`
+/// wide, depth `d0..d0 + depth`.
+#[derive(Debug)]
+struct Window {
+    l0: usize,
+    lanes: usize,
+    d0: usize,
+    depth: usize,
+    w: usize,
+}
+
+/// Packs, at each width, the windows the packing tests check of the
+/// `rows x cols` matrix in `data` (row stride `rs`, depth along rows):
+/// from lane 0, half-way down and lane 1; from depth 0, 1 and a third in,
+/// to the end. Each lands in a poisoned destination handed to `check`.
+fn each_packed_window<K: RowOps, T: Element>(
+    kern: K,
+    data: &[T],
+    (rows, cols, rs): (usize, usize, usize),
+    widths: &[usize],
+    fmt: Format,
+    mut check: impl FnMut(&Window, &[f32]),
+) {
+    let v = MatRef::strided(data, rows, cols, rs, 1).unwrap();
+    for &w in widths {
+        for (l0, d0) in [(0, 0), (rows / 2, 1), (1, cols / 3)] {
+            let depth = cols - d0;
+            let lanes = w.min(rows - l0);
+            let mut dst = vec![f32::from_bits(0x7FC0_DEAD); fmt.slots(depth) * w];
+            let mut tmp = Vec::new();
+            pack_panel(kern, v, l0, lanes, d0, depth, w, fmt, &mut dst, &mut tmp);
+            let window = Window {
+                l0,
+                lanes,
+                d0,
+                depth,
+                w,
+            };
+            check(&window, &dst);
         }
     }
 }
@@ -403,7 +444,7 @@ fn f32_packing_of_contiguous_lanes_matches_widening() {
         }
     }
     let mut next = fresh_rng();
-    widening_matches_definition::<_, f32>(ScalarKernel, &mut next);
+    Check(&mut next).kernel(ScalarKernel);
     each_microkernel(&mut Check(&mut next));
 }
 
@@ -415,41 +456,30 @@ fn widening_matches_definition<K: RowOps, T: Element>(kern: K, next: &mut dyn Fn
     for (rows, cols, rs_pad) in [(40, 100, 0), (33, 300, 3), (32, 65, 1), (7, 31, 2)] {
         let rs = cols + rs_pad;
         let data: Vec<T> = (0..rows * rs).map(|_| from_bits(next())).collect();
-        let v = MatRef::strided(&data, rows, cols, rs, 1).unwrap();
-        for w in [6, 14, 16, 32, 24] {
-            for (l0, d0) in [(0, 0), (rows / 2, 1), (1, cols / 3)] {
-                let depth = cols - d0;
-                let lanes = w.min(rows - l0);
-                let mut dst = vec![f32::from_bits(0x7FC0_DEAD); depth * w];
-                let mut tmp = Vec::new();
-                pack_panel(
-                    kern,
-                    v,
-                    l0,
-                    lanes,
-                    d0,
-                    depth,
-                    w,
-                    Format::F32,
-                    &mut dst,
-                    &mut tmp,
-                );
-                for s in 0..depth {
-                    for lane in 0..w {
-                        let want = if lane < lanes {
-                            data[(l0 + lane) * rs + d0 + s].to_f32()
+        let shape = (rows, cols, rs);
+        each_packed_window(
+            kern,
+            &data,
+            shape,
+            &[6, 14, 16, 32, 24],
+            Format::F32,
+            |p, dst| {
+                for s in 0..p.depth {
+                    for lane in 0..p.w {
+                        let want = if lane < p.lanes {
+                            data[(p.l0 + lane) * rs + p.d0 + s].to_f32()
                         } else {
                             0.0
                         };
-                        let got = dst[s * w + lane];
+                        let got = dst[s * p.w + lane];
                         assert!(
                             got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
-                            "{:?} {rows}x{cols} rs {rs}, w {w}, lanes {l0}+{lanes}, depth {d0}+{depth}: slot {s} lane {lane}: {got:e} want {want:e}",
+                            "{:?} {rows}x{cols} rs {rs}, {p:?}: slot {s} lane {lane}: {got:e} want {want:e}",
                             T::DTYPE
                         );
                     }
                 }
-            }
-        }
+            },
+        );
     }
 }
