@@ -1,5 +1,6 @@
 //! Times `halfkern::gemm` for bf16 x bf16 -> f32 (or bf16 with `--out
-//! bf16`, what `torch.matmul` returns for bf16 inputs), `m x k` times
+//! bf16`, what `torch.matmul` returns for bf16 inputs; `--dtype f16` or
+//! `--dtype f32` for those inputs), `m x k` times
 //! `k x n` (square `n` unless `--m`/`--k` say otherwise), packing included:
 //! the median of `reps` calls after two warm-up calls.
 //!
@@ -27,13 +28,13 @@
 
 use std::time::Instant;
 
-use halfkern::{Element, Gemm, GemmReport, MatMut, MatRef, PackedB, Threads, bf16};
+use halfkern::{Element, Gemm, GemmReport, MatMut, MatRef, PackedB, Threads, bf16, f16};
 
 /// What to time: one square GEMM of `n`.
-struct Case<'a> {
-    a: &'a [bf16],
-    b: &'a [bf16],
-    pb: &'a PackedB<bf16>,
+struct Case<'a, T: Element> {
+    a: &'a [T],
+    b: &'a [T],
+    pb: &'a PackedB<T>,
     m: usize,
     n: usize,
     k: usize,
@@ -49,7 +50,7 @@ enum Form {
     Packed,
 }
 
-impl Case<'_> {
+impl<T: Element> Case<'_, T> {
     fn run<C: Element>(&self, c: &mut [C]) -> Result<GemmReport, halfkern::Error> {
         let (m, n, k) = (self.m, self.n, self.k);
         let (av, cv) = (
@@ -105,6 +106,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (mut m, mut k) = (None, None);
     let (mut json, mut out_bf16, mut serve) = (false, false, false);
     let mut form = Form::Row;
+    let mut dtype = String::from("bf16");
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || -> Result<usize, Box<dyn std::error::Error>> {
@@ -129,6 +131,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
             }
             "--serve" => serve = true,
+            "--dtype" => dtype = args.next().unwrap_or_default(),
             "--out" => match args.next().as_deref() {
                 Some("f32") => out_bf16 = false,
                 Some("bf16") => out_bf16 = true,
@@ -137,22 +140,67 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             _ => return Err(format!("unknown argument {arg}; see the file's docs").into()),
         }
     }
+    let (m, k) = (m.unwrap_or(n), k.unwrap_or(n));
+    let params = Gemm::new().threads(if threads <= 1 {
+        Threads::Single
+    } else {
+        Threads::Count(threads)
+    });
+    let opts = Opts {
+        m,
+        n,
+        k,
+        form,
+        json,
+        out_bf16,
+        serve,
+        reps,
+    };
+    match dtype.as_str() {
+        "bf16" => time_inputs::<bf16>(&opts, &params),
+        "f16" => time_inputs::<f16>(&opts, &params),
+        "f32" => time_inputs::<f32>(&opts, &params),
+        other => Err(format!("--dtype takes bf16, f16 or f32, not {other:?}").into()),
+    }
+}
+
+/// The command line, parsed.
+struct Opts {
+    m: usize,
+    n: usize,
+    k: usize,
+    form: Form,
+    json: bool,
+    out_bf16: bool,
+    serve: bool,
+    reps: usize,
+}
+
+/// Builds the inputs as `T` and times (or serves) the call.
+fn time_inputs<T: Element>(
+    opts: &Opts,
+    params: &Gemm<'_>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let Opts {
+        m,
+        n,
+        k,
+        form,
+        json,
+        out_bf16,
+        serve,
+        reps,
+    } = *opts;
     // Inputs in [-1, 1) from a fixed LCG: the speed does not depend on them.
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
     let mut next = move || {
         state = state
             .wrapping_mul(6_364_136_223_846_793_005)
             .wrapping_add(1_442_695_040_888_963_407);
-        bf16::from_f32((state >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
+        T::from_f32((state >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
     };
-    let (m, k) = (m.unwrap_or(n), k.unwrap_or(n));
-    let a: Vec<bf16> = (0..m * k).map(|_| next()).collect();
-    let b: Vec<bf16> = (0..k * n).map(|_| next()).collect();
-    let params = Gemm::new().threads(if threads <= 1 {
-        Threads::Single
-    } else {
-        Threads::Count(threads)
-    });
+    let a: Vec<T> = (0..m * k).map(|_| next()).collect();
+    let b: Vec<T> = (0..k * n).map(|_| next()).collect();
     let pb = PackedB::new(MatRef::row_major(&b, k, n)?)?;
     let case = Case {
         a: &a,
@@ -162,7 +210,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         n,
         k,
         form,
-        params: &params,
+        params,
     };
     if serve {
         return if out_bf16 {
@@ -179,7 +227,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = if out_bf16 { "bf16" } else { "f32" };
     let gflops = 2.0 * (m * n * k) as f64 / median / 1e9;
     // Weight bytes per second: what bounds decode shapes.
-    let gbps = (2 * n * k) as f64 / median / 1e9;
+    let gbps = (size_of::<T>() * n * k) as f64 / median / 1e9;
     let b = ["row", "nk", "packed"][form as usize];
     if json {
         println!(
