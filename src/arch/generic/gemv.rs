@@ -50,13 +50,16 @@ pub(crate) fn takes(mp: usize) -> bool {
     matches!(mp, 1 | 2 | 4 | 8 | 16)
 }
 
-/// Columns of one block for `mp` rows on a SIMD ISA: the accumulators in
-/// 32 KiB of L1 (B is widened in registers, so nothing else needs L1), and
-/// for one row the whole of a B row up to 8192 columns, so that each B row
-/// is read from start to end in one stream (half rows ran at 0.8x on the
-/// Zen 4 VM).
-pub(crate) fn block_cols(mp: usize) -> usize {
-    (8192 / mp.max(1)).clamp(16, 8192) / 16 * 16
+/// Columns of one block for `mp` rows on a SIMD ISA whose accumulators
+/// get `l1_floats` of L1 (B is widened in registers, so little else needs
+/// L1), and for one row the whole of a B row up to 8192 columns, so that
+/// each B row is read from start to end in one stream (half rows ran at
+/// 0.8x on the Zen 4 VM).
+pub(crate) fn block_cols(mp: usize, l1_floats: usize) -> usize {
+    if mp <= 1 {
+        return 8192;
+    }
+    (l1_floats / mp).clamp(16, 8192) / 16 * 16
 }
 
 impl<T: Element> SimdOp for GemvBlock<'_, T> {
@@ -87,46 +90,50 @@ impl<T: Element> SimdOp for GemvBlock<'_, T> {
     }
 }
 
-/// The tile for `mp` rows on this ISA, as `(R, V, G)`: `G` groups of `R`
-/// rows by `V` vectors. With 16 registers (AVX2) at most 8 accumulators,
-/// 4 x 2: 8 x 1 (as many chains as FMA latency times ports) ran at
-/// 0.75-0.85x of it and 4 x 3 spilled. With 32 (AVX-512, NEON), one row
-/// takes 8 vectors of 16 lanes (16, bf16 and f16 fetching 512 bytes of a
-/// row per visit as f32 does, ran at 0.9x) or 16 of 4; 8 rows 24
-/// accumulators (8 x 2 ran at 0.9x); 16 rows on AVX-512 one group of
-/// 16 x 1 (two of 8 x 3 and four of 4 x 4 ran alike).
+/// The tile for `mp` rows on this ISA, as `(R, RN, V, G)`: `G` groups
+/// of rows by `V` vectors, the first of `R` rows and the others of `RN`.
+/// With 16 registers (AVX2) at most 12 accumulators: 16 rows in groups
+/// of 6, 5 and 5 by two vectors (12, 10 and 10 chains, room for the FMA
+/// latency; four groups of 4 x 2, 8 chains, ran at 0.85-0.9x in cache),
+/// fewer rows 4 x 2 (8 x 1 ran at 0.75-0.85x of it and 4 x 3 spilled).
+/// With 32 (AVX-512, NEON), one row takes 8 vectors of 16 lanes (16,
+/// bf16 and f16 fetching 512 bytes of a row per visit as f32 does, ran at
+/// 0.9x) or 16 of 4; 8 rows 24 accumulators (8 x 2 ran at 0.9x); 16 rows
+/// on AVX-512 one group of 16 x 1 (two of 8 x 3 and four of 4 x 4 ran
+/// alike).
 #[inline(always)]
 fn tiles_for<S: F32Simd, U: Io>(s: S, x: &[f32], mp: usize, b: &[U], rs: usize, y: &mut [f32]) {
     let wide = S::REGISTERS >= 32;
     match (mp, wide, S::LANES >= 16) {
-        (1, true, false) => tiles::<S, U, 1, 16, 1>(s, x, b, rs, y),
-        (1, _, _) => tiles::<S, U, 1, 8, 1>(s, x, b, rs, y),
-        (2, true, _) => tiles::<S, U, 2, 8, 1>(s, x, b, rs, y),
-        (2, false, _) => tiles::<S, U, 2, 4, 1>(s, x, b, rs, y),
-        (4, true, _) => tiles::<S, U, 4, 4, 1>(s, x, b, rs, y),
-        (4, false, _) => tiles::<S, U, 4, 2, 1>(s, x, b, rs, y),
-        (8, true, _) => tiles::<S, U, 8, 3, 1>(s, x, b, rs, y),
-        (8, false, _) => tiles::<S, U, 4, 2, 2>(s, x, b, rs, y),
-        (16, true, true) => tiles::<S, U, 16, 1, 1>(s, x, b, rs, y),
-        (16, true, false) => tiles::<S, U, 8, 3, 2>(s, x, b, rs, y),
-        (16, false, _) => tiles::<S, U, 4, 2, 4>(s, x, b, rs, y),
+        (1, true, false) => tiles::<S, U, 1, 1, 16, 1>(s, x, b, rs, y),
+        (1, _, _) => tiles::<S, U, 1, 1, 8, 1>(s, x, b, rs, y),
+        (2, true, _) => tiles::<S, U, 2, 2, 8, 1>(s, x, b, rs, y),
+        (2, false, _) => tiles::<S, U, 2, 2, 4, 1>(s, x, b, rs, y),
+        (4, true, _) => tiles::<S, U, 4, 4, 4, 1>(s, x, b, rs, y),
+        (4, false, _) => tiles::<S, U, 4, 4, 2, 1>(s, x, b, rs, y),
+        (8, true, _) => tiles::<S, U, 8, 8, 3, 1>(s, x, b, rs, y),
+        (8, false, _) => tiles::<S, U, 4, 4, 2, 2>(s, x, b, rs, y),
+        (16, true, true) => tiles::<S, U, 16, 16, 1, 1>(s, x, b, rs, y),
+        (16, true, false) => tiles::<S, U, 8, 8, 3, 2>(s, x, b, rs, y),
+        (16, false, _) => tiles::<S, U, 6, 5, 2, 3>(s, x, b, rs, y),
         _ => unreachable!("GemvBlock: {mp} rows"),
     }
 }
 
 /// The block in passes of B rows and strips of `V` vectors (the last
 /// columns in strips of one vector, the final one partial), every group of
-/// `R` rows over each strip before the next strip: the later groups find
-/// the pass's B in L1.
+/// rows over each strip before the next strip: the later groups find the
+/// pass's B in L1.
 #[inline(always)]
-fn tiles<S: F32Simd, U: Io, const R: usize, const V: usize, const G: usize>(
+fn tiles<S: F32Simd, U: Io, const R: usize, const RN: usize, const V: usize, const G: usize>(
     s: S,
     x: &[f32],
     b: &[U],
     rs: usize,
     y: &mut [f32],
 ) {
-    let (k, w) = crate::kernel::gemm::gemv_block_shape(x, R * G, b, rs, y);
+    let mp = R + RN * (G - 1);
+    let (k, w) = crate::kernel::gemm::gemv_block_shape(x, mp, b, rs, y);
     if k == 0 {
         y.fill(0.0);
         return;
@@ -135,9 +142,9 @@ fn tiles<S: F32Simd, U: Io, const R: usize, const V: usize, const G: usize>(
     // probe reads; 16 and 4 ran slower), 16 for 16 rows, whose tile
     // reload per pass costs more, and one for a single row of A over
     // 2-byte elements (see the module docs).
-    let pass = if R * G >= 16 && S::REGISTERS >= 32 {
+    let pass = if mp >= 16 && S::REGISTERS >= 32 {
         16
-    } else if R * G == 1 && size_of::<U>() == 2 {
+    } else if mp == 1 && size_of::<U>() == 2 {
         1
     } else {
         8
@@ -155,15 +162,19 @@ fn tiles<S: F32Simd, U: Io, const R: usize, const V: usize, const G: usize>(
         let rows = l0..(l0 + pass).min(k);
         let mut j = 0;
         while j + V * lanes <= w {
-            for g in 0..G {
-                strip::<S, U, R, V>(s, &job, y, j, V * lanes, &rows, g * R, R * G);
+            strip::<S, U, R, V>(s, &job, y, j, V * lanes, &rows, 0, mp);
+            for g in 1..G {
+                let r0 = R + (g - 1) * RN;
+                strip::<S, U, RN, V>(s, &job, y, j, V * lanes, &rows, r0, mp);
             }
             j += V * lanes;
         }
         while j < w {
             let width = lanes.min(w - j);
-            for g in 0..G {
-                strip::<S, U, R, 1>(s, &job, y, j, width, &rows, g * R, R * G);
+            strip::<S, U, R, 1>(s, &job, y, j, width, &rows, 0, mp);
+            for g in 1..G {
+                let r0 = R + (g - 1) * RN;
+                strip::<S, U, RN, 1>(s, &job, y, j, width, &rows, r0, mp);
             }
             j += lanes;
         }

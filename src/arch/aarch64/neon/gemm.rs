@@ -71,7 +71,7 @@ impl RowOps for NeonF32 {
 
     #[inline(always)]
     fn gemv_cols(self, mp: usize) -> usize {
-        block_cols(mp)
+        block_cols(mp, 8192)
     }
 
     #[inline(always)]

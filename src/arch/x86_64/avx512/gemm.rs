@@ -93,7 +93,7 @@ impl RowOps for Avx512F32 {
 
     #[inline(always)]
     fn gemv_cols(self, mp: usize) -> usize {
-        block_cols(mp)
+        block_cols(mp, 8192)
     }
 
     #[inline(always)]
