@@ -281,6 +281,15 @@ fn rows_of<S: F32Simd, U: Io, const M: usize>(
             }
         };
     }
+    if M == 1 && size_of::<U>() == 2 && S::LANES >= 16 {
+        // One row of A over a 2-byte W on 16 lanes: one W row at a time,
+        // a single stream (see `row_alone`).
+        while j < part.cols.end {
+            row_alone::<S, U>(s, job, part, j, out);
+            j += 1;
+        }
+        return;
+    }
     match per_tile {
         8.. => tiles_of!(8),
         6 | 7 => tiles_of!(6),
@@ -342,6 +351,70 @@ fn tile<S: F32Simd, U: Io, const R: usize, const M: usize>(
             *o = if part.first { x } else { *o + x };
         }
     }
+}
+
+/// Accumulators one W row's k is split over in [`row_alone`].
+const SPLIT: usize = 4;
+
+/// Bytes ahead that [`row_alone`] prefetches its W row (into the next
+/// row near the end): a single stream needs more in flight than each of
+/// a tile's eight.
+const ALONE_AHEAD_BYTES: usize = 8 << 10;
+
+/// W row `j` by one row of A over the part's k block, for a 2-byte W on
+/// 16 lanes: W is then read as one stream, row after row, which DRAM
+/// serves faster than a tile's eight interleaved rows (as one B row per
+/// pass does for the row-major kernel; BENCHMARKS.md, "One W row at a
+/// time"). The k block is split over [`SPLIT`] accumulators (vector `v`
+/// of each group of `SPLIT` into accumulator `v`, the tail's vectors into
+/// the first ones), so that the FMA chains overlap; they are added
+/// pairwise and reduced into `out[r0 * cols + j]`. On 8 lanes (AVX2) the
+/// widening of 16 bytes at a time bounds one stream below eight rows.
+#[inline(always)]
+fn row_alone<S: F32Simd, U: Io>(
+    s: S,
+    job: &Job<'_, U>,
+    part: &Part<'_>,
+    j: usize,
+    out: &mut [f32],
+) {
+    let (k0, k1, kp, lanes) = (part.depth.start, part.depth.end, job.kp, S::LANES);
+    let w = &job.w[j * job.ws + k0..][..k1 - k0];
+    let a = &part.a[k0..][..kp - k0];
+    let len = k1 - k0;
+    assert!(kp - k0 >= len);
+    let mut acc = [s.splat(0.0); SPLIT];
+    let line = 64 / size_of::<U>();
+    let ahead = ALONE_AHEAD_BYTES / size_of::<U>();
+    let mut at = 0;
+    while at + SPLIT * lanes <= len {
+        for (v, acc) in acc.iter_mut().enumerate() {
+            let o = at + v * lanes;
+            if o.is_multiple_of(line) {
+                let p = o + ahead;
+                let skip = if p < len { p } else { job.ws + p - len };
+                s.prefetch_l2(w.as_ptr().wrapping_add(skip).cast());
+            }
+            *acc = s.fma(s.load(&a[o..]), U::load_arith(s, &w[o..]), *acc);
+        }
+        at += SPLIT * lanes;
+    }
+    let mut v = 0;
+    while at < len {
+        let wv = if at + lanes <= len {
+            U::load_arith(s, &w[at..])
+        } else {
+            // W's lanes past k load as zero (A is zero there).
+            U::load_tail(s, &w[at..])
+        };
+        acc[v] = s.fma(s.load(&a[at..]), wv, acc[v]);
+        at += lanes;
+        v += 1;
+    }
+    let sum = s.add(s.add(acc[0], acc[1]), s.add(acc[2], acc[3]));
+    let o = &mut out[part.r0 * job.cols + j];
+    let x = s.reduce_sum(sum);
+    *o = if part.first { x } else { *o + x };
 }
 
 /// One vector of k at `at` into the tile's accumulators: A's `M` vectors
