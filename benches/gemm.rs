@@ -2,7 +2,9 @@
 //! avx512bf16), bf16/f16/f32 inputs into f32 C, row-major, packing
 //! included, 1 and 2 threads, with the `gemm` crate 0.19 (f16, f32) beside
 //! it, and OpenBLAS's `cblas_sgemm` (f32) with the feature `openblas-peer`
-//! (`benches/common/openblas.rs`). `square-same-c` writes C in the inputs' type instead (bf16 C is what
+//! (`benches/common/openblas.rs`); the `gemm` crate is built with its
+//! `x86-v4` feature, so it runs its AVX-512 kernels where the CPU has
+//! them. `square-same-c` writes C in the inputs' type instead (bf16 C is what
 //! `torch.matmul` returns; f16 C is the `gemm` crate's native f16 form), so
 //! the epilogue's rounding and stores are timed against the peer too.
 //! Criterion's "elements" are flops (2 m n k), so its throughput reads as
@@ -235,15 +237,23 @@ fn square_same_c(c: &mut Criterion) {
     }
 }
 
-/// Decode shapes, and m = 32: past 16 rows a B this large is still
-/// streamed (16 rows per pass) by the f32-widening kernels on x86.
+/// Decode shapes, and m = 32 and 128: past 16 rows a B this large is
+/// still streamed (16 rows per pass) by the f32-widening kernels on x86
+/// (AVX2 up to 48 rows, AVX-512 up to 128). `onecol` is one column of C
+/// (n = 1), which runs as `x^T A^T`: dot products with A's rows.
 fn small_m(c: &mut Criterion) {
-    for m in [1usize, 16, 32] {
-        let (n, k) = (4096, 4096);
-        one::<bf16, f32>(c, "smallm", m, n, k, &[]);
+    for (group, m, n) in [
+        ("smallm", 1usize, 4096usize),
+        ("smallm", 16, 4096),
+        ("smallm", 32, 4096),
+        ("smallm", 128, 4096),
+        ("onecol", 4096, 1),
+    ] {
+        let k = 4096;
+        one::<bf16, f32>(c, group, m, n, k, &[]);
         let p = peer_f16(m, n, k);
-        one::<f16, f32>(c, "smallm", m, n, k, &[(GEMM_CRATE, &p)]);
-        run_f32(c, "smallm", m, n, k);
+        one::<f16, f32>(c, group, m, n, k, &[(GEMM_CRATE, &p)]);
+        run_f32(c, group, m, n, k);
     }
 }
 

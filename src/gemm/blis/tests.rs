@@ -330,8 +330,8 @@ fn bf16_rows_packing_matches_its_definition() {
 /// weights: lanes are W's rows, depth runs along them) against its
 /// definition, for every kernel the machine has (the AVX-512 transpose of
 /// `RowOps::pack_pairs` on `avx512bf16`/`amx`) and the scalar one (the
-/// pair-by-pair loop): widths of 32 and 16 and 24 (which no transpose
-/// takes), edge lanes, misaligned starts, depths with and without a tail
+/// pair-by-pair loop): widths of 32 and 16, 14 (A~'s `MR` on AVX-512,
+/// masked stores) and 24 (which no transpose takes), edge lanes, misaligned starts, depths with and without a tail
 /// of slots and odd ones; fresh random bits, a poisoned destination.
 #[test]
 fn bf16_pairs_packing_of_contiguous_lanes_matches_its_definition() {
@@ -357,7 +357,7 @@ fn pairs_match_definition<K: RowOps>(kern: K, next: &mut dyn FnMut() -> u64) {
             kern,
             &data,
             shape,
-            &[32, 16, 24],
+            &[32, 16, 14, 24],
             Format::Bf16Pairs,
             |p, dst| {
                 let bits = |lane: usize, d: usize| -> u32 {

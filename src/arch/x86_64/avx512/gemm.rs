@@ -236,7 +236,7 @@ pub(crate) fn pack_pairs(rows: &[&[half::bf16]], w: usize, dst: &mut [f32]) -> b
     let depth = rows.first().map_or(0, |r| r.len());
     let slots = depth.div_ceil(2);
     if rows.len() > w
-        || !w.is_multiple_of(16)
+        || !(w.is_multiple_of(16) || w < 16)
         || rows.iter().any(|r| r.len() != depth)
         || dst.len() < slots * w
     {
@@ -256,9 +256,10 @@ pub(crate) fn pack_pairs(rows: &[&[half::bf16]], w: usize, dst: &mut [f32]) -> b
                 *v = unsafe { _mm512_loadu_si512(run.as_ptr().add(2 * s0).cast()) };
             }
             for (i, v) in transpose_16x16(r).into_iter().enumerate() {
-                // SAFETY: s0 + i < slots and l0 + 16 <= w (16 | w, l0 < w), so
-                // (s0 + i) w + l0 + 16 <= slots w <= dst.len(): 64 bytes.
-                unsafe { _mm512_storeu_si512(dst.as_mut_ptr().add((s0 + i) * w + l0).cast(), v) };
+                // SAFETY: s0 + i < slots and l0 + min(w, 16) <= w (16 | w
+                // and l0 < w, or l0 = 0), so the lanes stored end at or
+                // before (s0 + i + 1) w <= slots w <= dst.len().
+                unsafe { store_lanes(dst.as_mut_ptr().add((s0 + i) * w + l0), w, v) };
             }
         }
         for s in blocked..slots {
@@ -272,24 +273,45 @@ pub(crate) fn pack_pairs(rows: &[&[half::bf16]], w: usize, dst: &mut [f32]) -> b
     true
 }
 
+/// Stores the 16 words of `v` at `dst`, or only the first `w` where a
+/// panel is narrower than 16 lanes (A~'s `MR`).
+///
+/// # Safety
+///
+/// `dst` is valid for `w.min(16)` writes of 4 bytes.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn store_lanes(dst: *mut f32, w: usize, v: __m512i) {
+    if w >= 16 {
+        // SAFETY: 16 words, by the caller's contract.
+        unsafe { _mm512_storeu_si512(dst.cast(), v) }
+    } else {
+        let mask = ((1u32 << w) - 1) as u16;
+        // SAFETY: the first w words only (masked), by the contract.
+        unsafe { _mm512_mask_storeu_epi32(dst.cast(), mask, v) }
+    }
+}
+
 /// bf16 ahead of the pairs being packed that [`pack_pairs`] prefetches.
 const PAIRS_AHEAD: usize = 256;
 
 /// [`RowOps::pack_rows`] for a panel of a multiple of 16 lanes (B~ of a B
-/// with contiguous columns, as `Linear` weights, in the f32 format): per
-/// 16 lanes and 16 slots, 16 values of each row widened (zero for missing
-/// rows), a 16 x 16 transpose, and each slot's 16 lanes stored at its
-/// place; the slots past the last 16 one by one. Element by element, the
-/// packing of such a B cost more than the products for a few dozen rows
-/// of A (BENCHMARKS.md, "Small-m paths up to 128 rows"). Other widths
-/// (the `MR` of A~) return `false`.
+/// with contiguous columns, as `Linear` weights, in the f32 format) or of
+/// fewer (A~ of a row-major A, `MR` lanes): per 16 lanes and 16 slots, 16
+/// values of each row widened (zero for missing rows), a 16 x 16
+/// transpose, and each slot's lanes stored at its place; the slots past
+/// the last 16 one by one. Element by element, the packing of such a B
+/// cost more than the products for a few dozen rows of A, and A~'s was a
+/// visible part of a square f32 GEMM (BENCHMARKS.md, "Small-m paths up to
+/// 128 rows" and "A~ packed by transposes on AVX-512"). Other widths
+/// return `false`.
 ///
 /// [`RowOps::pack_rows`]: crate::kernel::gemm::RowOps::pack_rows
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")]
 fn pack_rows<T: Element>(rows: &[&[T]], w: usize, dst: &mut [f32]) -> bool {
     let depth = rows.first().map_or(0, |r| r.len());
     if rows.len() > w
-        || !w.is_multiple_of(16)
+        || !(w.is_multiple_of(16) || w < 16)
         || rows.iter().any(|r| r.len() != depth)
         || dst.len() < depth * w
     {
@@ -321,9 +343,9 @@ fn pack_rows<T: Element>(rows: &[&[T]], w: usize, dst: &mut [f32]) -> bool {
                 };
             }
             for (i, v) in transpose_16x16(r).into_iter().enumerate() {
-                // SAFETY: l0 + 16 <= w (16 | w, l0 < w) and s0 + i < depth:
-                // (s0 + i) w + l0 + 16 <= depth w <= dst.len(); 64 bytes.
-                unsafe { _mm512_storeu_si512(dst.as_mut_ptr().add((s0 + i) * w + l0).cast(), v) };
+                // SAFETY: l0 + min(w, 16) <= w (as in `pack_pairs`) and
+                // s0 + i < depth: the lanes end by depth w <= dst.len().
+                unsafe { store_lanes(dst.as_mut_ptr().add((s0 + i) * w + l0), w, v) };
             }
         }
         for s in blocked..depth {
