@@ -110,6 +110,7 @@ pub(crate) fn run_dot<K: RowOps, T: Element, C: Element>(
     let (cptr, c_len) = c_ptr(c);
     let aw = &aw;
     let prepared = &std::sync::OnceLock::new();
+    let one_row = m == 1 && crate::arch::generic::dot::one_w_row_at_a_time();
     let work = |t: usize| -> usize {
         let _mode = crate::fp_env::Ieee::enter();
         let (lo, hi) = ((t * per).min(n), ((t + 1) * per).min(n));
@@ -130,6 +131,7 @@ pub(crate) fn run_dot<K: RowOps, T: Element, C: Element>(
             cols,
             out: &mut dots,
             prepared,
+            one_row,
         });
         let mut bad = 0;
         for (r, row) in dots.chunks_exact_mut(cols).enumerate() {

@@ -38,6 +38,10 @@ pub(crate) struct DotBlock<'a, T> {
     pub(crate) cols: usize,
     /// The dot products, `m x cols` row-major.
     pub(crate) out: &'a mut [f32],
+    /// Whether one row of A over a 2-byte W reads W one row at a time
+    /// (see `row_alone`) instead of in tiles of rows, on 16 lanes: the
+    /// driver's choice per CPU ([`one_w_row_at_a_time`]).
+    pub(crate) one_row: bool,
     /// A in a kernel's own form (AMX: A^T in bf16 pairs), made by the first
     /// of one call's threads that needs it and shared by the others.
     #[cfg_attr(
@@ -54,6 +58,18 @@ pub(crate) struct Line(pub(crate) [u16; 32]);
 
 /// The largest multiple of lanes this kernel pads A's rows to.
 pub(crate) const PAD: usize = 16;
+
+/// Whether this CPU's DRAM serves one row of A over a 2-byte W faster as
+/// a single stream, one W row after another, than as a tile's eight
+/// interleaved rows: on AMD Zen 4 about 1.2x, on Intel Emerald Rapids
+/// about 0.65x (BENCHMARKS.md, "One W row at a time"); elsewhere
+/// unmeasured, so tiles.
+pub(crate) fn one_w_row_at_a_time() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return crate::arch::x86_64::amd();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
 
 impl<T: Element> SimdOp for DotBlock<'_, T> {
     type Output = ();
@@ -96,6 +112,7 @@ impl<T: Element> SimdOp for DotBlock<'_, T> {
             k,
             cols,
             out,
+            one_row,
             ..
         } = self;
         match T::slice(w) {
@@ -109,6 +126,7 @@ impl<T: Element> SimdOp for DotBlock<'_, T> {
                     ws,
                     k,
                     cols,
+                    one_row,
                 },
                 out,
             ),
@@ -122,6 +140,7 @@ impl<T: Element> SimdOp for DotBlock<'_, T> {
                     ws,
                     k,
                     cols,
+                    one_row,
                 },
                 out,
             ),
@@ -135,6 +154,7 @@ impl<T: Element> SimdOp for DotBlock<'_, T> {
                     ws,
                     k,
                     cols,
+                    one_row,
                 },
                 out,
             ),
@@ -151,6 +171,7 @@ struct Job<'a, U> {
     ws: usize,
     k: usize,
     cols: usize,
+    one_row: bool,
 }
 
 /// Bytes of A one k block keeps in L1 (half a 32 KiB L1: W's rows pass
@@ -281,9 +302,9 @@ fn rows_of<S: F32Simd, U: Io, const M: usize>(
             }
         };
     }
-    if M == 1 && size_of::<U>() == 2 && S::LANES >= 16 {
-        // One row of A over a 2-byte W on 16 lanes: one W row at a time,
-        // a single stream (see `row_alone`).
+    if M == 1 && job.one_row && size_of::<U>() == 2 && S::LANES >= 16 {
+        // One row of A over a 2-byte W on 16 lanes, where the CPU serves
+        // one stream best: one W row at a time (see `row_alone`).
         while j < part.cols.end {
             row_alone::<S, U>(s, job, part, j, out);
             j += 1;
@@ -362,10 +383,10 @@ const SPLIT: usize = 4;
 const ALONE_AHEAD_BYTES: usize = 8 << 10;
 
 /// W row `j` by one row of A over the part's k block, for a 2-byte W on
-/// 16 lanes: W is then read as one stream, row after row, which DRAM
-/// serves faster than a tile's eight interleaved rows (as one B row per
-/// pass does for the row-major kernel; BENCHMARKS.md, "One W row at a
-/// time"). The k block is split over [`SPLIT`] accumulators (vector `v`
+/// 16 lanes: W is then read as one stream, row after row, which AMD Zen
+/// 4's DRAM serves faster than a tile's eight interleaved rows (as one B
+/// row per pass does for the row-major kernel; Intel's serves the eight
+/// rows faster: [`one_w_row_at_a_time`]). The k block is split over [`SPLIT`] accumulators (vector `v`
 /// of each group of `SPLIT` into accumulator `v`, the tail's vectors into
 /// the first ones), so that the FMA chains overlap; they are added
 /// pairwise and reduced into `out[r0 * cols + j]`. On 8 lanes (AVX2) the
@@ -444,6 +465,83 @@ fn step<S: F32Simd, U: Io, const R: usize, const M: usize>(
         };
         for r in 0..M {
             acc[q][r] = s.fma(av[r], wq, acc[q][r]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use half::{bf16, f16};
+
+    use super::{DotBlock, PAD};
+    use crate::element::Element;
+    use crate::gemm::blis::tests::fresh_rng;
+    use crate::isa::{Backend, Isa};
+
+    /// One row of A against W rows read both ways (one W row at a time,
+    /// and tiles of rows), on every ISA this machine has, for bf16 and
+    /// f16 W: each dot product within the f32 bound of the f64 one. Depths
+    /// around the lane counts and past one k block (4096 for one row),
+    /// W rows starting at odd offsets, fresh random values, a poisoned
+    /// output.
+    #[test]
+    fn one_row_of_a_both_ways_within_the_bound() {
+        let mut next = fresh_rng();
+        for isa in Isa::available() {
+            let token = Backend::new(isa).expect("available").token;
+            for one_row in [true, false] {
+                check::<bf16>(token, one_row, &mut next);
+                check::<f16>(token, one_row, &mut next);
+            }
+        }
+    }
+
+    fn check<T: Element>(token: crate::isa::Token, one_row: bool, next: &mut dyn FnMut() -> u64) {
+        let mut value = || ((next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0;
+        for k in [1usize, 15, 16, 17, 63, 64, 65, 130, 4096 + 37] {
+            let kp = k.next_multiple_of(PAD);
+            let mut a = vec![0f32; kp];
+            for x in &mut a[..k] {
+                *x = T::from_f32(value()).to_f32();
+            }
+            for cols in [1usize, 3, 5] {
+                let (off, ws) = (1, k + 3);
+                let w: Vec<T> = (0..off + cols * ws).map(|_| T::from_f32(value())).collect();
+                let w = &w[off..];
+                let mut out = vec![f32::NAN; cols];
+                token.dot(DotBlock {
+                    a: &a,
+                    m: 1,
+                    kp,
+                    w,
+                    ws,
+                    k,
+                    cols,
+                    out: &mut out,
+                    prepared: &std::sync::OnceLock::new(),
+                    one_row,
+                });
+                for (j, &got) in out.iter().enumerate() {
+                    let row = &w[j * ws..][..k];
+                    let exact: f64 = row
+                        .iter()
+                        .zip(&a)
+                        .map(|(x, &y)| x.to_f32() as f64 * y as f64)
+                        .sum();
+                    let size: f64 = row
+                        .iter()
+                        .zip(&a)
+                        .map(|(x, &y)| (x.to_f32() as f64 * y as f64).abs())
+                        .sum();
+                    let bound =
+                        k as f64 * f32::EPSILON as f64 * size + f64::from(f32::MIN_POSITIVE);
+                    assert!(
+                        (got as f64 - exact).abs() <= bound,
+                        "{token:?} one_row {one_row} {} k {k} col {j}/{cols}: {got} vs {exact} (bound {bound})",
+                        T::DTYPE.name()
+                    );
+                }
+            }
         }
     }
 }

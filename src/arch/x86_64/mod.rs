@@ -48,6 +48,24 @@ pulp::simd_type! {
     }
 }
 
+/// Whether the CPU is AMD's (or Hygon's, the same cores): the kernel
+/// choices that were measured to differ between AMD Zen 4 and Intel
+/// Sapphire/Emerald Rapids ask this, once per process.
+pub(crate) fn amd() -> bool {
+    static AMD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AMD.get_or_init(|| {
+        // CPUID leaf 0 exists on every x86-64 CPU.
+        let v = core::arch::x86_64::__cpuid(0);
+        let vendor = [
+            v.ebx.to_le_bytes(),
+            v.edx.to_le_bytes(),
+            v.ecx.to_le_bytes(),
+        ]
+        .concat();
+        vendor == b"AuthenticAMD" || vendor == b"HygonGenuine"
+    })
+}
+
 impl Avx512 {
     /// Every AVX-512 CPU we target also proves AVX2 + FMA + F16C.
     #[allow(dead_code, reason = "for kernels where 8 lanes beat 16")]

@@ -50,7 +50,7 @@ mod pack;
 mod scratch;
 mod split;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub(in crate::gemm) use crate::kernel::store::{CPtr, store_row};
 pub(crate) use pack::{PackedPanels, pack_b, pack_b_scratch, recycle};

@@ -14,7 +14,7 @@ use half::bf16;
 
 /// 64 random bits per call (splitmix64) from a clock seed, printed so a
 /// failure can be replayed.
-fn fresh_rng() -> impl FnMut() -> u64 {
+pub(crate) fn fresh_rng() -> impl FnMut() -> u64 {
     let mut seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

@@ -67,6 +67,7 @@ pub(crate) fn run<T: Element>(t: Amx, op: DotBlock<'_, T>) {
         cols,
         out,
         prepared,
+        ..
     } = op;
     let Slice::Bf16(w) = T::slice(w_typed) else {
         unreachable!("bf16, checked by `takes`")
@@ -115,6 +116,7 @@ pub(crate) fn run<T: Element>(t: Amx, op: DotBlock<'_, T>) {
             cols: rest,
             out: &mut dots,
             prepared,
+            one_row: false,
         };
         crate::arch::x86_64::avx512::run(t.avx512bf16().avx512(), op);
         for c in 0..m {

@@ -144,13 +144,5 @@ fn kernel(slots: usize, a: &[f32], b: &[f32], tile: &mut [f32], accumulate: bool
 /// Other machines). Unknown vendors widen: never far behind the dot
 /// kernel, and no denormal flushing.
 pub(crate) fn dot_is_faster() -> bool {
-    // SAFETY: CPUID leaf 0 exists on every x86-64 CPU.
-    let v = __cpuid(0);
-    let vendor = [
-        v.ebx.to_le_bytes(),
-        v.edx.to_le_bytes(),
-        v.ecx.to_le_bytes(),
-    ]
-    .concat();
-    vendor == b"AuthenticAMD" || vendor == b"HygonGenuine"
+    crate::arch::x86_64::amd()
 }
