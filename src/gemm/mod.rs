@@ -301,7 +301,11 @@ impl<T: Element, C: Element> KernelOp for Unpacked<'_, '_, T, C> {
             // Nothing to write: B is not even packed.
             return Ok(report(0, K::NAME));
         }
-        let small_m = gemv::applies(&self.a, &self.b, K::SMALL_M_ROW) && K::FORMAT == Format::F32;
+        let row_max = match T::DTYPE {
+            crate::element::DType::F32 => K::SMALL_M_ROW_F32,
+            _ => K::SMALL_M_ROW,
+        };
+        let small_m = gemv::applies(&self.a, &self.b, row_max) && K::FORMAT == Format::F32;
         if small_m {
             preflight(gemv::scratch_bytes(m, k, threads), "a")?;
             let bad = gemv::run(kern, self.a, self.b, self.c, &self.ep, threads);

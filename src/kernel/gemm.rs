@@ -236,6 +236,9 @@ pub(crate) trait RowOps: Copy + Send + Sync {
     /// of A per pass over B) instead of packing it: up to here one more
     /// pass over B costs less than packing B for so few rows.
     const SMALL_M_ROW: usize = crate::gemm::gemv::GEMV_MAX_M;
+    /// [`RowOps::SMALL_M_ROW`] for f32 inputs, whose B costs twice the
+    /// bytes per pass.
+    const SMALL_M_ROW_F32: usize = Self::SMALL_M_ROW;
     /// The same for a B whose columns are contiguous (`x W^T`,
     /// `gemm::gemv::run_dot`), where packing B means transposing it.
     const SMALL_M_DOT: usize = crate::gemm::gemv::GEMV_MAX_M;

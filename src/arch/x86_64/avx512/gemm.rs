@@ -40,8 +40,11 @@ impl Microkernel for Avx512F32 {
 
 impl RowOps for Avx512F32 {
     // Where packing B stops costing more than streaming it for each 16
-    // rows of A (BENCHMARKS.md, "Small-m paths up to 128 rows").
+    // rows of A (BENCHMARKS.md, "Small-m paths up to 128 rows"); an f32 B
+    // costs twice the bytes per pass, and packing it won from about 100
+    // rows on ("Fifth session on the Zen 4 VM").
     const SMALL_M_ROW: usize = 128;
+    const SMALL_M_ROW_F32: usize = 96;
     const SMALL_M_DOT: usize = 128;
 
     #[inline(always)]
