@@ -386,11 +386,12 @@ const ALONE_AHEAD_BYTES: usize = 8 << 10;
 /// 16 lanes: W is then read as one stream, row after row, which AMD Zen
 /// 4's DRAM serves faster than a tile's eight interleaved rows (as one B
 /// row per pass does for the row-major kernel; Intel's serves the eight
-/// rows faster: [`one_w_row_at_a_time`]). The k block is split over [`SPLIT`] accumulators (vector `v`
-/// of each group of `SPLIT` into accumulator `v`, the tail's vectors into
-/// the first ones), so that the FMA chains overlap; they are added
-/// pairwise and reduced into `out[r0 * cols + j]`. On 8 lanes (AVX2) the
-/// widening of 16 bytes at a time bounds one stream below eight rows.
+/// rows faster: [`one_w_row_at_a_time`]). The k block is split over
+/// [`SPLIT`] accumulators (vector `v` of each group of `SPLIT` into
+/// accumulator `v`, the tail's vectors into the first ones), so that the
+/// FMA chains overlap; they are added pairwise and reduced into
+/// `out[r0 * cols + j]`. On 8 lanes (AVX2) the widening of 16 bytes at a
+/// time bounds one stream below eight rows.
 #[inline(always)]
 fn row_alone<S: F32Simd, U: Io>(
     s: S,
