@@ -331,8 +331,9 @@ fn bf16_rows_packing_matches_its_definition() {
 /// definition, for every kernel the machine has (the AVX-512 transpose of
 /// `RowOps::pack_pairs` on `avx512bf16`/`amx`) and the scalar one (the
 /// pair-by-pair loop): widths of 32 and 16, 14 (A~'s `MR` on AVX-512,
-/// masked stores) and 24 (which no transpose takes), edge lanes, misaligned starts, depths with and without a tail
-/// of slots and odd ones; fresh random bits, a poisoned destination.
+/// masked stores) and 24 (which no transpose takes), edge lanes,
+/// misaligned starts, depths with and without a tail of slots and odd
+/// ones; fresh random bits, a poisoned destination.
 #[test]
 fn bf16_pairs_packing_of_contiguous_lanes_matches_its_definition() {
     struct Check<'a>(&'a mut dyn FnMut() -> u64);
