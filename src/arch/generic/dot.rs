@@ -61,9 +61,9 @@ pub(crate) const PAD: usize = 16;
 
 /// Whether this CPU's DRAM serves one row of A over a 2-byte W faster as
 /// a single stream, one W row after another, than as a tile's eight
-/// interleaved rows: on AMD Zen 4 about 1.2x, on Intel Emerald Rapids
-/// about 0.65x (BENCHMARKS.md, "One W row at a time"); elsewhere
-/// unmeasured, so tiles.
+/// interleaved rows: yes on AMD Zen 4, no on Intel Emerald Rapids
+/// (BENCHMARKS.md, "One W row at a time"); elsewhere unmeasured, so
+/// tiles.
 pub(crate) fn one_w_row_at_a_time() -> bool {
     #[cfg(target_arch = "x86_64")]
     return crate::arch::x86_64::amd();
