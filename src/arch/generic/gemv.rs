@@ -94,7 +94,8 @@ impl<T: Element> SimdOp for GemvBlock<'_, T> {
 /// of rows by `V` vectors, the first of `R` rows and the others of `RN`.
 /// With 16 registers (AVX2) at most 12 accumulators: 16 rows in groups
 /// of 6, 5 and 5 by two vectors (12, 10 and 10 chains, room for the FMA
-/// latency; four groups of 4 x 2, 8 chains, ran at 0.85-0.9x in cache),
+/// latency; four groups of 4 x 2, 8 chains, were slower: BENCHMARKS.md,
+/// "Fifth session on the Zen 4 VM"),
 /// fewer rows 4 x 2 (8 x 1 ran at 0.75-0.85x of it and 4 x 3 spilled).
 /// With 32 (AVX-512, NEON), one row takes 8 vectors of 16 lanes (16,
 /// bf16 and f16 fetching 512 bytes of a row per visit as f32 does, ran at

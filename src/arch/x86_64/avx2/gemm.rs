@@ -103,7 +103,8 @@ impl RowOps for Avx2F32 {
     fn gemv_cols(self, mp: usize) -> usize {
         // 16 rows reload their accumulators three times a pass (a group
         // of rows each): half of L1 keeps them there with the pass's B
-        // rows and A beside them (the whole of L1 ran at 0.85-0.9x).
+        // rows and A beside them (the whole of L1 was slower: BENCHMARKS.md,
+        // "Fifth session on the Zen 4 VM").
         block_cols(mp, if mp >= 16 { 4096 } else { 8192 })
     }
 
