@@ -352,8 +352,7 @@ fn tile<S: F32Simd, U: Io, const R: usize, const M: usize>(
         if at.is_multiple_of(line) {
             // Past this block's end, as far into the next tile's rows (`R`
             // rows down), which this thread reads next.
-            let p = at + ahead;
-            let skip = if p < len { p } else { R * job.ws + p - len };
+            let skip = ahead_in(at + ahead, len, R * job.ws);
             for row in &w {
                 s.prefetch_l2(row.as_ptr().wrapping_add(skip).cast());
             }
@@ -372,6 +371,15 @@ fn tile<S: F32Simd, U: Io, const R: usize, const M: usize>(
             *o = if part.first { x } else { *o + x };
         }
     }
+}
+
+/// The offset from a W row's start of the element `p` along it to
+/// prefetch: `p` itself inside the block's `len`, past it as far into the
+/// row `down` elements further on (the next tile's, which this thread
+/// reads next). A prefetch never faults, so past W's end is harmless.
+#[inline(always)]
+fn ahead_in(p: usize, len: usize, down: usize) -> usize {
+    if p < len { p } else { down + p - len }
 }
 
 /// Accumulators one W row's k is split over in [`row_alone`].
@@ -413,8 +421,7 @@ fn row_alone<S: F32Simd, U: Io>(
         for (v, acc) in acc.iter_mut().enumerate() {
             let o = at + v * lanes;
             if o.is_multiple_of(line) {
-                let p = o + ahead;
-                let skip = if p < len { p } else { job.ws + p - len };
+                let skip = ahead_in(o + ahead, len, job.ws);
                 s.prefetch_l2(w.as_ptr().wrapping_add(skip).cast());
             }
             *acc = s.fma(s.load(&a[o..]), U::load_arith(s, &w[o..]), *acc);

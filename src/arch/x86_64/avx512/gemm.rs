@@ -259,9 +259,8 @@ pub(crate) fn pack_pairs(rows: &[&[half::bf16]], w: usize, dst: &mut [f32]) -> b
                 *v = unsafe { _mm512_loadu_si512(run.as_ptr().add(2 * s0).cast()) };
             }
             for (i, v) in transpose_16x16(r).into_iter().enumerate() {
-                // SAFETY: s0 + i < slots and l0 + min(w, 16) <= w (16 | w
-                // and l0 < w, or l0 = 0), so the lanes stored end at or
-                // before (s0 + i + 1) w <= slots w <= dst.len().
+                // Lanes l0 .. l0 + min(w, 16) <= w (16 | w and l0 < w, or l0 = 0).
+                // SAFETY: s0 + i < slots: they end by slots w <= dst.len().
                 unsafe { store_lanes(dst.as_mut_ptr().add((s0 + i) * w + l0), w, v) };
             }
         }
