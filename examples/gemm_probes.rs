@@ -7,6 +7,7 @@
 //! cargo run --release --example gemm_probes -- amx_kernel_speed
 //! cargo run --release --example gemm_probes -- amx_loop_parts
 //! PROBE_THREADS=16 cargo run --release --example gemm_probes -- amx_block_speed
+//! PROBE_THREADS=2,4,8,16 cargo run --release --example gemm_probes -- pool_latency
 //! ```
 //!
 //! - `driver_overhead` (any x86-64 with AVX512_BF16): packing B, then the
@@ -23,6 +24,14 @@
 //! - `amx_block_speed`: one `MC x NC` block per thread (`PROBE_THREADS`)
 //!   for KC = 256 and 512, two loop orders, with and without prefetch.
 //!
+//! - `pool_latency` (any machine): what a parallel call costs before any
+//!   work, on rayon's global pool: calls of `PROBE_THREADS` items that do
+//!   nothing, made back to back and with a pause between them (workers
+//!   that found no work fall asleep), through `into_par_iter` (what the
+//!   GEMM's splits use), `scope` with one spawn per item, and `broadcast`
+//!   (where the items are the whole pool); the median call, and the median
+//!   over calls of the latest start of an item.
+//!
 //! They reach the crate's internals through the hidden `internals`
 //! feature (`halfkern::__internals`), which the crate's own examples get
 //! through its self dev-dependency.
@@ -34,6 +43,9 @@ use halfkern::{Element, MatMut, MatRef, bf16};
 
 fn main() {
     let name = std::env::args().nth(1).unwrap_or_default();
+    if name == "pool_latency" {
+        return pool_latency();
+    }
     #[cfg(target_arch = "x86_64")]
     match name.as_str() {
         "driver_overhead" => return driver_overhead(),
@@ -43,14 +55,13 @@ fn main() {
         _ => {}
     }
     eprintln!(
-        "usage: gemm_probes driver_overhead | amx_kernel_speed | amx_loop_parts | amx_block_speed \
-         (x86-64 only; got {name:?})"
+        "usage: gemm_probes pool_latency | driver_overhead | amx_kernel_speed | amx_loop_parts \
+         | amx_block_speed (all but the first x86-64 only; got {name:?})"
     );
     std::process::exit(2);
 }
 
 /// An environment variable parsed, or `default` when it is not set.
-#[cfg(target_arch = "x86_64")]
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).map_or(default, |v| {
         v.parse()
@@ -373,5 +384,81 @@ fn amx_block_speed() {
             if *a_inner { "A~" } else { "B~" },
             flops / slowest / 1e9
         );
+    }
+}
+
+/// One way to run a call's items on the pool: given the item's work.
+type Way<'a> = &'a dyn Fn(&(dyn Fn() + Sync));
+
+/// See the module docs. The last way is what `halfkern`'s splits do (its
+/// `pool` module, with a bounded spin): share 0 on the caller, which then
+/// spins until the others are done.
+fn pool_latency() {
+    use rayon::prelude::*;
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    use std::time::{Duration, Instant};
+
+    let pool = rayon::current_num_threads();
+    let counts: Vec<usize> = std::env::var("PROBE_THREADS").map_or(vec![2, 4, 8, 16], |v| {
+        v.split(',').map(|x| x.parse().unwrap()).collect()
+    });
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!("rayon pool: {pool} threads");
+    for pause_us in [0u64, 200] {
+        for &t in counts.iter().filter(|&&t| t <= pool) {
+            let ways: [(&str, Way); 4] = [
+                ("into_par_iter", &|f| {
+                    (0..t).into_par_iter().for_each(|_| f())
+                }),
+                ("scope+spawn", &|f| {
+                    rayon::scope(|s| (0..t).for_each(|_| s.spawn(|_| f())))
+                }),
+                ("broadcast", &|f| {
+                    rayon::broadcast(|_| f());
+                }),
+                ("caller+spin", &|f| {
+                    let done = std::sync::atomic::AtomicUsize::new(0);
+                    rayon::in_place_scope(|s| {
+                        for _ in 1..t {
+                            s.spawn(|_| {
+                                f();
+                                done.fetch_add(1, std::sync::atomic::Ordering::Release);
+                            });
+                        }
+                        f();
+                        while done.load(std::sync::atomic::Ordering::Acquire) < t - 1 {
+                            std::hint::spin_loop();
+                        }
+                    })
+                }),
+            ];
+            for (name, way) in ways {
+                if name == "broadcast" && t != pool {
+                    continue;
+                }
+                let (mut calls, mut starts) = (Vec::new(), Vec::new());
+                for _ in 0..2000 {
+                    let pause = Instant::now();
+                    while pause.elapsed() < Duration::from_micros(pause_us) {
+                        std::hint::spin_loop();
+                    }
+                    let latest = AtomicU64::new(0);
+                    let t0 = Instant::now();
+                    way(&|| {
+                        latest.fetch_max(t0.elapsed().as_nanos() as u64, Relaxed);
+                    });
+                    calls.push(t0.elapsed().as_secs_f64() * 1e6);
+                    starts.push(latest.load(Relaxed) as f64 / 1e3);
+                }
+                println!(
+                    "{t:>2} items, {pause_us:>3} us pause, {name:<13}: call {:6.1} us, latest start {:6.1} us",
+                    median(&mut calls),
+                    median(&mut starts)
+                );
+            }
+        }
     }
 }

@@ -59,6 +59,7 @@ mod fp_env;
 pub mod gemm;
 mod isa;
 mod kernel;
+mod pool;
 #[cfg(all(feature = "internals", target_arch = "x86_64"))]
 mod probes;
 pub mod train;

@@ -20,13 +20,14 @@
 //! order from the packed path's, inside the same bound). Packing such a B
 //! for a few rows of A would cost as much as the product several times.
 
-use super::blis::{c_ptr, store_row, sum_over_threads};
+use super::blis::{c_ptr, store_row};
 use super::view::{MatMut, MatRef};
 use crate::element::Element;
 use crate::isa::Token;
 use crate::isa::ops::DotBlock;
 use crate::kernel::epilogue::Epilogue;
 use crate::kernel::gemm::{GEMV_BLOCK_FLOATS, RowOps};
+use crate::pool::sum_over_threads;
 
 /// The largest m this path takes with every kernel (the rows of one pass
 /// over B, and of one AMX tile).

@@ -54,7 +54,7 @@ pub(crate) mod tests;
 
 pub(in crate::gemm) use crate::kernel::store::{CPtr, store_row};
 pub(crate) use pack::{PackedPanels, pack_b, pack_b_scratch, recycle};
-pub(crate) use split::{local_b_pays, run, run_local_b, sum_over_threads};
+pub(crate) use split::{local_b_pays, run, run_local_b};
 
 /// C's pointer and strides, and the length of its slice, for the threads
 /// that write disjoint blocks of it while the caller's borrow of C lasts.

@@ -3,12 +3,11 @@
 //! A at once), each widened or paired into the kernel's [`Format`] with
 //! zero-padded edges, starting on a cache line.
 
-use rayon::prelude::*;
-
 use super::{div_ceil, scratch, slots, total_slots};
 use crate::element::{DType, Element, Slice};
 use crate::gemm::view::MatRef;
 use crate::kernel::gemm::{Format, Microkernel, ROW_GROUP, RowOps};
+use crate::pool::for_each_chunk_mut;
 use half::bf16;
 
 /// Rows of B packed per pass over all panels (see `pack_b_into`); a
@@ -399,9 +398,9 @@ fn pack_b_into<K: Microkernel + RowOps, T: Element>(
     if per_panel > 0 {
         if threads > 1 && panels > 1 {
             let per_task = div_ceil(panels, threads);
-            data.par_chunks_mut(per_panel * per_task)
-                .enumerate()
-                .for_each(|(t, chunk)| pack_range(t * per_task, chunk, &mut Vec::new()));
+            for_each_chunk_mut(data, per_panel * per_task, |t, chunk| {
+                pack_range(t * per_task, chunk, &mut Vec::new())
+            });
         } else {
             pack_range(0, data, &mut Vec::new());
         }
@@ -461,9 +460,9 @@ pub(super) fn pack_a_shared<K: Microkernel + RowOps, T: Element>(
     };
     if panel_len > 0 {
         let per_task = div_ceil(panels, threads.max(1));
-        data.par_chunks_mut(panel_len * per_task)
-            .enumerate()
-            .for_each(|(t, chunk)| pack_panels(t * per_task, chunk));
+        for_each_chunk_mut(data, panel_len * per_task, |t, chunk| {
+            pack_panels(t * per_task, chunk)
+        });
     }
     let start = buf.as_ptr().align_offset(64).min(LINE);
     SharedA {

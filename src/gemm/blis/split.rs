@@ -4,8 +4,6 @@
 //! B~ shared, blocks handed out one at a time), and the rules that choose
 //! between them.
 
-use rayon::prelude::*;
-
 use super::block::{BlockJob, Prefetch, block};
 use super::pack::{PackedPanels, pack_a_shared, pack_b_scratch, recycle};
 use super::{MC_MAX, NC_MAX, div_ceil, scratch, total_slots};
@@ -14,6 +12,7 @@ use crate::gemm::view::{MatMut, MatRef};
 use crate::kernel::epilogue::Epilogue;
 use crate::kernel::gemm::{Microkernel, RowOps};
 use crate::kernel::store::Block;
+use crate::pool::sum_over_threads;
 
 /// Runs the GEMM with B already packed by [`pack_b`](super::pack_b) for
 /// this kernel ([`run_dynamic`] where [`dynamic_pays`]). Shapes, strides
@@ -186,7 +185,7 @@ pub(crate) fn run_local_b<K: Microkernel + RowOps, T: Element, C: Element>(
         recycle(packed);
         nonfinite
     };
-    (0..mt * nt).into_par_iter().map(cell).sum()
+    sum_over_threads(mt * nt, cell)
 }
 
 /// Runs the GEMM on `threads` > 1 threads with both operands packed once
@@ -342,17 +341,4 @@ pub(super) fn grid(pm: usize, pn: usize, threads: usize) -> (usize, usize) {
         }
     }
     best
-}
-
-/// `work(0) + .. + work(threads - 1)`, each call on a thread of rayon's
-/// pool; one thread calls it here, without waking the pool.
-pub(crate) fn sum_over_threads(
-    threads: usize,
-    work: impl Fn(usize) -> usize + Sync + Send,
-) -> usize {
-    if threads <= 1 {
-        work(0)
-    } else {
-        (0..threads).into_par_iter().map(work).sum()
-    }
 }
