@@ -390,9 +390,11 @@ fn amx_block_speed() {
 /// One way to run a call's items on the pool: given the item's work.
 type Way<'a> = &'a dyn Fn(&(dyn Fn() + Sync));
 
-/// See the module docs. The last way is what `halfkern`'s splits do (its
-/// `pool` module, with a bounded spin): share 0 on the caller, which then
-/// spins until the others are done.
+/// See the module docs. `caller+fanout` is what `halfkern`'s splits do
+/// (its `pool` module, with a bounded spin): share 0 on the caller, the
+/// others in one spawned job that rayon's workers split among themselves,
+/// then the caller spins until they are done; `caller+spin` spawns one
+/// job per share instead.
 fn pool_latency() {
     use rayon::prelude::*;
     use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -409,7 +411,7 @@ fn pool_latency() {
     println!("rayon pool: {pool} threads");
     for pause_us in [0u64, 200] {
         for &t in counts.iter().filter(|&&t| t <= pool) {
-            let ways: [(&str, Way); 4] = [
+            let ways: [(&str, Way); 5] = [
                 ("into_par_iter", &|f| {
                     (0..t).into_par_iter().for_each(|_| f())
                 }),
@@ -418,6 +420,21 @@ fn pool_latency() {
                 }),
                 ("broadcast", &|f| {
                     rayon::broadcast(|_| f());
+                }),
+                ("caller+fanout", &|f| {
+                    let done = std::sync::atomic::AtomicUsize::new(0);
+                    rayon::in_place_scope(|s| {
+                        s.spawn(|_| {
+                            (1..t).into_par_iter().for_each(|_| {
+                                f();
+                                done.fetch_add(1, std::sync::atomic::Ordering::Release);
+                            })
+                        });
+                        f();
+                        while done.load(std::sync::atomic::Ordering::Acquire) < t - 1 {
+                            std::hint::spin_loop();
+                        }
+                    })
                 }),
                 ("caller+spin", &|f| {
                     let done = std::sync::atomic::AtomicUsize::new(0);

@@ -15,6 +15,7 @@
 //! `ThreadPool::install`), the shares go to that pool and the caller waits
 //! as rayon workers do, running queued work.
 
+use rayon::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -42,14 +43,16 @@ pub(crate) fn sum_over_threads(
     let total = AtomicUsize::new(0);
     let done = AtomicUsize::new(0);
     let in_pool = rayon::current_thread_index().is_some();
+    let share = |s: usize| {
+        total.fetch_add(work(s), Ordering::Relaxed);
+        done.fetch_add(1, Ordering::Release);
+    };
     rayon::in_place_scope(|scope| {
-        for share in 1..shares {
-            let (work, total, done) = (&work, &total, &done);
-            scope.spawn(move |_| {
-                total.fetch_add(work(share), Ordering::Relaxed);
-                done.fetch_add(1, Ordering::Release);
-            });
-        }
+        // One job for all the pool's shares, which rayon's workers split
+        // among themselves as they wake (a tree, as `into_par_iter` fans
+        // out), where one spawn per share would have this thread queue
+        // them and wake a worker for each before its own share starts.
+        scope.spawn(|_| (1..shares).into_par_iter().for_each(share));
         total.fetch_add(work(0), Ordering::Relaxed);
         if !in_pool {
             wait_for(&done, shares - 1);
