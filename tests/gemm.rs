@@ -662,6 +662,87 @@ fn packed_b_reuse_equals_unpacked_for<T: Element>() {
     }
 }
 
+/// A bf16 `PackedB` in the pair layout (packed for a `vdpbf16ps` or AMX
+/// kernel) with few rows of A streams its panels (`gemv-pairs`, one or
+/// two passes of up to 8 rows): on every backend whose kernel packs pairs,
+/// for m = 1..=17 (one pass, two, and the tile kernel past them), n around
+/// the 32-lane panels, odd and even k, one and three threads, NaN and inf
+/// in A or B, C poisoned. Each output is within the bound of the f64
+/// reference (NaN and infinities where it has them), and where the tile
+/// kernel is `vdpbf16ps` too, the bits of that kernel's rows for the same
+/// A rows inside a larger A.
+#[test]
+fn packed_pairs_for_few_rows() {
+    let mut rng = Rng::fresh("packed_pairs_for_few_rows");
+    let special = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY];
+    for backend in backends() {
+        for dot in [None, Some(true)] {
+            for threads in [Threads::Single, Threads::Count(3)] {
+                let g = Gemm::new().threads(threads).dot_kernel(dot);
+                for m in 0..=17 {
+                    let n = [1, 7, 31, 32, 33, 64, 65, 100][rng.below(8)];
+                    let k = [0, 1, 2, 3, 17, 64, 255, 600][rng.below(8)];
+                    let mut adata: Vec<bf16> = (0..m * k)
+                        .map(|_| bf16::from_f32(rng.unit() * 2.0 - 1.0))
+                        .collect();
+                    let mut bdata: Vec<bf16> = (0..k * n)
+                        .map(|_| bf16::from_f32(rng.unit() * 2.0 - 1.0))
+                        .collect();
+                    if rng.below(3) == 0 && k > 0 {
+                        let x = special[rng.below(3)];
+                        if m > 0 && rng.below(2) == 0 {
+                            adata[rng.below(m * k)] = bf16::from_f32(x);
+                        } else {
+                            bdata[rng.below(k * n)] = bf16::from_f32(x);
+                        }
+                    }
+                    let b = MatRef::row_major(&bdata, k, n).unwrap();
+                    let packed = backend.pack_b_for(b, &g).unwrap();
+                    // The same rows inside a 20-row A, which the tile kernel takes.
+                    let big_m = 20;
+                    let mut big: Vec<bf16> = adata.clone();
+                    big.extend((m * k..big_m * k).map(|_| bf16::from_f32(rng.unit())));
+                    let mut c_big = vec![f32::NAN; big_m * n];
+                    let r_big = backend
+                        .gemm_packed(
+                            MatRef::row_major(&big, big_m, k).unwrap(),
+                            &packed,
+                            MatMut::row_major(&mut c_big, big_m, n).unwrap(),
+                            &g,
+                        )
+                        .unwrap();
+                    let mut c = vec![f32::NAN; m * n];
+                    let r = backend
+                        .gemm_packed(
+                            MatRef::row_major(&adata, m, k).unwrap(),
+                            &packed,
+                            MatMut::row_major(&mut c, m, n).unwrap(),
+                            &g,
+                        )
+                        .unwrap();
+                    let what = format!("{} {dot:?} {threads:?} m={m} n={n} k={k}", backend.isa());
+                    let pairs = r_big.kernel.contains("dpbf16");
+                    if pairs && (1..=8).contains(&m) {
+                        assert_eq!(r.kernel, "gemv-pairs", "{what}");
+                    }
+                    if r.kernel == "gemv-pairs" && r_big.kernel == "avx512bf16-dpbf16-14x32" {
+                        let bits = |c: &[f32]| c.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(bits(&c), bits(&c_big[..m * n]), "{what}");
+                    }
+                    for i in 0..m {
+                        for j in 0..n {
+                            let products = (0..k).map(|l| {
+                                adata[i * k + l].to_f32() as f64 * bdata[l * n + j].to_f32() as f64
+                            });
+                            assert_dot(c[i * n + j], products, k, || format!("{what}: C[{i},{j}]"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Every bad argument is an `Err` naming it, and C is untouched.
 #[test]
 fn errors_leave_c_untouched() {

@@ -20,13 +20,13 @@
 //! order from the packed path's, inside the same bound). Packing such a B
 //! for a few rows of A would cost as much as the product several times.
 
-use super::blis::{c_ptr, store_row};
+use super::blis::{PackedPanels, c_ptr, store_row};
 use super::view::{MatMut, MatRef};
 use crate::element::Element;
 use crate::isa::Token;
 use crate::isa::ops::DotBlock;
 use crate::kernel::epilogue::Epilogue;
-use crate::kernel::gemm::{GEMV_BLOCK_FLOATS, RowOps};
+use crate::kernel::gemm::{Format, GEMV_BLOCK_FLOATS, Microkernel, RowOps};
 use crate::pool::sum_over_threads;
 
 /// The largest m this path takes with every kernel (the rows of one pass
@@ -139,6 +139,106 @@ pub(crate) fn run_dot<K: RowOps, T: Element, C: Element>(
             // SAFETY: row r < m, columns lo..hi <= n, this thread's own
             // range (shapes checked above; ranges disjoint).
             bad += unsafe { store_row(kern, ep, row, r, lo, cptr, c_len) };
+        }
+        bad
+    };
+    sum_over_threads(threads, work)
+}
+
+/// Bytes of scratch [`run_pairs`] allocates: A as bf16 pairs (`m` rows
+/// of `ceil(k / 2)` slots) and a tile of `m x 32` f32 per thread; `None`
+/// on overflow.
+pub(crate) fn pairs_scratch_bytes(m: usize, k: usize, threads: usize) -> Option<usize> {
+    m.checked_mul(k.div_ceil(2))?
+        .checked_add(threads.checked_mul(m.checked_mul(PAIRS_NR)?)?)?
+        .checked_mul(size_of::<f32>())
+        .filter(|&bytes| bytes <= isize::MAX as usize)
+}
+
+/// Lanes of the B~ panels [`RowOps::pairs_panel`] reads.
+pub(crate) const PAIRS_NR: usize = 32;
+
+/// Whether [`run_pairs`] takes a `PackedB` packed for kernel `K` with `m`
+/// rows of A.
+pub(crate) fn pairs_apply<K: Microkernel + RowOps>(m: usize) -> bool {
+    K::FORMAT == Format::Bf16Pairs && K::NR == PAIRS_NR && m <= K::PAIRS_MAX_M && K::PAIRS_ROWS > 0
+}
+
+/// The small-m path for a `PackedB` in [`Format::Bf16Pairs`] (bf16 weights
+/// packed for a `vdpbf16ps` or AMX kernel) with at most
+/// [`RowOps::PAIRS_MAX_M`] rows of A: each B~ panel is read from start to
+/// end for up to [`RowOps::PAIRS_ROWS`] rows at a time
+/// ([`RowOps::pairs_panel`]; the second pass, if any, from L2), where the
+/// blocked path would run the kernel's `MR`-row tile (32 rows on AMX)
+/// for these few and pack A~ for it. Each thread takes a contiguous range
+/// of panels, one stream through B~. Returns the number of non-finite
+/// outputs.
+pub(crate) fn run_pairs<K: Microkernel + RowOps, T: Element, C: Element>(
+    kern: K,
+    a: MatRef<'_, T>,
+    packed: &PackedPanels,
+    c: MatMut<'_, C>,
+    ep: &Epilogue<'_>,
+    threads: usize,
+) -> usize {
+    let (m, k, n) = (a.rows, packed.k, packed.n);
+    // Checked for real: the rows below are written through a raw pointer.
+    assert_eq!((a.cols, c.rows, c.cols), (k, m, n), "gemm shapes");
+    assert!(pairs_apply::<K>(m) && packed.format == K::FORMAT && packed.nr == PAIRS_NR);
+    if m == 0 || n == 0 {
+        return 0;
+    }
+    // A as bf16 pairs in groups of up to PAIRS_ROWS rows, each group
+    // slot-major (`ap[s * rows + i]`, as A~ lays out a panel), the last
+    // slot's upper half zero for an odd k. The pairs of B~ run over k in
+    // order whatever its KC blocks (each block is even).
+    let slots = k.div_ceil(2);
+    let bits = |i: usize, l: usize| -> u32 {
+        if l < k {
+            u32::from(half::bf16::from_f32(a.at(i, l).to_f32()).to_bits())
+        } else {
+            0
+        }
+    };
+    let mut ap = vec![0.0f32; slots * m];
+    let groups: Vec<(usize, usize)> = (0..m)
+        .step_by(K::PAIRS_ROWS)
+        .map(|g0| (g0, K::PAIRS_ROWS.min(m - g0)))
+        .collect();
+    for &(g0, rows) in &groups {
+        let group = &mut ap[g0 * slots..(g0 + rows) * slots];
+        for (s, pairs) in group.chunks_exact_mut(rows).enumerate() {
+            for (i, p) in pairs.iter_mut().enumerate() {
+                *p = f32::from_bits(bits(g0 + i, 2 * s) | bits(g0 + i, 2 * s + 1) << 16);
+            }
+        }
+    }
+    let panels = n.div_ceil(PAIRS_NR);
+    let panel_len = slots * PAIRS_NR;
+    debug_assert_eq!(panel_len * panels, packed.data().len());
+    let threads = threads.min(panels).max(1);
+    let (cptr, c_len) = c_ptr(c);
+    let (ap, groups) = (&ap, &groups);
+    let work = |t: usize| -> usize {
+        let _mode = crate::fp_env::Ieee::enter();
+        let mut tile = vec![0.0f32; K::PAIRS_ROWS * PAIRS_NR];
+        let mut bad = 0;
+        for p in t * panels / threads..(t + 1) * panels / threads {
+            let b = &packed.data()[p * panel_len..(p + 1) * panel_len];
+            let (j0, cols) = (p * PAIRS_NR, PAIRS_NR.min(n - p * PAIRS_NR));
+            for &(g0, rows) in groups {
+                let group = &ap[g0 * slots..(g0 + rows) * slots];
+                let tile = &mut tile[..rows * PAIRS_NR];
+                let done = kern.pairs_panel(rows, group, b, tile);
+                assert!(done, "pairs_apply promised a pairs kernel");
+                for (i, row) in tile.chunks_exact_mut(PAIRS_NR).enumerate() {
+                    // SAFETY: row g0 + i < m, columns j0..j0 + cols <= n,
+                    // this thread's own panels (shapes checked above;
+                    // ranges disjoint).
+                    bad +=
+                        unsafe { store_row(kern, ep, &mut row[..cols], g0 + i, j0, cptr, c_len) };
+                }
+            }
         }
         bad
     };

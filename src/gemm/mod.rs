@@ -355,6 +355,16 @@ impl<T: Element, C: Element> KernelOp for Prepacked<'_, '_, T, C> {
         let nonfinite = if m == 0 || n == 0 {
             0
         } else {
+            if gemv::pairs_apply::<K>(m) {
+                preflight(gemv::pairs_scratch_bytes(m, k, threads), "a")?;
+                let bad = gemv::run_pairs(kern, self.a, &self.b.panels, self.c, &self.ep, threads);
+                return Ok(GemmReport {
+                    nonfinite: bad,
+                    isa: self.isa,
+                    kernel: "gemv-pairs",
+                    threads,
+                });
+            }
             preflight(blis::scratch_bytes::<K>(m, n, k, threads, true), "a")?;
             blis::run(kern, self.a, &self.b.panels, self.c, &self.ep, threads)
         };

@@ -324,6 +324,28 @@ pub(crate) trait RowOps: Copy + Send + Sync {
         self.axpy_rows4(x, [t0, t1, t2, t3], y);
     }
 
+    /// Most rows of A that [`RowOps::pairs_panel`] takes; 0 where the
+    /// kernel has none (every kernel not in [`Format::Bf16Pairs`]).
+    const PAIRS_ROWS: usize = 0;
+
+    /// Most rows of A for which a `PackedB` of this kernel runs
+    /// [`RowOps::pairs_panel`] instead of the kernel's tiles: in passes of
+    /// up to [`RowOps::PAIRS_ROWS`] rows over each panel (the later passes
+    /// find the panel in L2).
+    const PAIRS_MAX_M: usize = Self::PAIRS_ROWS;
+
+    /// For a [`Format::Bf16Pairs`] kernel with 32-lane panels, `m` rows of
+    /// A (`1..=PAIRS_ROWS`) over one B~ panel of `slots = b.len() / 32`
+    /// slots: `out[i * 32 + j]` = the sum over `s`, in order, of the bf16
+    /// pair `a[s * m + i]` times the pair `b[s * 32 + j]`, each pair
+    /// accumulated as the kernel's own tile accumulates it (so the same
+    /// bits as that tile's rows where the instruction is the same).
+    /// Returns false, writing nothing, where the kernel has none.
+    fn pairs_panel(self, m: usize, a: &[f32], b: &[f32], out: &mut [f32]) -> bool {
+        let _ = (m, a, b, out);
+        false
+    }
+
     /// Rows of the small-m path's tile for `m` rows of A: the driver pads
     /// A (with zeros) and the accumulators to this many rows before
     /// [`RowOps::gemv_block`], and stores the first `m`. At least `m`, and

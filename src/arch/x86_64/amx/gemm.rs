@@ -13,9 +13,10 @@
 //! products per rounding). Inf and NaN propagate as in IEEE arithmetic.
 //!
 //! The `amx` backend runs this kernel for bf16 inputs except where the
-//! small-m path applies (m <= 16, row-major B: streaming B beats packing it
-//! for a 32-row tile that would be mostly padding); f32 and f16 inputs run
-//! the `avx512bf16` backend's kernels.
+//! small-m paths apply (m <= 16 with B row-major, or a `PackedB` with
+//! m <= 8: streaming B for a few rows beats a 32-row tile that would be
+//! mostly padding); f32 and f16 inputs run the `avx512bf16` backend's
+//! kernels.
 //!
 //! Tile state is per thread. Each thread that runs this kernel configures
 //! its tiles once (all eight as 16 rows x 64 bytes, see [`tile`]) on first
@@ -115,7 +116,16 @@ impl Microkernel for AmxBf16 {
 }
 
 impl RowOps for AmxBf16 {
-    // Packing and the epilogue are the avx512bf16 kernel's (no tiles there).
+    // Packing, the epilogue and a `PackedB` for a few rows of A are the
+    // avx512bf16 kernel's (no tiles there: a 32-row tile for m <= 8 would
+    // be mostly padding).
+    const PAIRS_ROWS: usize = <Avx512Dot as RowOps>::PAIRS_ROWS;
+
+    #[inline(always)]
+    fn pairs_panel(self, m: usize, a: &[f32], b: &[f32], out: &mut [f32]) -> bool {
+        Avx512Dot(self.0.avx512bf16()).pairs_panel(m, a, b, out)
+    }
+
     #[inline(always)]
     fn widen<T: Element>(self, src: &[T], dst: &mut [f32]) {
         Avx512Dot(self.0.avx512bf16()).widen(src, dst);

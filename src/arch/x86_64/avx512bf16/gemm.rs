@@ -45,6 +45,17 @@ impl Microkernel for Avx512Dot {
 }
 
 impl RowOps for Avx512Dot {
+    const PAIRS_ROWS: usize = PAIRS_ROWS;
+    // Two passes over each panel, the second from L2: faster than the
+    // 14 x 32 tile for up to 16 rows on Zen 4 (BENCHMARKS.md).
+    const PAIRS_MAX_M: usize = 2 * PAIRS_ROWS;
+
+    #[inline(always)]
+    fn pairs_panel(self, m: usize, a: &[f32], b: &[f32], out: &mut [f32]) -> bool {
+        // SAFETY: the token proves AVX-512 F/BW/VL/DQ and AVX512_BF16.
+        unsafe { pairs_panel(m, a, b, out) }
+    }
+
     #[inline(always)]
     fn widen<T: Element>(self, src: &[T], dst: &mut [f32]) {
         // SAFETY: the token proves AVX-512 F/BW/VL/DQ and AVX512_BF16 (a
@@ -134,6 +145,68 @@ fn kernel(slots: usize, a: &[f32], b: &[f32], tile: &mut [f32], accumulate: bool
         for (h, v) in row.iter().enumerate() {
             // SAFETY: i * NR + h * 16 + 16 <= MR * NR <= tile.len().
             unsafe { _mm512_storeu_ps(tile.as_mut_ptr().add(i * NR + h * 16), *v) };
+        }
+    }
+}
+
+/// Most rows of A in one pass of [`pairs_panel`]: two accumulators per row
+/// (32 lanes), 16 of the 32 registers.
+pub(crate) const PAIRS_ROWS: usize = 8;
+
+/// [`RowOps::pairs_panel`] for `m <= PAIRS_ROWS` rows: one pass over the
+/// panel, `vdpbf16ps` slot by slot from zero, as [`kernel`] sums each row
+/// of its tile (so the same bits).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")]
+pub(crate) fn pairs_panel(m: usize, a: &[f32], b: &[f32], out: &mut [f32]) -> bool {
+    match m {
+        1 => pairs_rows::<1>(a, b, out),
+        2 => pairs_rows::<2>(a, b, out),
+        3 => pairs_rows::<3>(a, b, out),
+        4 => pairs_rows::<4>(a, b, out),
+        5 => pairs_rows::<5>(a, b, out),
+        6 => pairs_rows::<6>(a, b, out),
+        7 => pairs_rows::<7>(a, b, out),
+        8 => pairs_rows::<8>(a, b, out),
+        _ => return false,
+    }
+    true
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")]
+fn pairs_rows<const M: usize>(a: &[f32], b: &[f32], out: &mut [f32]) {
+    let slots = b.len() / NR;
+    // Divisions, not products: a huge `slots` must not wrap past the check.
+    assert!(slots <= a.len() / M && out.len() >= M * NR);
+    let mut acc = [[_mm512_setzero_ps(); 2]; M];
+    let (ap, bp) = (a.as_ptr(), b.as_ptr());
+    for s in 0..slots {
+        // SAFETY: s < slots = b.len() / NR, so s * NR + 32 <= b.len().
+        let (b0, b1) = unsafe {
+            (
+                _mm512_loadu_ps(bp.add(s * NR)),
+                _mm512_loadu_ps(bp.add(s * NR + 16)),
+            )
+        };
+        // SAFETY: `__m512` and `__m512bh` are both 64 plain bytes.
+        let (b0, b1): (__m512bh, __m512bh) = unsafe {
+            (
+                core::mem::transmute::<__m512, __m512bh>(b0),
+                core::mem::transmute::<__m512, __m512bh>(b1),
+            )
+        };
+        for (i, row) in acc.iter_mut().enumerate() {
+            // SAFETY: s * M + i < slots * M <= a.len() (asserted above).
+            let pair = _mm512_set1_ps(unsafe { *ap.add(s * M + i) });
+            // SAFETY: as for `b0` above.
+            let av = unsafe { core::mem::transmute::<__m512, __m512bh>(pair) };
+            row[0] = _mm512_dpbf16_ps(row[0], av, b0);
+            row[1] = _mm512_dpbf16_ps(row[1], av, b1);
+        }
+    }
+    for (i, row) in acc.iter().enumerate() {
+        for (h, v) in row.iter().enumerate() {
+            // SAFETY: i * NR + h * 16 + 16 <= M * NR <= out.len().
+            unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(i * NR + h * 16), *v) };
         }
     }
 }
