@@ -1166,9 +1166,10 @@ fn assert_dot(x: f32, products: impl Iterator<Item = f64>, k: usize, what: impl 
 /// column block), k across their passes of B rows, B seen through a
 /// misaligned sub-slice with a padded row stride (its padding NaN, so a
 /// read past a row poisons the result), C poisoned, NaN and inf in A and
-/// B: the same bits as the packed path of the same backend (one FMA per
+/// B: the same bits as the kernel's tiles over a `PackedB` (one FMA per
 /// product in k order on both; NaN where it is NaN), and within the bound
-/// of the f64 reference.
+/// of the f64 reference. A `PackedB` with these few rows streams its
+/// panels through the same kernels: its bits are checked too.
 #[test]
 fn small_m_kernels_match_packed_bits() {
     fn on<T: Element>(backend: Backend, rng: &mut Rng) {
@@ -1241,17 +1242,46 @@ fn small_m_kernels_match_packed_bits() {
             } else if streams(m, n, k) && n > 0 {
                 assert_eq!(r.kernel, "gemv", "{what}");
             }
+            // The packed side with at least 17 rows of A (these rows first),
+            // so that it runs the kernel's tiles: a `PackedB` streams its
+            // panels for 16 rows or fewer, through the same `gemv_block`.
             let packed = backend.pack_b_for(b, &g).unwrap();
-            let mut c2 = vec![f32::NAN; m * n];
-            backend
-                .gemm_packed(a, &packed, MatMut::row_major(&mut c2, m, n).unwrap(), &g)
+            let pm = m.max(17);
+            let mut apad = adata.clone();
+            apad.extend((m * k..pm * k).map(|_| T::from_f32(rng.unit())));
+            let apad = MatRef::row_major(&apad, pm, k).unwrap();
+            let mut c2 = vec![f32::NAN; pm * n];
+            let tiles = backend
+                .gemm_packed(
+                    apad,
+                    &packed,
+                    MatMut::row_major(&mut c2, pm, n).unwrap(),
+                    &g,
+                )
                 .unwrap();
+            assert_ne!(tiles.kernel, "gemv", "{what}");
+            let mut c3 = vec![f32::NAN; m * n];
+            let few = backend
+                .gemm_packed(a, &packed, MatMut::row_major(&mut c3, m, n).unwrap(), &g)
+                .unwrap();
+            if (1..=16).contains(&m)
+                && n > 0
+                && !tiles.kernel.contains("dpbf16")
+                && !tiles.kernel.contains("bfmmla")
+            {
+                assert_eq!(few.kernel, "gemv", "{what}");
+            }
+            let same = |x: f32, y: f32| x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan());
             for i in 0..m {
                 for j in 0..n {
-                    let (x, y) = (c1[i * n + j], c2[i * n + j]);
+                    let (x, y, z) = (c1[i * n + j], c2[i * n + j], c3[i * n + j]);
                     assert!(
-                        as_dots || x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()),
+                        as_dots || same(x, y),
                         "{what}: C[{i},{j}] = {x:e}, packed {y:e}"
+                    );
+                    assert!(
+                        same(y, z),
+                        "{what}: C[{i},{j}] packed {y:e}, few rows {z:e}"
                     );
                     // (For a large B, the bits above and a sample of the
                     // reference: each row's every 7th column.)

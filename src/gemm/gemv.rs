@@ -145,6 +145,82 @@ pub(crate) fn run_dot<K: RowOps, T: Element, C: Element>(
     sum_over_threads(threads, work)
 }
 
+/// Whether [`run_panels`] takes a `PackedB` packed for kernel `K` with
+/// `m` rows of A.
+pub(crate) fn panels_apply<K: Microkernel + RowOps>(m: usize) -> bool {
+    K::FORMAT == Format::F32 && m <= GEMV_MAX_M
+}
+
+/// The small-m path for a `PackedB` in [`Format::F32`] (f32 and f16
+/// weights, and bf16 where the kernel widens): each `NR`-column B~ panel
+/// is a row-major `k x NR` f32 matrix, which [`RowOps::gemv_block`]
+/// streams once for all `m <= 16` rows, where the blocked path would run
+/// the kernel's `MR`-row tile and pack A~ for these few. The same bits as
+/// that tile (one FMA per product in k order on both, see the module
+/// docs). Each thread takes a contiguous range of panels. Returns the
+/// number of non-finite outputs.
+pub(crate) fn run_panels<K: Microkernel + RowOps, T: Element, C: Element>(
+    kern: K,
+    a: MatRef<'_, T>,
+    packed: &PackedPanels,
+    c: MatMut<'_, C>,
+    ep: &Epilogue<'_>,
+    threads: usize,
+) -> usize {
+    let (m, k, n, nr) = (a.rows, packed.k, packed.n, K::NR);
+    // Checked for real: the rows below are written through a raw pointer.
+    assert_eq!((a.cols, c.rows, c.cols), (k, m, n), "gemm shapes");
+    assert!(panels_apply::<K>(m) && packed.format == K::FORMAT && packed.nr == nr);
+    if m == 0 || n == 0 {
+        return 0;
+    }
+    let mp = kern.gemv_rows(m);
+    assert!(mp >= m && mp < 2 * m, "gemv_rows({m}) = {mp}");
+    // A, widened, k-major and padded with zero rows: xt[l * mp + r] = a[r][l].
+    let mut xt = vec![0.0f32; k * mp];
+    for r in 0..m {
+        for l in 0..k {
+            xt[l * mp + r] = a.at(r, l).to_f32();
+        }
+    }
+    let panels = n.div_ceil(nr);
+    let panel_len = k * nr;
+    debug_assert_eq!(panel_len * panels, packed.data().len());
+    let threads = threads.min(panels).max(1);
+    let (cptr, c_len) = c_ptr(c);
+    let xt = &xt;
+    let work = |t: usize| -> usize {
+        let _mode = crate::fp_env::Ieee::enter();
+        let mut acc = vec![0.0f32; mp * nr];
+        let mut tmp = Vec::new();
+        let mut bad = 0;
+        for p in t * panels / threads..(t + 1) * panels / threads {
+            let b = &packed.data()[p * panel_len..(p + 1) * panel_len];
+            // Zero columns pad the last panel to NR: computed, not stored.
+            kern.gemv_block(xt, mp, b, nr, &mut acc, &mut tmp);
+            let (j0, cols) = (p * nr, nr.min(n - p * nr));
+            for (r, row) in acc.chunks_mut(nr).take(m).enumerate() {
+                // SAFETY: row r < m, columns j0..j0 + cols <= n, this
+                // thread's own panels (shapes checked above; ranges
+                // disjoint).
+                bad += unsafe { store_row(kern, ep, &mut row[..cols], r, j0, cptr, c_len) };
+            }
+        }
+        bad
+    };
+    sum_over_threads(threads, work)
+}
+
+/// Bytes of scratch [`run_panels`] allocates: A widened (`k x mp`, `mp <
+/// 2m`) and a tile of `mp x NR` per thread; `None` on overflow.
+pub(crate) fn panels_scratch_bytes(m: usize, k: usize, nr: usize, threads: usize) -> Option<usize> {
+    let mp = m.checked_mul(2)?;
+    k.checked_mul(mp)?
+        .checked_add(threads.checked_mul(mp.checked_mul(nr)?)?)?
+        .checked_mul(size_of::<f32>())
+        .filter(|&bytes| bytes <= isize::MAX as usize)
+}
+
 /// Bytes of scratch [`run_pairs`] allocates: A as bf16 pairs (`m` rows
 /// of `ceil(k / 2)` slots) and a tile of `m x 32` f32 per thread; `None`
 /// on overflow.

@@ -365,6 +365,16 @@ impl<T: Element, C: Element> KernelOp for Prepacked<'_, '_, T, C> {
                     threads,
                 });
             }
+            if gemv::panels_apply::<K>(m) {
+                preflight(gemv::panels_scratch_bytes(m, k, K::NR, threads), "a")?;
+                let bad = gemv::run_panels(kern, self.a, &self.b.panels, self.c, &self.ep, threads);
+                return Ok(GemmReport {
+                    nonfinite: bad,
+                    isa: self.isa,
+                    kernel: "gemv",
+                    threads,
+                });
+            }
             preflight(blis::scratch_bytes::<K>(m, n, k, threads, true), "a")?;
             blis::run(kern, self.a, &self.b.panels, self.c, &self.ep, threads)
         };
