@@ -59,10 +59,6 @@ pub(crate) enum Format {
     F32,
     /// Two bf16 per slot (k = 2s in the low 16 bits, 2s + 1 in the high),
     /// `A~` slot `s` of row `i` at `s * MR + i`. Only for bf16 inputs.
-    #[cfg_attr(
-        all(not(target_arch = "x86_64"), not(test)),
-        expect(dead_code, reason = "the vdpbf16ps and AMX B~ layout")
-    )]
     Bf16Pairs,
     /// Bf16 pairs as in [`Format::Bf16Pairs`], but slots come in twos (one
     /// k-quad) and lanes in twos (a lane pair), so each 16-byte group is one
