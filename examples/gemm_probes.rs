@@ -62,6 +62,7 @@ fn main() {
 }
 
 /// An environment variable parsed, or `default` when it is not set.
+#[cfg(target_arch = "x86_64")]
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).map_or(default, |v| {
         v.parse()
