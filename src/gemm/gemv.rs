@@ -146,16 +146,20 @@ pub(crate) fn run_dot<K: RowOps, T: Element, C: Element>(
 }
 
 /// Whether [`run_panels`] takes a `PackedB` packed for kernel `K` with
-/// `m` rows of A.
+/// `m` rows of A: up to 16 rows, where the kernel's tiles would pad them
+/// by a quarter or more (one row on every kernel; 7-9 and 13-14 on
+/// AVX2's six-row tile, 15-16 on AVX-512's fourteen). Where the tiles
+/// waste less they were faster (AVX2 m = 12 and 16, AVX-512 m = 14;
+/// BENCHMARKS.md).
 pub(crate) fn panels_apply<K: Microkernel + RowOps>(m: usize) -> bool {
-    K::FORMAT == Format::F32 && m <= GEMV_MAX_M
+    K::FORMAT == Format::F32 && m <= GEMV_MAX_M && m.div_ceil(K::MR) * K::MR * 4 >= m * 5
 }
 
 /// The small-m path for a `PackedB` in [`Format::F32`] (f32 and f16
 /// weights, and bf16 where the kernel widens): each `NR`-column B~ panel
 /// is a row-major `k x NR` f32 matrix, which [`RowOps::gemv_block`]
-/// streams once for all `m <= 16` rows, where the blocked path would run
-/// the kernel's `MR`-row tile and pack A~ for these few. The same bits as
+/// streams once for all the rows ([`panels_apply`]), where the blocked
+/// path would pad them to the kernel's `MR`-row tiles and pack A~. The same bits as
 /// that tile (one FMA per product in k order on both, see the module
 /// docs). Each thread takes a contiguous range of panels. Returns the
 /// number of non-finite outputs.
