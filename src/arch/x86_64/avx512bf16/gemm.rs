@@ -115,36 +115,38 @@ fn kernel(slots: usize, a: &[f32], b: &[f32], tile: &mut [f32], accumulate: bool
     }
     let (ap, bp) = (a.as_ptr(), b.as_ptr());
     for s in 0..slots {
-        // SAFETY: s < slots, so (s + 1) * NR <= b.len() (asserted above).
-        let (b0, b1) = unsafe {
-            (
-                _mm512_loadu_ps(bp.add(s * NR)),
-                _mm512_loadu_ps(bp.add(s * NR + 16)),
-            )
-        };
-        // 16 f32 slots as the 32 bf16 they were packed from (core::arch
-        // has no cast intrinsic between the two types).
-        // SAFETY: `__m512` and `__m512bh` are both 64 plain bytes.
-        let (b0, b1): (__m512bh, __m512bh) = unsafe {
-            (
-                core::mem::transmute::<__m512, __m512bh>(b0),
-                core::mem::transmute::<__m512, __m512bh>(b1),
-            )
-        };
-        for (i, row) in acc.iter_mut().enumerate() {
-            // SAFETY: s * MR + i < slots * MR <= a.len() (asserted above).
-            let pair = unsafe { *ap.add(s * MR + i) };
-            let av = _mm512_set1_ps(pair);
-            // SAFETY: as for `b0` above.
-            let av = unsafe { core::mem::transmute::<__m512, __m512bh>(av) };
-            row[0] = _mm512_dpbf16_ps(row[0], av, b0);
-            row[1] = _mm512_dpbf16_ps(row[1], av, b1);
-        }
+        // SAFETY: this function's features; s < slots, so (s + 1) * NR <=
+        // b.len() and (s + 1) * MR <= a.len() (asserted above).
+        unsafe { dot_slot(&mut acc, bp.add(s * NR), ap.add(s * MR)) };
     }
     for (i, row) in acc.iter().enumerate() {
         for (h, v) in row.iter().enumerate() {
             // SAFETY: i * NR + h * 16 + 16 <= MR * NR <= tile.len().
             unsafe { _mm512_storeu_ps(tile.as_mut_ptr().add(i * NR + h * 16), *v) };
+        }
+    }
+}
+
+/// One slot for the `M` rows of `acc`: `acc[i][h] += pairs[i] . b[16h..]`
+/// (each lane two bf16 products, `vdpbf16ps`), the step of both kernels.
+///
+/// # Safety
+///
+/// The caller has AVX-512 F and AVX512_BF16 (a `#[target_feature]`
+/// function, into which this inlines); `b` is valid for 32 f32 reads and
+/// `pairs` for `M`.
+#[inline(always)]
+unsafe fn dot_slot<const M: usize>(acc: &mut [[__m512; 2]; M], b: *const f32, pairs: *const f32) {
+    // SAFETY: the caller's contract (features and reads). `__m512` and
+    // `__m512bh` are both 64 plain bytes: 16 f32 slots as the 32 bf16 they
+    // were packed from (core::arch has no cast between the two).
+    unsafe {
+        let b0 = core::mem::transmute::<__m512, __m512bh>(_mm512_loadu_ps(b));
+        let b1 = core::mem::transmute::<__m512, __m512bh>(_mm512_loadu_ps(b.add(16)));
+        for (i, row) in acc.iter_mut().enumerate() {
+            let av = core::mem::transmute::<__m512, __m512bh>(_mm512_set1_ps(*pairs.add(i)));
+            row[0] = _mm512_dpbf16_ps(row[0], av, b0);
+            row[1] = _mm512_dpbf16_ps(row[1], av, b1);
         }
     }
 }
@@ -180,28 +182,9 @@ fn pairs_rows<const M: usize>(a: &[f32], b: &[f32], out: &mut [f32]) {
     let mut acc = [[_mm512_setzero_ps(); 2]; M];
     let (ap, bp) = (a.as_ptr(), b.as_ptr());
     for s in 0..slots {
-        // SAFETY: s < slots = b.len() / NR, so s * NR + 32 <= b.len().
-        let (b0, b1) = unsafe {
-            (
-                _mm512_loadu_ps(bp.add(s * NR)),
-                _mm512_loadu_ps(bp.add(s * NR + 16)),
-            )
-        };
-        // SAFETY: `__m512` and `__m512bh` are both 64 plain bytes.
-        let (b0, b1): (__m512bh, __m512bh) = unsafe {
-            (
-                core::mem::transmute::<__m512, __m512bh>(b0),
-                core::mem::transmute::<__m512, __m512bh>(b1),
-            )
-        };
-        for (i, row) in acc.iter_mut().enumerate() {
-            // SAFETY: s * M + i < slots * M <= a.len() (asserted above).
-            let pair = _mm512_set1_ps(unsafe { *ap.add(s * M + i) });
-            // SAFETY: as for `b0` above.
-            let av = unsafe { core::mem::transmute::<__m512, __m512bh>(pair) };
-            row[0] = _mm512_dpbf16_ps(row[0], av, b0);
-            row[1] = _mm512_dpbf16_ps(row[1], av, b1);
-        }
+        // SAFETY: this function's features; s < slots = b.len() / NR and
+        // slots <= a.len() / M (asserted above).
+        unsafe { dot_slot(&mut acc, bp.add(s * NR), ap.add(s * M)) };
     }
     for (i, row) in acc.iter().enumerate() {
         for (h, v) in row.iter().enumerate() {
