@@ -8,10 +8,10 @@
 //! blocks whose f32 accumulators (`m x NB`) stay in L1, and each block
 //! runs the kernel's [`RowOps::gemv_block`] over the whole k (the SIMD
 //! ISAs run `arch::generic::gemv`: a tile of accumulators in registers
-//! over a few B rows, each B row read left to right). Each output is summed in k order
-//! with one fused multiply-add per product, exactly as the `Format::F32`
-//! microkernels sum it, so this path and the packed one give the same
-//! bits.
+//! over a few B rows, each B row read left to right). Each output is
+//! summed in k order with one fused multiply-add per product, exactly as
+//! the `Format::F32` microkernels sum it, so this path and the packed one
+//! give the same bits.
 //!
 //! For a B whose columns are contiguous (unit row stride: the transpose of
 //! row-major weights `W (n x k)`, as `x W^T` passes them) [`run_dot`] takes
@@ -19,6 +19,13 @@
 //! from start to end ([`DotBlock`]: lane-wise partial sums, a different
 //! order from the packed path's, inside the same bound). Packing such a B
 //! for a few rows of A would cost as much as the product several times.
+//!
+//! A `PackedB` with few rows of A streams its panels too, instead of
+//! padding the rows to the kernel's tile: in the f32 format each panel is
+//! a row-major `k x NR` matrix for [`RowOps::gemv_block`] ([`run_panels`],
+//! the same bits as the tiles); bf16 pairs go through the kernel's own
+//! pair step ([`run_pairs`], `vdpbf16ps`, where AMX's tile would be 32
+//! rows for one).
 
 use super::blis::{PackedPanels, c_ptr, store_row};
 use super::view::{MatMut, MatRef};
@@ -159,10 +166,10 @@ pub(crate) fn panels_apply<K: Microkernel + RowOps>(m: usize) -> bool {
 /// weights, and bf16 where the kernel widens): each `NR`-column B~ panel
 /// is a row-major `k x NR` f32 matrix, which [`RowOps::gemv_block`]
 /// streams once for all the rows ([`panels_apply`]), where the blocked
-/// path would pad them to the kernel's `MR`-row tiles and pack A~. The same bits as
-/// that tile (one FMA per product in k order on both, see the module
-/// docs). Each thread takes a contiguous range of panels. Returns the
-/// number of non-finite outputs.
+/// path would pad them to the kernel's `MR`-row tiles and pack A~. The
+/// same bits as those tiles (one FMA per product in k order on both, see
+/// the module docs). Each thread takes a contiguous range of panels.
+/// Returns the number of non-finite outputs.
 pub(crate) fn run_panels<K: Microkernel + RowOps, T: Element, C: Element>(
     kern: K,
     a: MatRef<'_, T>,
