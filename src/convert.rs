@@ -12,6 +12,7 @@ use crate::element::{Element, Slice, SliceMut};
 use crate::error::Error;
 use crate::isa::ops::{Convert, Stochastic};
 use crate::isa::{Backend, Token};
+use crate::pool::for_each_chunk_mut;
 
 /// Below this many elements the top-level functions run the scalar loop.
 const TINY: usize = 8;
@@ -29,8 +30,18 @@ const PARALLEL_MIN: usize = 1 << 20;
 /// the caller reads them.
 const STREAM_MIN_BYTES: usize = 4 << 20;
 
-/// Each rayon task converts at least this many elements.
-const PARALLEL_CHUNK: usize = 1 << 18;
+/// Each thread's share of a parallel conversion is a multiple of this
+/// many elements (whole cache lines of any element type).
+const SHARE_ALIGN: usize = 1 << 10;
+
+/// Elements of each thread's share of a conversion of `len` elements: one
+/// contiguous range per thread of rayon's pool (run through
+/// [`for_each_chunk_mut`], whose calling thread takes a share instead of
+/// sleeping until the pool is done; see `pool`).
+fn share_len(len: usize) -> usize {
+    len.div_ceil(rayon::current_num_threads().max(1))
+        .next_multiple_of(SHARE_ALIGN)
+}
 
 /// Converts `src` into `dst`, element by element, on the process-wide
 /// backend (see [`Backend::global`]).
@@ -111,14 +122,10 @@ impl Backend {
         check_lengths("convert", src.len(), dst.len())?;
         let stream = core::mem::size_of_val(dst) >= STREAM_MIN_BYTES;
         if src.len() >= PARALLEL_MIN && rayon::current_num_threads() > 1 {
-            let token = self.token;
-            rayon::scope(|scope| {
-                for (s, d) in src
-                    .chunks(PARALLEL_CHUNK)
-                    .zip(dst.chunks_mut(PARALLEL_CHUNK))
-                {
-                    scope.spawn(move |_| run_convert(token, S::slice(s), D::slice_mut(d), stream));
-                }
+            let (token, per) = (self.token, share_len(src.len()));
+            for_each_chunk_mut(dst, per, |i, d| {
+                let s = &src[i * per..][..d.len()];
+                run_convert(token, S::slice(s), D::slice_mut(d), stream);
             });
         } else {
             run_convert(self.token, S::slice(src), D::slice_mut(dst), stream);
@@ -139,16 +146,10 @@ impl Backend {
     ) -> Result<(), Error> {
         check_lengths("convert_stochastic", src.len(), dst.len())?;
         if src.len() >= PARALLEL_MIN && rayon::current_num_threads() > 1 {
-            let token = self.token;
-            rayon::scope(|scope| {
-                for (i, (s, d)) in src
-                    .chunks(PARALLEL_CHUNK)
-                    .zip(dst.chunks_mut(PARALLEL_CHUNK))
-                    .enumerate()
-                {
-                    let first = (i * PARALLEL_CHUNK) as u64;
-                    scope.spawn(move |_| run_stochastic(token, s, D::slice_mut(d), seed, first));
-                }
+            let (token, per) = (self.token, share_len(src.len()));
+            for_each_chunk_mut(dst, per, |i, d| {
+                let s = &src[i * per..][..d.len()];
+                run_stochastic(token, s, D::slice_mut(d), seed, (i * per) as u64);
             });
         } else {
             run_stochastic(self.token, src, D::slice_mut(dst), seed, 0);
