@@ -6,8 +6,8 @@
 //! done, then wakes it. That wake-up is a fixed cost of every call, paid
 //! after the work, and on the virtual machines this crate is measured on
 //! it was the largest part of a parallel call with little work in it
-//! (`gemm_probes pool_latency`; BENCHMARKS.md, Threads). [`sum_over_threads`]
-//! instead runs share 0 on the caller, the others on the pool, and waits
+//! (`gemm_probes pool_latency`; BENCHMARKS.md, sixth session).
+//! [`sum_over_threads`] instead runs share 0 on the caller, the others on the pool, and waits
 //! for them by spinning, then yielding, and only sleeps once they have
 //! taken much longer than a wake-up costs.
 //!

@@ -352,37 +352,28 @@ impl<T: Element, C: Element> KernelOp for Prepacked<'_, '_, T, C> {
             });
         }
         let (m, k, n, threads) = (self.a.rows, self.b.k, self.b.n, self.threads);
-        let nonfinite = if m == 0 || n == 0 {
-            0
-        } else {
-            if gemv::pairs_apply::<K>(m) {
-                preflight(gemv::pairs_scratch_bytes(m, k, threads), "a")?;
-                let bad = gemv::run_pairs(kern, self.a, &self.b.panels, self.c, &self.ep, threads);
-                return Ok(GemmReport {
-                    nonfinite: bad,
-                    isa: self.isa,
-                    kernel: "gemv-pairs",
-                    threads,
-                });
-            }
-            if gemv::panels_apply::<K>(m) {
-                preflight(gemv::panels_scratch_bytes(m, k, K::NR, threads), "a")?;
-                let bad = gemv::run_panels(kern, self.a, &self.b.panels, self.c, &self.ep, threads);
-                return Ok(GemmReport {
-                    nonfinite: bad,
-                    isa: self.isa,
-                    kernel: "gemv",
-                    threads,
-                });
-            }
-            preflight(blis::scratch_bytes::<K>(m, n, k, threads, true), "a")?;
-            blis::run(kern, self.a, &self.b.panels, self.c, &self.ep, threads)
-        };
-        Ok(GemmReport {
+        let isa = self.isa;
+        let report = |nonfinite, kernel| GemmReport {
             nonfinite,
-            isa: self.isa,
-            kernel: K::NAME,
+            isa,
+            kernel,
             threads,
-        })
+        };
+        if m == 0 || n == 0 {
+            return Ok(report(0, K::NAME));
+        }
+        let (a, panels, c, ep) = (self.a, &self.b.panels, self.c, &self.ep);
+        if gemv::pairs_apply::<K>(m) {
+            preflight(gemv::pairs_scratch_bytes(m, k, threads), "a")?;
+            let bad = gemv::run_pairs(kern, a, panels, c, ep, threads);
+            return Ok(report(bad, "gemv-pairs"));
+        }
+        if gemv::panels_apply::<K>(m) {
+            preflight(gemv::panels_scratch_bytes(m, k, K::NR, threads), "a")?;
+            let bad = gemv::run_panels(kern, a, panels, c, ep, threads);
+            return Ok(report(bad, "gemv"));
+        }
+        preflight(blis::scratch_bytes::<K>(m, n, k, threads, true), "a")?;
+        Ok(report(blis::run(kern, a, panels, c, ep, threads), K::NAME))
     }
 }
