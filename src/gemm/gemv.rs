@@ -210,16 +210,42 @@ pub(crate) fn run_panels<K: Microkernel + RowOps, T: Element, C: Element>(
             // Zero columns pad the last panel to NR: computed, not stored.
             kern.gemv_block(xt, mp, b, nr, &mut acc, &mut tmp);
             let (j0, cols) = (p * nr, nr.min(n - p * nr));
-            for (r, row) in acc.chunks_mut(nr).take(m).enumerate() {
-                // SAFETY: row r < m, columns j0..j0 + cols <= n, this
-                // thread's own panels (shapes checked above; ranges
-                // disjoint).
-                bad += unsafe { store_row(kern, ep, &mut row[..cols], r, j0, cptr, c_len) };
-            }
+            let tile = &mut acc[..m * nr];
+            // SAFETY: rows 0..m, columns j0..j0 + cols <= n: this thread's
+            // own panels (shapes checked above; ranges disjoint).
+            bad += unsafe { store_tile(kern, ep, tile, nr, 0, j0, cols, (cptr, c_len)) };
         }
         bad
     };
     sum_over_threads(threads, work)
+}
+
+/// Stores the first `cols` of each `w`-wide row of `tile` as rows `i0..`
+/// of C from column `j0`, through the epilogue; returns the number of
+/// non-finite outputs.
+///
+/// # Safety
+///
+/// Those rows and columns lie inside the C of `c` ([`c_ptr`]), whose borrow
+/// outlives the call, and no other thread writes them meanwhile.
+#[expect(clippy::too_many_arguments, reason = "internal: a tile's place in C")]
+unsafe fn store_tile<K: RowOps, C: Element>(
+    kern: K,
+    ep: &Epilogue<'_>,
+    tile: &mut [f32],
+    w: usize,
+    i0: usize,
+    j0: usize,
+    cols: usize,
+    (cptr, c_len): (super::blis::CPtr<C>, usize),
+) -> usize {
+    let mut bad = 0;
+    for (r, row) in tile.chunks_exact_mut(w).enumerate() {
+        // SAFETY: row i0 + r, columns j0..j0 + cols: inside C, this
+        // thread's alone (the contract).
+        bad += unsafe { store_row(kern, ep, &mut row[..cols], i0 + r, j0, cptr, c_len) };
+    }
+    bad
 }
 
 /// Bytes of scratch [`run_panels`] allocates: A widened (`k x mp`, `mp <
@@ -318,13 +344,9 @@ pub(crate) fn run_pairs<K: Microkernel + RowOps, T: Element, C: Element>(
                 let tile = &mut tile[..rows * PAIRS_NR];
                 let done = kern.pairs_panel(rows, group, b, tile);
                 assert!(done, "pairs_apply promised a pairs kernel");
-                for (i, row) in tile.chunks_exact_mut(PAIRS_NR).enumerate() {
-                    // SAFETY: row g0 + i < m, columns j0..j0 + cols <= n,
-                    // this thread's own panels (shapes checked above;
-                    // ranges disjoint).
-                    bad +=
-                        unsafe { store_row(kern, ep, &mut row[..cols], g0 + i, j0, cptr, c_len) };
-                }
+                // SAFETY: rows g0..g0 + rows <= m, columns j0..j0 + cols <= n:
+                // this thread's own panels (shapes checked above).
+                bad += unsafe { store_tile(kern, ep, tile, PAIRS_NR, g0, j0, cols, (cptr, c_len)) };
             }
         }
         bad

@@ -137,9 +137,10 @@ fn kernel(slots: usize, a: &[f32], b: &[f32], tile: &mut [f32], accumulate: bool
 /// `pairs` for `M`.
 #[inline(always)]
 unsafe fn dot_slot<const M: usize>(acc: &mut [[__m512; 2]; M], b: *const f32, pairs: *const f32) {
-    // SAFETY: the caller's contract (features and reads). `__m512` and
-    // `__m512bh` are both 64 plain bytes: 16 f32 slots as the 32 bf16 they
-    // were packed from (core::arch has no cast between the two).
+    // The transmutes read 16 f32 slots as the 32 bf16 they were packed
+    // from (core::arch has no cast between the two).
+    // SAFETY: the caller's contract (features, reads); both types are 64
+    // plain bytes.
     unsafe {
         let b0 = core::mem::transmute::<__m512, __m512bh>(_mm512_loadu_ps(b));
         let b1 = core::mem::transmute::<__m512, __m512bh>(_mm512_loadu_ps(b.add(16)));
