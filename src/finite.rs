@@ -24,9 +24,13 @@
 //!   inf/NaN values (so it stays a number and [`GradStats::merge`] stays
 //!   meaningful), but it is not a gradient norm: [`GradStats::norm`] is NaN
 //!   then. A training step only uses it on clean steps.
-//! - The counts and the written values do not depend on the ISA, on the
-//!   number of threads or on how [`unscale_many`] splits the work; `sum_sq`
-//!   does only through the order of additions (within the bound above).
+//! - The counts and the written values do not depend on the ISA or on the
+//!   number of threads. `sum_sq` depends on the ISA only through the order
+//!   of its additions (within the bound above), and not on the thread count
+//!   or the timing: each tensor is summed in units of 256 Ki elements from
+//!   its start, and the units' sums are added in order, tensors in the
+//!   order given. So a gradient norm that decides a clip gives the same
+//!   bits on every run of one machine.
 //!
 //! # Bad input
 //!
@@ -34,19 +38,17 @@
 //! [`Error::InvalidScale`]; lengths that differ in [`unscale_into`] are
 //! [`Error::LengthMismatch`]. Either way nothing is written.
 
-use rayon::prelude::*;
+use std::sync::{Mutex, PoisonError};
 
 use crate::element::{Element, Slice, SliceMut};
 use crate::error::Error;
 use crate::isa::ops::{CountNonfinite, Unscale, UnscaleInto};
 use crate::isa::{Backend, Token};
 pub use crate::kernel::stats::GradStats;
+use crate::pool;
 
-/// Above this many elements a slice is split over rayon's threads.
+/// From this many elements in all, the work is split over rayon's threads.
 const PARALLEL_MIN: usize = 1 << 20;
-
-/// Each rayon task handles at least this many elements.
-const PARALLEL_CHUNK: usize = 1 << 18;
 
 /// Checking statistics that come back from outside (see
 /// [Valid statistics](GradStats#valid-statistics)): here, beside the
@@ -269,7 +271,7 @@ impl Backend {
     /// [`Error::InvalidScale`] when `inv_scale` is not finite and > 0.
     pub fn unscale<T: Element>(&self, grads: &mut [T], inv_scale: f32) -> Result<GradStats, Error> {
         check_scale("unscale", inv_scale)?;
-        Ok(self.unscale_checked(grads, inv_scale))
+        Ok(self.unscale_checked(&mut [grads], inv_scale))
     }
 
     /// [`unscale_into`] on this backend's ISA.
@@ -293,15 +295,14 @@ impl Backend {
             });
         }
         let token = self.token;
-        if src.len() >= PARALLEL_MIN && rayon::current_num_threads() > 1 {
-            Ok(src
-                .par_chunks(PARALLEL_CHUNK)
-                .zip(dst.par_chunks_mut(PARALLEL_CHUNK))
-                .map(|(s, d)| run_unscale_into(token, T::slice(s), d, inv_scale))
-                .reduce(|| GradStats::ZERO, GradStats::merge))
-        } else {
-            Ok(run_unscale_into(token, T::slice(src), dst, inv_scale))
-        }
+        let mut units: Vec<Unit<(&[T], &mut [f32])>> = src
+            .chunks(CHUNK)
+            .zip(dst.chunks_mut(CHUNK))
+            .map(Unit::new)
+            .collect();
+        Ok(run_units(&mut units, |(s, d)| {
+            run_unscale_into(token, T::slice(s), d, inv_scale)
+        }))
     }
 
     /// [`unscale_many`] on this backend's ISA.
@@ -315,34 +316,103 @@ impl Backend {
         inv_scale: f32,
     ) -> Result<GradStats, Error> {
         check_scale("unscale_many", inv_scale)?;
-        let total: usize = tensors.iter().map(|t| t.len()).sum();
-        if total < PARALLEL_MIN || rayon::current_num_threads() == 1 {
-            return Ok(tensors
-                .iter_mut()
-                .map(|t| run_unscale(self.token, T::slice_mut(t), inv_scale))
-                .fold(GradStats::ZERO, GradStats::merge));
-        }
-        // One task per tensor; a large tensor splits itself further in
-        // `unscale_checked`. Small tensors are grouped by rayon's adaptive
-        // splitting of the outer iterator.
-        Ok(tensors
-            .par_iter_mut()
-            .map(|t| self.unscale_checked(t, inv_scale))
-            .reduce(|| GradStats::ZERO, GradStats::merge))
+        Ok(self.unscale_checked(tensors, inv_scale))
     }
 
-    /// [`Backend::unscale`] after the scale was validated.
-    fn unscale_checked<T: Element>(&self, grads: &mut [T], inv_scale: f32) -> GradStats {
+    /// [`Backend::unscale_many`] after the scale was validated.
+    fn unscale_checked<T: Element>(&self, tensors: &mut [&mut [T]], inv_scale: f32) -> GradStats {
         let token = self.token;
-        if grads.len() >= PARALLEL_MIN && rayon::current_num_threads() > 1 {
-            grads
-                .par_chunks_mut(PARALLEL_CHUNK)
-                .map(|c| run_unscale(token, T::slice_mut(c), inv_scale))
-                .reduce(|| GradStats::ZERO, GradStats::merge)
-        } else {
-            run_unscale(token, T::slice_mut(grads), inv_scale)
+        let mut units: Vec<Unit<&mut [T]>> = tensors
+            .iter_mut()
+            .flat_map(|t| t.chunks_mut(CHUNK))
+            .map(Unit::new)
+            .collect();
+        run_units(&mut units, |data| {
+            run_unscale(token, T::slice_mut(data), inv_scale)
+        })
+    }
+}
+
+/// The statistics' unit of work: at most this many elements of one
+/// tensor, from its start. [`GradStats::sum_sq`] is the sum of the units'
+/// own sums, added in order (tensors in order, each from its start), so
+/// its bits depend on neither the thread count nor the timing.
+const CHUNK: usize = 1 << 18;
+
+/// One unit's operands and, once run, its statistics.
+struct Unit<D> {
+    data: D,
+    stats: GradStats,
+}
+
+impl<D> Unit<D> {
+    fn new(data: D) -> Self {
+        Unit {
+            data,
+            stats: GradStats::ZERO,
         }
     }
+}
+
+/// The elements of one unit's operands.
+trait Elements {
+    fn elements(&self) -> usize;
+}
+
+impl<T> Elements for &mut [T] {
+    fn elements(&self) -> usize {
+        self.len()
+    }
+}
+
+impl<T, U> Elements for (&[T], &mut [U]) {
+    fn elements(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// Runs `run` on every unit and merges their statistics in order. From
+/// [`PARALLEL_MIN`] elements in all, over rayon's threads through the pool
+/// (the caller takes a share): each thread one contiguous run of units of
+/// about equal elements.
+fn run_units<D: Elements + Send>(
+    units: &mut [Unit<D>],
+    run: impl Fn(&mut D) -> GradStats + Sync + Send,
+) -> GradStats {
+    let total: usize = units.iter().map(|u| u.data.elements()).sum();
+    let threads = rayon::current_num_threads().min(units.len());
+    if total < PARALLEL_MIN || threads <= 1 {
+        for u in units.iter_mut() {
+            u.stats = run(&mut u.data);
+        }
+    } else {
+        // Cut where the running count of elements passes each thread's
+        // share; one lock per run, only to hand its `&mut` to its thread.
+        let mut runs = Vec::with_capacity(threads);
+        let (mut rest, mut seen) = (&mut units[..], 0);
+        for t in 1..threads {
+            let goal = total / threads * t;
+            let mut take = 0;
+            while take < rest.len() && seen < goal {
+                seen += rest[take].data.elements();
+                take += 1;
+            }
+            let (head, tail) = rest.split_at_mut(take);
+            runs.push(Mutex::new(head));
+            rest = tail;
+        }
+        runs.push(Mutex::new(rest));
+        pool::sum_over_threads(runs.len(), |t| {
+            let mut run_of = runs[t].lock().unwrap_or_else(PoisonError::into_inner);
+            for u in run_of.iter_mut() {
+                u.stats = run(&mut u.data);
+            }
+            0
+        });
+    }
+    units
+        .iter()
+        .fold(GradStats::ZERO, |acc, u| acc.merge(u.stats))
 }
 
 /// `Ok` when `inv_scale` is finite and > 0.

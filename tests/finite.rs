@@ -542,6 +542,59 @@ fn unscale_many_equals_per_tensor_calls() {
     );
 }
 
+/// The statistics' bits, `sum_sq` included, and the written values are
+/// the same on any number of threads and on every call: a gradient norm
+/// that decides a clip must not depend on the pool or on its timing.
+#[test]
+fn statistics_do_not_depend_on_the_thread_count() {
+    let mut rng = Rng::fresh("statistics_do_not_depend_on_the_thread_count");
+    // Squares over many binades, so that another order of additions gives
+    // other bits; one large tensor and a mix around the split sizes.
+    let mut value = || bf16::from_f32(rng.unit() * 2f32.powi(rng.below(40) as i32 - 20));
+    let sizes = [
+        (1usize << 21) + 4099,
+        5,
+        1 << 18,
+        (1 << 18) + 1,
+        300_001,
+        0,
+        77,
+    ];
+    let tensors: Vec<Vec<bf16>> = sizes
+        .iter()
+        .map(|&n| (0..n).map(|_| value()).collect())
+        .collect();
+    let inv = 1.0 / 8.0;
+    for backend in backends() {
+        let isa = backend.isa();
+        let run = || {
+            let mut many = tensors.clone();
+            let mut refs: Vec<&mut [bf16]> = many.iter_mut().map(|t| &mut t[..]).collect();
+            let stats_many = backend.unscale_many(&mut refs, inv).unwrap();
+            let mut one = tensors[0].clone();
+            let stats_one = backend.unscale(&mut one, inv).unwrap();
+            let mut wide = vec![f32::NAN; tensors[0].len()];
+            let stats_into = backend.unscale_into(&tensors[0], &mut wide, inv).unwrap();
+            let bits = |s: GradStats| (s.nonfinite, s.sum_sq.to_bits());
+            let stats = [bits(stats_many), bits(stats_one), bits(stats_into)];
+            (stats, many, wide)
+        };
+        let want = run();
+        for threads in [1, 2, 3, 5] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            for call in 0..2 {
+                let got = pool.install(run);
+                assert_eq!(got.0, want.0, "{isa} {threads} threads call {call}: stats");
+                assert!(got.1 == want.1, "{isa} {threads} threads: written values");
+                assert!(got.2 == want.2, "{isa} {threads} threads: widened values");
+            }
+        }
+    }
+}
+
 /// The top-level functions agree with the backends.
 #[test]
 fn top_level_functions_match_the_backends() {
