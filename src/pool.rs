@@ -79,22 +79,6 @@ pub(crate) fn for_each_chunk_mut<T: Send>(
     });
 }
 
-/// Returns once `ready()` is true, spinning for [`SPIN_FOR`], then
-/// yielding this thread's core between checks: for waits on work that
-/// other running threads are doing now.
-pub(crate) fn spin_until(mut ready: impl FnMut() -> bool) {
-    let start = Instant::now();
-    let mut checks = 0u32;
-    while !ready() {
-        checks = checks.wrapping_add(1);
-        if !checks.is_multiple_of(64) {
-            core::hint::spin_loop();
-        } else if start.elapsed() >= SPIN_FOR {
-            std::thread::yield_now();
-        }
-    }
-}
-
 /// Returns once `done` reaches `count` or [`SLEEP_AFTER`] has passed.
 fn wait_for(done: &AtomicUsize, count: usize) {
     let start = Instant::now();

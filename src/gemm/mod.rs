@@ -317,8 +317,8 @@ impl<T: Element, C: Element> KernelOp for Unpacked<'_, '_, T, C> {
             return Ok(report(bad, "gemv-dot"));
         }
         preflight(blis::scratch_bytes::<K>(m, n, k, threads, false), "b")?;
-        let bad = if threads > 1 && blis::grid_pays::<K>(m, n, k, threads) {
-            blis::run_grid(kern, self.a, self.b, self.c, &self.ep, threads)
+        let bad = if threads > 1 && blis::local_b_pays::<K>(m, n, k, threads) {
+            blis::run_local_b(kern, self.a, self.b, self.c, &self.ep, threads)
         } else {
             let packed = blis::pack_b_scratch(kern, self.b, threads);
             let bad = blis::run(kern, self.a, &packed, self.c, &self.ep, threads);

@@ -116,16 +116,14 @@ pub(crate) struct Blocking {
     pub(crate) kc_run: usize,
     /// Most rows of a block of C in `blis::run` (B~ packed once): each B~
     /// micro-panel serves `mc / MR` A~ panels from L1. Default: see
-    /// `blis::MC_MAX`. (`blis::run_grid` keeps `MC_MAX`.)
+    /// `blis::MC_MAX`. (`blis::run_local_b` keeps `MC_MAX`.)
     pub(crate) mc: usize,
-    /// Whether a GEMM on several threads with B not packed beforehand runs
-    /// as a grid of cells of C, one per thread, whose A~ and B~ panels the
-    /// cells that share them pack (see `blis::run_grid`), instead of B~
-    /// packed whole before the threads split C: for kernels so fast that
-    /// fetching B~ panels other cores packed is the limit (AMX). The
-    /// AVX-512 kernels were slower with the grid when each cell packed all
-    /// of its own A~ and B~ (docs/tried.md, Threads).
-    pub(crate) grid: bool,
+    /// Whether threads pack their own B~ for their cells of C when B is
+    /// not packed beforehand (see `blis::run_local_b`): for kernels so fast
+    /// that fetching B~ panels other cores packed is the limit (AMX). The
+    /// AVX-512 kernels were slower with it (every thread then packs all of
+    /// A or all of B; docs/tried.md, Threads).
+    pub(crate) local_b: bool,
     /// Whether large GEMMs on several threads pack A~ and B~ once, shared,
     /// and hand out blocks of C one at a time (see `blis::run_dynamic` and
     /// `blis::dynamic_pays`): for kernels whose speed differs from core to
@@ -147,7 +145,7 @@ impl Blocking {
         kc: KC,
         kc_run: 1,
         mc: MC_MAX,
-        grid: false,
+        local_b: false,
         dynamic: false,
         tile_prefetch_on_threads: false,
     };

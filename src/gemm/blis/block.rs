@@ -3,7 +3,7 @@
 //! NR) and LOOP 1 (ir over its rows by MR), with what each kernel call
 //! may prefetch, then the hand-over to the store.
 
-use super::pack::{aligned, pack_panel};
+use super::pack::{PackedPanels, aligned, pack_panel};
 use super::{div_ceil, slots, total_slots};
 use crate::element::Element;
 use crate::gemm::view::MatRef;
@@ -62,16 +62,12 @@ pub(super) struct BlockJob<'a, K, T: Element, C> {
     /// A (`m x k`): its `k` is the GEMM's, and blocks without `shared_a`
     /// pack their A~ from it.
     pub(super) a: MatRef<'a, T>,
-    /// A~ from row `shared_a_i0` on (a multiple of MR), if packed
-    /// beforehand ([`pack_a_shared`](super::pack::pack_a_shared)'s layout);
-    /// else each block packs its own A~ into its workspace.
+    /// A~ of all of A, if packed beforehand
+    /// ([`pack_a_shared`](super::pack::pack_a_shared)); else each block
+    /// packs its own A~ into its workspace.
     pub(super) shared_a: Option<&'a [f32]>,
-    pub(super) shared_a_i0: usize,
-    /// B~ from column `packed_j0` on (a multiple of NR), in
-    /// [`PackedPanels`](super::pack::PackedPanels)' layout: panels of
-    /// `panel_len` slots.
-    pub(super) packed: &'a [f32],
-    pub(super) panel_len: usize,
+    /// B~ from column `packed_j0` on (a multiple of NR).
+    pub(super) packed: &'a PackedPanels,
     pub(super) packed_j0: usize,
     /// C ([`CPtr::of`]) and the length of its slice.
     pub(super) c: CPtr<C>,
@@ -104,7 +100,7 @@ pub(super) unsafe fn block<K: Microkernel + RowOps, T: Element, C: Element>(
     let m_panels = div_ceil(blk.m, mr);
     let n_panels = div_ceil(blk.n, nr);
     let tile = mr * nr;
-    let panel_len = job.panel_len;
+    let panel_len = packed.panel_len();
     let acc_all = aligned(&mut ws.acc, m_panels * n_panels * tile);
     let blocks_k = div_ceil(k, K::BLOCKING.kc).max(1);
     // A~ over all of k for the block's rows, panel by panel (each MR-row
@@ -116,7 +112,7 @@ pub(super) unsafe fn block<K: Microkernel + RowOps, T: Element, C: Element>(
     debug_assert!(blk.i0.is_multiple_of(mr));
     let shared_a = job
         .shared_a
-        .map(|a_all| &a_all[(blk.i0 - job.shared_a_i0) / mr * a_panel_len..]);
+        .map(|a_all| &a_all[blk.i0 / mr * a_panel_len..]);
     let mut own_a = match shared_a {
         Some(_) => None,
         None => Some(aligned(&mut ws.a, m_panels * a_panel_len)),
@@ -171,7 +167,7 @@ pub(super) unsafe fn block<K: Microkernel + RowOps, T: Element, C: Element>(
         };
         let b_panel = |jp: usize, b_off: usize, nslots: usize| {
             let b0 = ((blk.j0 - packed_j0) / nr + jp) * panel_len + b_off * nr;
-            &packed[b0..b0 + nslots * nr]
+            &packed.data()[b0..b0 + nslots * nr]
         };
         // The (column, KC block) after (jp, q) in this run's order.
         let step_after = |jp: usize, q: usize| {

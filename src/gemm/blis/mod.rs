@@ -23,8 +23,7 @@
 //! Large GEMMs on several threads with a kernel that asks for it
 //! ([`Blocking::dynamic`], AMX) pack A~ whole as well and hand the blocks
 //! of C out one at a time instead ([`split::run_dynamic`]); smaller ones
-//! with unpacked B may run as a grid of cells, one per thread, that pack
-//! the panels of A~ and B~ they share between them ([`run_grid`]).
+//! with unpacked B may give each thread its own B~ ([`run_local_b`]).
 //!
 //! [`Blocking::kc_run`]: super::kernel::Blocking::kc_run
 //! [`Blocking::dynamic`]: super::kernel::Blocking::dynamic
@@ -55,7 +54,7 @@ pub(crate) mod tests;
 
 pub(in crate::gemm) use crate::kernel::store::{CPtr, store_row};
 pub(crate) use pack::{PackedPanels, pack_b, pack_b_scratch, recycle};
-pub(crate) use split::{grid_pays, run, run_grid};
+pub(crate) use split::{local_b_pays, run, run_local_b};
 
 /// C's pointer and strides, and the length of its slice, for the threads
 /// that write disjoint blocks of it while the caller's borrow of C lasts.
@@ -104,8 +103,7 @@ pub(crate) const fn total_slots(k: usize, format: Format) -> usize {
 /// Bytes of scratch the blocked GEMM allocates for `A (m x k) B (k x n)`
 /// on `threads` threads with kernel `K`: B~ unless `b_prepacked`, and A~
 /// (one row block of at most `max(K::BLOCKING.mc, MC_MAX)` rows per
-/// thread, or all of A where [`split::run_dynamic`] or [`run_grid`] takes
-/// it), plus each
+/// thread, or all of A where [`split::run_dynamic`] takes it), plus each
 /// thread's tile workspace.
 /// `None` when the count overflows or passes `isize::MAX`: a broadcast
 /// view (stride 0) can name a shape whose packed form cannot exist.
@@ -122,9 +120,7 @@ pub(crate) fn scratch_bytes<K: Microkernel>(
         packed_b_slots::<K>(k, n)?
     };
     let a_panel = total_slots(k, K::FORMAT_A).checked_mul(K::MR)?;
-    let a = if dynamic_pays::<K>(m, n, k, threads)
-        || (threads > 1 && grid_pays::<K>(m, n, k, threads))
-    {
+    let a = if dynamic_pays::<K>(m, n, k, threads) {
         div_ceil(m, K::MR).checked_mul(a_panel)?
     } else {
         let rows = m.min(K::BLOCKING.mc.max(MC_MAX));

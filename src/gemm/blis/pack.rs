@@ -318,45 +318,6 @@ fn pack_b_into<K: Microkernel + RowOps, T: Element>(
     let per_panel = total_slots(k, K::FORMAT) * K::NR;
     let panels = div_ceil(n, K::NR);
     let data = aligned(&mut buf, per_panel * panels);
-    if per_panel > 0 {
-        if threads > 1 && panels > 1 {
-            let per_task = div_ceil(panels, threads);
-            for_each_chunk_mut(data, per_panel * per_task, |t, chunk| {
-                pack_b_panels(kern, b, t * per_task, chunk, &mut Vec::new())
-            });
-        } else {
-            pack_b_panels(kern, b, 0, data, &mut Vec::new());
-        }
-    }
-    let len = per_panel * panels;
-    let start = buf.as_ptr().align_offset(64).min(LINE);
-    PackedPanels {
-        format: K::FORMAT,
-        nr: K::NR,
-        kc: K::BLOCKING.kc,
-        k,
-        n,
-        buf,
-        start,
-        len,
-    }
-}
-
-/// Packs the NR-column panels of `b` (`k x n`) from panel `p0` on into
-/// `chunk` (whole panels of B~, in [`PackedPanels`]' layout), with `tmp`
-/// as widening scratch.
-pub(super) fn pack_b_panels<K: Microkernel + RowOps, T: Element>(
-    kern: K,
-    b: MatRef<'_, T>,
-    p0: usize,
-    chunk: &mut [f32],
-    tmp: &mut Vec<f32>,
-) {
-    let (k, n) = (b.rows, b.cols);
-    let per_panel = total_slots(k, K::FORMAT) * K::NR;
-    if per_panel == 0 {
-        return;
-    }
     let bt = b.t(); // lanes = columns of B, depth = k
     // Packs the panels from `p0` on into `chunk`, rows of B outermost: each
     // pass packs `PACK_ROWS` rows of B into every panel of the chunk, so a
@@ -382,55 +343,79 @@ pub(super) fn pack_b_panels<K: Microkernel + RowOps, T: Element>(
     } else {
         PACK_ROWS
     };
-    let chunk_panels = chunk.len() / per_panel;
-    let (j0, j1) = (p0 * K::NR, ((p0 + chunk_panels) * K::NR).min(n));
-    let mut block_off = 0;
-    for pc in (0..k).step_by(K::BLOCKING.kc) {
-        let kc = K::BLOCKING.kc.min(k - pc);
-        if rows_whole {
-            for d in 0..kc {
-                let off = (pc + d) * bt.cs + j0;
-                let row = &bt.data[off..off + (j1 - j0)];
-                let at = block_off + d * K::NR;
-                let panels = chunk.chunks_exact_mut(per_panel);
-                for (panel, src) in panels.zip(row.chunks(K::NR)) {
-                    let dst = &mut panel[at..at + K::NR];
-                    match T::slice(src) {
-                        // A constant size after monomorphization: moves
-                        // in registers, no `memcpy` call.
-                        Slice::F32(src) if src.len() == K::NR => dst.copy_from_slice(src),
-                        _ => kern.widen(src, &mut dst[..src.len()]),
+    let pack_range = |p0: usize, chunk: &mut [f32], tmp: &mut Vec<f32>| {
+        let chunk_panels = chunk.len() / per_panel;
+        let (j0, j1) = (p0 * K::NR, ((p0 + chunk_panels) * K::NR).min(n));
+        let mut block_off = 0;
+        for pc in (0..k).step_by(K::BLOCKING.kc) {
+            let kc = K::BLOCKING.kc.min(k - pc);
+            if rows_whole {
+                for d in 0..kc {
+                    let off = (pc + d) * bt.cs + j0;
+                    let row = &bt.data[off..off + (j1 - j0)];
+                    let at = block_off + d * K::NR;
+                    let panels = chunk.chunks_exact_mut(per_panel);
+                    for (panel, src) in panels.zip(row.chunks(K::NR)) {
+                        let dst = &mut panel[at..at + K::NR];
+                        match T::slice(src) {
+                            // A constant size after monomorphization: moves
+                            // in registers, no `memcpy` call.
+                            Slice::F32(src) if src.len() == K::NR => dst.copy_from_slice(src),
+                            _ => kern.widen(src, &mut dst[..src.len()]),
+                        }
+                        // The last panel's columns past n: zero.
+                        dst[src.len()..].fill(0.0);
                     }
-                    // The last panel's columns past n: zero.
-                    dst[src.len()..].fill(0.0);
+                }
+                block_off += slots(kc, K::FORMAT) * K::NR;
+                continue;
+            }
+            for sub in (0..kc).step_by(pass_rows) {
+                let depth = pass_rows.min(kc - sub);
+                let off = block_off + slots(sub, K::FORMAT) * K::NR;
+                let len = slots(depth, K::FORMAT) * K::NR;
+                for (q, panel) in chunk.chunks_mut(per_panel).enumerate() {
+                    let j0 = (p0 + q) * K::NR;
+                    let lanes = K::NR.min(n - j0);
+                    let dst = &mut panel[off..off + len];
+                    pack_panel(
+                        kern,
+                        bt,
+                        j0,
+                        lanes,
+                        pc + sub,
+                        depth,
+                        K::NR,
+                        K::FORMAT,
+                        dst,
+                        tmp,
+                    );
                 }
             }
             block_off += slots(kc, K::FORMAT) * K::NR;
-            continue;
         }
-        for sub in (0..kc).step_by(pass_rows) {
-            let depth = pass_rows.min(kc - sub);
-            let off = block_off + slots(sub, K::FORMAT) * K::NR;
-            let len = slots(depth, K::FORMAT) * K::NR;
-            for (q, panel) in chunk.chunks_mut(per_panel).enumerate() {
-                let j0 = (p0 + q) * K::NR;
-                let lanes = K::NR.min(n - j0);
-                let dst = &mut panel[off..off + len];
-                pack_panel(
-                    kern,
-                    bt,
-                    j0,
-                    lanes,
-                    pc + sub,
-                    depth,
-                    K::NR,
-                    K::FORMAT,
-                    dst,
-                    tmp,
-                );
-            }
+    };
+    if per_panel > 0 {
+        if threads > 1 && panels > 1 {
+            let per_task = div_ceil(panels, threads);
+            for_each_chunk_mut(data, per_panel * per_task, |t, chunk| {
+                pack_range(t * per_task, chunk, &mut Vec::new())
+            });
+        } else {
+            pack_range(0, data, &mut Vec::new());
         }
-        block_off += slots(kc, K::FORMAT) * K::NR;
+    }
+    let len = per_panel * panels;
+    let start = buf.as_ptr().align_offset(64).min(LINE);
+    PackedPanels {
+        format: K::FORMAT,
+        nr: K::NR,
+        kc: K::BLOCKING.kc,
+        k,
+        n,
+        buf,
+        start,
+        len,
     }
 }
 
@@ -448,10 +433,35 @@ pub(super) fn pack_a_shared<K: Microkernel + RowOps, T: Element>(
     let panels = div_ceil(m, mr);
     let mut buf = scratch::take_a();
     let data = aligned(&mut buf, panel_len * panels);
+    let pack_panels = |p0: usize, chunk: &mut [f32]| {
+        let mut tmp = Vec::new();
+        for (q, dst) in chunk.chunks_mut(panel_len).enumerate() {
+            let i0 = (p0 + q) * mr;
+            let lanes = mr.min(m - i0);
+            let mut off = 0;
+            for pc in (0..k).step_by(K::BLOCKING.kc) {
+                let kc = K::BLOCKING.kc.min(k - pc);
+                let len = slots(kc, K::FORMAT_A) * mr;
+                pack_panel(
+                    kern,
+                    a,
+                    i0,
+                    lanes,
+                    pc,
+                    kc,
+                    mr,
+                    K::FORMAT_A,
+                    &mut dst[off..off + len],
+                    &mut tmp,
+                );
+                off += len;
+            }
+        }
+    };
     if panel_len > 0 {
         let per_task = div_ceil(panels, threads.max(1));
         for_each_chunk_mut(data, panel_len * per_task, |t, chunk| {
-            pack_a_panels(kern, a, t * per_task, chunk, &mut Vec::new())
+            pack_panels(t * per_task, chunk)
         });
     }
     let start = buf.as_ptr().align_offset(64).min(LINE);
@@ -459,45 +469,6 @@ pub(super) fn pack_a_shared<K: Microkernel + RowOps, T: Element>(
         buf,
         start,
         len: panel_len * panels,
-    }
-}
-
-/// Packs the MR-row panels of `a` (`m x k`) from panel `p0` on into
-/// `chunk` (whole panels of A~, each panel's KC blocks one after the
-/// other, as [`pack_a_shared`] lays them out), with `tmp` as scratch.
-pub(super) fn pack_a_panels<K: Microkernel + RowOps, T: Element>(
-    kern: K,
-    a: MatRef<'_, T>,
-    p0: usize,
-    chunk: &mut [f32],
-    tmp: &mut Vec<f32>,
-) {
-    let (m, k, mr) = (a.rows, a.cols, K::MR);
-    let panel_len = total_slots(k, K::FORMAT_A) * mr;
-    if panel_len == 0 {
-        return;
-    }
-    for (q, dst) in chunk.chunks_mut(panel_len).enumerate() {
-        let i0 = (p0 + q) * mr;
-        let lanes = mr.min(m - i0);
-        let mut off = 0;
-        for pc in (0..k).step_by(K::BLOCKING.kc) {
-            let kc = K::BLOCKING.kc.min(k - pc);
-            let len = slots(kc, K::FORMAT_A) * mr;
-            pack_panel(
-                kern,
-                a,
-                i0,
-                lanes,
-                pc,
-                kc,
-                mr,
-                K::FORMAT_A,
-                &mut dst[off..off + len],
-                tmp,
-            );
-            off += len;
-        }
     }
 }
 

@@ -1,21 +1,18 @@
 //! The split of C over threads: [`run`] (B~ packed once and shared, a
-//! static split of row and column blocks), [`run_grid`] (a grid of cells,
-//! one per thread, whose A~ and B~ panels the cells that share them pack)
-//! and [`run_dynamic`] (A~ and B~ shared, blocks handed out one at a
-//! time), and the rules that choose between them.
-
-use core::marker::PhantomData;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+//! static split of row and column blocks), [`run_local_b`] (each thread
+//! packs its own B~ for one cell of a grid) and [`run_dynamic`] (A~ and
+//! B~ shared, blocks handed out one at a time), and the rules that choose
+//! between them.
 
 use super::block::{BlockJob, Prefetch, block};
-use super::pack::{PackedPanels, aligned, pack_a_panels, pack_a_shared, pack_b_panels};
+use super::pack::{PackedPanels, pack_a_shared, pack_b_scratch, recycle};
 use super::{MC_MAX, NC_MAX, div_ceil, scratch, total_slots};
 use crate::element::Element;
 use crate::gemm::view::{MatMut, MatRef};
 use crate::kernel::epilogue::Epilogue;
 use crate::kernel::gemm::{Microkernel, RowOps};
 use crate::kernel::store::Block;
-use crate::pool::{spin_until, sum_over_threads};
+use crate::pool::sum_over_threads;
 
 /// Runs the GEMM with B already packed by [`pack_b`](super::pack_b) for
 /// this kernel ([`run_dynamic`] where [`dynamic_pays`]). Shapes, strides
@@ -69,9 +66,7 @@ pub(crate) fn run<K: Microkernel + RowOps, T: Element, C: Element>(
         kern,
         a,
         shared_a: None,
-        shared_a_i0: 0,
-        packed: packed.data(),
-        panel_len: packed.panel_len(),
+        packed,
         packed_j0: 0,
         c,
         c_len,
@@ -106,21 +101,16 @@ pub(crate) fn run<K: Microkernel + RowOps, T: Element, C: Element>(
     sum_over_threads(threads, work)
 }
 
-/// Runs the GEMM with unpacked B on `threads` > 1 threads as a grid of
-/// cells of C, one per thread (see [`grid`]), over A~ and B~ packed once
-/// and shared by the threads that read them: the cells of one row of the
-/// grid pack that row block's A~ panels between them, each claiming the
-/// next few ([`Claims`]), the cells of one column its B~ panels, and each
-/// cell runs its blocks once its row and column are packed. Every panel is
-/// packed once; with each cell packing its own A~ and B~ (this split
-/// before) a 4 x 4 grid packed A and B four times each, more than the
-/// cell's compute on AMX at n = 512 (BENCHMARKS.md, AMX). A cell waits
-/// only for panels other running cells have claimed, so it never waits on
-/// a thread that has not started. No packing pass before the threads
-/// start, and the cells' panels stay in the caches of the cores that read
-/// them. Shapes and strides were validated by the caller. Returns the
-/// number of non-finite outputs.
-pub(crate) fn run_grid<K: Microkernel + RowOps, T: Element, C: Element>(
+/// Runs the GEMM with unpacked B on `threads` > 1 threads: C is cut into
+/// a grid of cells, one per thread (see [`grid`]), and each thread packs
+/// the B~ of its own columns over all of k into its scratch, then runs its
+/// cell's blocks. No packing pass before the threads start, and each
+/// core's B~ stays in its own caches, where with B~ packed once and shared
+/// every core fetches panels other cores have just written, which limits
+/// a kernel as fast as AMX (see `AmxBf16::BLOCKING`, and BENCHMARKS.md, AMX).
+/// Shapes and strides were validated by the caller. Returns the number of
+/// non-finite outputs.
+pub(crate) fn run_local_b<K: Microkernel + RowOps, T: Element, C: Element>(
     kern: K,
     a: MatRef<'_, T>,
     b: MatRef<'_, T>,
@@ -136,63 +126,43 @@ pub(crate) fn run_grid<K: Microkernel + RowOps, T: Element, C: Element>(
     }
     let (pm, pn) = (div_ceil(m, K::MR), div_ceil(n, K::NR));
     let (mt, nt) = grid(pm, pn, threads);
-    let a_panel = total_slots(k, K::FORMAT_A) * K::MR;
-    let b_panel = total_slots(k, K::FORMAT) * K::NR;
-    let (mut a_buf, mut b_buf) = (scratch::take_a(), scratch::take_b());
-    let a_all = Panels::new(aligned(&mut a_buf, pm * a_panel), pm);
-    let b_all = Panels::new(aligned(&mut b_buf, pn * b_panel), pn);
-    // Row block i of the grid: A~ panels i * pm / mt.., shared by nt cells.
-    let rows: Vec<Claims> = (0..mt)
-        .map(|i| Claims::new(i * pm / mt, (i + 1) * pm / mt, nt))
-        .collect();
-    let cols: Vec<Claims> = (0..nt)
-        .map(|j| Claims::new(j * pn / nt, (j + 1) * pn / nt, mt))
-        .collect();
+    let rows_of = |i: usize| (i * pm / mt * K::MR).min(m);
+    let cols_of = |j: usize| (j * pn / nt * K::NR).min(n);
     let (c, c_len) = super::c_ptr(c);
     let cell = |t: usize| -> usize {
         let _mode = crate::fp_env::Ieee::enter();
-        let (rows, cols) = (&rows[t / nt], &cols[t % nt]);
-        let mut ws = scratch::take_workspace();
-        rows.pack(|q0, q1| {
-            // SAFETY: `Claims` hands panels q0..q1 to this thread alone,
-            // and no cell reads them before they are counted packed.
-            let dst = unsafe { a_all.panels_mut(q0, q1) };
-            pack_a_panels(kern, a, q0, dst, &mut ws.tmp);
-        });
-        cols.pack(|q0, q1| {
-            // SAFETY: as for A~ above.
-            let dst = unsafe { b_all.panels_mut(q0, q1) };
-            pack_b_panels(kern, b, q0, dst, &mut ws.tmp);
-        });
-        rows.wait();
-        cols.wait();
-        // SAFETY: every panel of the cell's row and column is packed (the
-        // waits above), and nothing writes a packed panel again.
-        let (a_cell, b_cell) = unsafe {
-            (
-                a_all.panels(rows.first, rows.end),
-                b_all.panels(cols.first, cols.end),
-            )
+        let (i, j) = (t / nt, t % nt);
+        let (r0, r1, c0, c1) = (rows_of(i), rows_of(i + 1), cols_of(j), cols_of(j + 1));
+        if r0 == r1 || c0 == c1 {
+            return 0;
+        }
+        // Columns c0..c1 of B, from element (0, c0) on (none when k = 0).
+        let b_cell = MatRef {
+            data: b.data.get(c0 * b.cs..).unwrap_or(&[]),
+            rows: k,
+            cols: c1 - c0,
+            rs: b.rs,
+            cs: b.cs,
         };
-        let (r0, r1) = (rows.first * K::MR, (rows.end * K::MR).min(m));
-        let (c0, c1) = (cols.first * K::NR, (cols.end * K::NR).min(n));
+        let packed = pack_b_scratch(kern, b_cell, 1);
         let job = BlockJob {
             kern,
             a,
-            shared_a: Some(a_cell),
-            shared_a_i0: r0,
-            packed: b_cell,
-            panel_len: b_panel,
+            shared_a: None,
+            packed: &packed,
             packed_j0: c0,
             c,
             c_len,
             ep,
             ahead: Prefetch::NextOperand,
         };
+        let mut ws = scratch::take_workspace();
+        ws.a_rows = None; // A~ of an earlier call is stale
         let mut nonfinite = 0;
         // Row blocks of at most MC_MAX rows, column blocks of at most
-        // NC_MAX columns, both balanced.
-        let (cpm, cpn) = (rows.end - rows.first, cols.end - cols.first);
+        // NC_MAX columns, both balanced; column blocks innermost so each
+        // row block's A~ is packed once.
+        let (cpm, cpn) = (div_ceil(r1 - r0, K::MR), div_ceil(c1 - c0, K::NR));
         let (mb, nb) = (div_ceil(r1 - r0, MC_MAX), div_ceil(c1 - c0, NC_MAX));
         for ib in 0..mb {
             let i0 = r0 + ib * cpm / mb * K::MR;
@@ -212,143 +182,10 @@ pub(crate) fn run_grid<K: Microkernel + RowOps, T: Element, C: Element>(
             }
         }
         scratch::give_workspace(ws);
+        recycle(packed);
         nonfinite
     };
-    let nonfinite = sum_over_threads(mt * nt, cell);
-    scratch::give_a(a_buf);
-    scratch::give_b(b_buf);
-    nonfinite
-}
-
-/// Equal panels of one buffer that [`run_grid`]'s threads write and read
-/// at the same time, each panel written by the one thread that claimed it
-/// and read once it is counted packed ([`Claims`]).
-struct Panels<'a> {
-    ptr: *mut f32,
-    panel_len: usize,
-    panels: usize,
-    _buf: PhantomData<&'a mut [f32]>,
-}
-
-// SAFETY: `Panels` is a `&mut [f32]` whose panels its users borrow from
-// several threads under the rules of `panels_mut` and `panels`.
-unsafe impl Send for Panels<'_> {}
-// SAFETY: as above.
-unsafe impl Sync for Panels<'_> {}
-
-impl<'a> Panels<'a> {
-    /// `buf` as `panels` panels of equal length (`buf.len()` a multiple).
-    fn new(buf: &'a mut [f32], panels: usize) -> Self {
-        let panel_len = buf.len().checked_div(panels).unwrap_or(0);
-        assert_eq!(panel_len * panels, buf.len(), "whole panels");
-        Panels {
-            ptr: buf.as_mut_ptr(),
-            panel_len,
-            panels,
-            _buf: PhantomData,
-        }
-    }
-
-    /// Panels `q0..q1`, to write.
-    ///
-    /// # Safety
-    ///
-    /// No other thread reads or writes panels `q0..q1` while the borrow
-    /// lasts.
-    #[expect(
-        clippy::mut_from_ref,
-        reason = "panels shared by threads, see the contract"
-    )]
-    unsafe fn panels_mut(&self, q0: usize, q1: usize) -> &mut [f32] {
-        assert!(q0 <= q1 && q1 <= self.panels, "panels {q0}..{q1}");
-        // SAFETY: in the buffer (asserted); exclusive by the contract.
-        unsafe {
-            core::slice::from_raw_parts_mut(
-                self.ptr.add(q0 * self.panel_len),
-                (q1 - q0) * self.panel_len,
-            )
-        }
-    }
-
-    /// Panels `q0..q1`, to read.
-    ///
-    /// # Safety
-    ///
-    /// No thread writes panels `q0..q1` while the borrow lasts.
-    unsafe fn panels(&self, q0: usize, q1: usize) -> &[f32] {
-        assert!(q0 <= q1 && q1 <= self.panels, "panels {q0}..{q1}");
-        // SAFETY: in the buffer (asserted); not written by the contract.
-        unsafe {
-            core::slice::from_raw_parts(
-                self.ptr.add(q0 * self.panel_len),
-                (q1 - q0) * self.panel_len,
-            )
-        }
-    }
-}
-
-/// The panels `first..end` of one row (or column) block of [`run_grid`],
-/// packed by the cells that share the block: each claims the next `step`
-/// unclaimed panels until none are left, and counts them when packed.
-struct Claims {
-    first: usize,
-    end: usize,
-    step: usize,
-    claimed: AtomicUsize,
-    packed: AtomicUsize,
-    /// Set when a packing thread panicked: its panels will never be
-    /// counted, so the cells waiting for them stop waiting and panic too.
-    failed: AtomicBool,
-}
-
-impl Claims {
-    fn new(first: usize, end: usize, sharers: usize) -> Self {
-        Claims {
-            first,
-            end,
-            step: div_ceil(end - first, sharers.max(1)).max(1),
-            claimed: AtomicUsize::new(0),
-            packed: AtomicUsize::new(0),
-            failed: AtomicBool::new(false),
-        }
-    }
-
-    /// Claims and packs (`pack(q0, q1)`) panels until none are unclaimed.
-    fn pack(&self, mut pack: impl FnMut(usize, usize)) {
-        let count = self.end - self.first;
-        loop {
-            let q0 = self.claimed.fetch_add(self.step, Ordering::Relaxed);
-            if q0 >= count {
-                return;
-            }
-            let q1 = (q0 + self.step).min(count);
-            let on_panic = FailOnPanic(&self.failed);
-            pack(self.first + q0, self.first + q1);
-            core::mem::forget(on_panic);
-            self.packed.fetch_add(q1 - q0, Ordering::Release);
-        }
-    }
-
-    /// Returns once every panel is packed (all claimed ones by now).
-    fn wait(&self) {
-        let count = self.end - self.first;
-        spin_until(|| {
-            assert!(
-                !self.failed.load(Ordering::Relaxed),
-                "another thread panicked while packing"
-            );
-            self.packed.load(Ordering::Acquire) == count
-        });
-    }
-}
-
-/// Sets its flag when dropped during a panic (forgotten otherwise).
-struct FailOnPanic<'a>(&'a AtomicBool);
-
-impl Drop for FailOnPanic<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
+    sum_over_threads(mt * nt, cell)
 }
 
 /// Runs the GEMM on `threads` > 1 threads with both operands packed once
@@ -387,9 +224,7 @@ pub(super) fn run_dynamic<K: Microkernel + RowOps, T: Element, C: Element>(
         kern,
         a,
         shared_a: Some(&shared_a),
-        shared_a_i0: 0,
-        packed: packed.data(),
-        panel_len: packed.panel_len(),
+        packed,
         packed_j0: 0,
         c,
         c_len,
@@ -471,27 +306,26 @@ pub(super) fn item_shape(
     (mc, nc)
 }
 
-/// Largest B~ of one column of [`run_grid`]'s cells: 2 MiB at n = 2048 on
-/// 16 threads (4 x 4 cells) is inside; 8 MiB at n = 4096 is not. Measured
-/// when each cell packed its own B~ (16 copies of B~ then crowded the
-/// shared L3, and past this size B~ packed once was faster; BENCHMARKS.md,
-/// AMX); kept for the grid with shared panels, not measured again.
-const GRID_B_MAX_BYTES: usize = 4 << 20;
+/// Largest B~ a thread of [`run_local_b`] packs for its cell: 2 MiB at
+/// n = 2048 on 16 threads (4 x 4 cells) is inside; 8 MiB at n = 4096 is
+/// not, and there the shared B~ is faster (16 copies of B~ crowd the
+/// shared L3; BENCHMARKS.md, AMX).
+const LOCAL_B_MAX_BYTES: usize = 4 << 20;
 
-/// Whether [`run_grid`] is the better split for this kernel and shape
+/// Whether [`run_local_b`] is the better split for this kernel and shape
 /// (never where [`dynamic_pays`]).
-pub(crate) fn grid_pays<K: Microkernel>(m: usize, n: usize, k: usize, threads: usize) -> bool {
+pub(crate) fn local_b_pays<K: Microkernel>(m: usize, n: usize, k: usize, threads: usize) -> bool {
     let (pm, pn) = (div_ceil(m, K::MR), div_ceil(n, K::NR));
     let (_, nt) = grid(pm.max(1), pn.max(1), threads);
     let cell_cols = div_ceil(pn, nt) * K::NR;
-    K::BLOCKING.grid
+    K::BLOCKING.local_b
         && !dynamic_pays::<K>(m, n, k, threads)
         && total_slots(k, K::FORMAT)
             .checked_mul(cell_cols * size_of::<f32>())
-            .is_some_and(|bytes| bytes <= GRID_B_MAX_BYTES)
+            .is_some_and(|bytes| bytes <= LOCAL_B_MAX_BYTES)
 }
 
-/// The grid of [`run_grid`]: `mt x nt` cells (`mt * nt <= threads`)
+/// The grid of [`run_local_b`]: `mt x nt` cells (`mt * nt <= threads`)
 /// over `pm` row panels and `pn` column panels that give the smallest
 /// largest cell (the compute of the slowest thread), then the fewest
 /// panels of A and B per cell (what each thread packs).

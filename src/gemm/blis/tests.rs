@@ -60,7 +60,7 @@ fn grid_is_the_best_split() {
     }
 }
 
-/// `run_grid` (cells that pack their shared panels) and `run_dynamic` (A~
+/// `run_local_b` (each thread packs its own B~) and `run_dynamic` (A~
 /// and B~ shared, blocks handed out) give the bits of `run` (one
 /// thread), on 2 to 4 threads, with every epilogue step, for
 /// shapes with edge tiles, several row and column blocks and a KC tail;
@@ -104,7 +104,7 @@ fn splits_match_one_thread<K: Microkernel + RowOps>(kern: K) {
         for threads in 2..=4 {
             let mut got = c0.clone();
             let bad = pool.install(|| {
-                run_grid(
+                run_local_b(
                     kern,
                     av,
                     bv,

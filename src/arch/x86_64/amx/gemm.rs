@@ -71,14 +71,14 @@ impl Microkernel for AmxBf16 {
         // blocking).
         kc_run: 4,
         // 8 A~ panels per B~ micro-panel instead of 5 where B~ is packed
-        // once (one thread, or n past `grid`'s limit): faster on one
-        // thread, even on 16. `run_grid`'s cells keep 168 rows
+        // once (one thread, or n past `local_b`'s limit): faster on one
+        // thread, even on 16. `run_local_b`'s cells keep 168 rows
         // (docs/tried.md, GEMM blocking).
         mc: 256,
-        // The grid split up to `blis::grid_pays`'s size limit: on 16
-        // threads B~ packed whole before the split was slower there, and
-        // faster past it (see BENCHMARKS.md, AMX; docs/tried.md, Threads).
-        grid: true,
+        // Threads pack their own B~ up to `blis::local_b_pays`'s size
+        // limit: on 16 threads the shared B~ was slower there, and faster
+        // past it (see BENCHMARKS.md, AMX; docs/tried.md, Threads).
+        local_b: true,
         // The static split's cells finish at very different times on 16
         // threads; the dynamic split lets early threads take more blocks.
         dynamic: true,
