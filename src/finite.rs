@@ -271,6 +271,10 @@ impl Backend {
     /// [`Error::InvalidScale`] when `inv_scale` is not finite and > 0.
     pub fn unscale<T: Element>(&self, grads: &mut [T], inv_scale: f32) -> Result<GradStats, Error> {
         check_scale("unscale", inv_scale)?;
+        if grads.len() <= CHUNK {
+            // One unit: its own statistics, without the units' list.
+            return Ok(run_unscale(self.token, T::slice_mut(grads), inv_scale));
+        }
         Ok(self.unscale_checked(&mut [grads], inv_scale))
     }
 
@@ -295,6 +299,9 @@ impl Backend {
             });
         }
         let token = self.token;
+        if src.len() <= CHUNK {
+            return Ok(run_unscale_into(token, T::slice(src), dst, inv_scale));
+        }
         let mut units: Vec<Unit<(&[T], &mut [f32])>> = src
             .chunks(CHUNK)
             .zip(dst.chunks_mut(CHUNK))
