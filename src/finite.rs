@@ -387,8 +387,13 @@ fn run_units<D: Elements + Send>(
     run: impl Fn(&mut D) -> GradStats + Sync + Send,
 ) -> GradStats {
     let total: usize = units.iter().map(|u| u.data.elements()).sum();
-    let threads = rayon::current_num_threads().min(units.len());
-    if total < PARALLEL_MIN || threads <= 1 {
+    // Small work never asks for the pool (asking starts it).
+    let threads = if total < PARALLEL_MIN {
+        1
+    } else {
+        rayon::current_num_threads().min(units.len())
+    };
+    if threads <= 1 {
         for u in units.iter_mut() {
             u.stats = run(&mut u.data);
         }
