@@ -20,9 +20,10 @@ use crate::kernel::gemm::{KernelOp, Microkernel, RowOps};
 /// With a few rows of A (decode) each packed panel is read once for all of
 /// them. The packed form takes 2 bytes per element for bf16 on the kernels
 /// that multiply bf16 pairs (`amx`, `neonbf16`, and `avx512bf16` where it
-/// runs `vdpbf16ps`), 4 bytes (f32) on every other kernel: there, f16 or bf16 weights passed unpacked (row-major, or
-/// `Linear`-layout `W` as `x W^T`) stream half the bytes for those few
-/// rows, and are the faster form once reading B is the limit.
+/// runs `vdpbf16ps`), 4 bytes (f32) on every other kernel: there, f16 or
+/// bf16 weights passed unpacked (row-major, or `Linear`-layout `W` as
+/// `x W^T`) stream half the bytes for those few rows, and are the faster
+/// form once reading B is the limit.
 ///
 /// # Examples
 ///
