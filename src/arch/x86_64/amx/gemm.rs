@@ -117,12 +117,9 @@ impl Microkernel for AmxBf16 {
 
 impl RowOps for AmxBf16 {
     // Packing, the epilogue and a `PackedB` for one or two rows of A are
-    // the avx512bf16 kernel's. From three rows the 32-row tile wins in
-    // spite of its padding: `vdpbf16ps` issues at half the rate of AMX's
-    // stream here (host, seventh session: m = 8 on 16 threads 0.5-0.7x
-    // with the pairs, m = 4 on one thread 0.87x torch against about 1.0x;
-    // m = 1 1.2-2.5x the tile; BENCHMARKS.md, "The host in the seventh
-    // session").
+    // the avx512bf16 kernel's. From three rows the 32-row tile measured
+    // faster on the Intel host in spite of its padding (BENCHMARKS.md,
+    // "The host in the seventh session").
     const PAIRS_ROWS: usize = <Avx512Dot as RowOps>::PAIRS_ROWS;
     const PAIRS_MAX_M: usize = 2;
 
