@@ -38,8 +38,6 @@
 //! [`Error::InvalidScale`]; lengths that differ in [`unscale_into`] are
 //! [`Error::LengthMismatch`]. Either way nothing is written.
 
-use std::sync::{Mutex, PoisonError};
-
 use crate::element::{Element, Slice, SliceMut};
 use crate::error::Error;
 use crate::isa::ops::{CountNonfinite, Unscale, UnscaleInto};
@@ -399,7 +397,7 @@ fn run_units<D: Elements + Send>(
         }
     } else {
         // Cut where the running count of elements passes each thread's
-        // share; one lock per run, only to hand its `&mut` to its thread.
+        // share.
         let mut runs = Vec::with_capacity(threads);
         let (mut rest, mut seen) = (&mut units[..], 0);
         for t in 1..threads {
@@ -410,16 +408,14 @@ fn run_units<D: Elements + Send>(
                 take += 1;
             }
             let (head, tail) = rest.split_at_mut(take);
-            runs.push(Mutex::new(head));
+            runs.push(head);
             rest = tail;
         }
-        runs.push(Mutex::new(rest));
-        pool::sum_over_threads(runs.len(), |t| {
-            let mut run_of = runs[t].lock().unwrap_or_else(PoisonError::into_inner);
-            for u in run_of.iter_mut() {
+        runs.push(rest);
+        pool::for_each_part_mut(runs, |_, run_of| {
+            for u in run_of {
                 u.stats = run(&mut u.data);
             }
-            0
         });
     }
     units

@@ -69,12 +69,21 @@ pub(crate) fn for_each_chunk_mut<T: Send>(
     chunk_len: usize,
     f: impl Fn(usize, &mut [T]) + Sync + Send,
 ) {
-    // One lock per chunk, each taken by its one share only: never waited
+    for_each_part_mut(data.chunks_mut(chunk_len.max(1)).collect(), f);
+}
+
+/// `f(i, part)` for each of `parts` (disjoint pieces of the caller's
+/// data, of any lengths), each part one share of [`sum_over_threads`].
+pub(crate) fn for_each_part_mut<T: Send>(
+    parts: Vec<&mut [T]>,
+    f: impl Fn(usize, &mut [T]) + Sync + Send,
+) {
+    // One lock per part, each taken by its one share only: never waited
     // on, it only hands the `&mut` across threads without `unsafe`.
-    let chunks: Vec<Mutex<&mut [T]>> = data.chunks_mut(chunk_len.max(1)).map(Mutex::new).collect();
-    sum_over_threads(chunks.len(), |i| {
-        let mut chunk = chunks[i].lock().unwrap_or_else(PoisonError::into_inner);
-        f(i, &mut chunk);
+    let parts: Vec<Mutex<&mut [T]>> = parts.into_iter().map(Mutex::new).collect();
+    sum_over_threads(parts.len(), |i| {
+        let mut part = parts[i].lock().unwrap_or_else(PoisonError::into_inner);
+        f(i, &mut part);
         0
     });
 }
